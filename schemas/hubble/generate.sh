@@ -29,6 +29,7 @@ protos=(
   schemas/hubble/relay/relay.proto
   schemas/hubble/observer/observer.proto
   schemas/hubble/peer/peer.proto
+  schemas/messages/batch.proto
 )
 
 "$python" -m grpc_tools.protoc -I . \
