@@ -11,6 +11,7 @@ from collections.abc import Callable
 # (e.g. `policy`) so several modules can add verbs to one group without editing each other.
 COMMAND_MODULES = [
     "netwarden.commands.pipeline",
+    "netwarden.commands.policy_check",
 ]
 
 
