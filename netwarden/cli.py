@@ -11,7 +11,10 @@ from collections.abc import Callable
 # (e.g. `policy`) so several modules can add verbs to one group without editing each other.
 COMMAND_MODULES = [
     "netwarden.commands.pipeline",
+    "netwarden.commands.up",
     "netwarden.commands.policy_check",
+    "netwarden.commands.flows",
+    "netwarden.commands.gitops",
 ]
 
 

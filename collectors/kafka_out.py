@@ -1,0 +1,45 @@
+"""Ships collector batches and dead letters to Kafka (aiokafka; plain producer, Tansu refuses idempotence)."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+
+from aiokafka import AIOKafkaProducer
+
+from schemas.dead_letter import DeadLetter
+from schemas.messages.batch_pb2 import FlowBatch
+from schemas.topics import FLOWS_DLQ, FLOWS_RAW, batch_key
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def new_producer(bootstrap: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        max_request_size=MAX_MESSAGE_BYTES,
+        request_timeout_ms=30_000,
+    )
+
+
+class FlowBatchProducer:
+    """`ship(node, responses)` returns once the batch is acknowledged: only then may a checkpoint move."""
+
+    def __init__(self, producer: AIOKafkaProducer, cluster: str, collector_id: str | None = None):
+        self.producer = producer
+        self.cluster = cluster
+        self.collector_id = collector_id or f"{cluster}-{uuid.uuid4().hex[:8]}"
+        self._seq = itertools.count()
+
+    async def ship(self, node: str, responses: list[bytes], origins: list[str] | None = None) -> None:
+        batch = FlowBatch(
+            cluster=self.cluster, collector=self.collector_id, responses=responses, sequence=next(self._seq)
+        )
+        if origins:
+            batch.origins.extend(origins)
+        await self.producer.send_and_wait(FLOWS_RAW, batch.SerializeToString(), key=batch_key(self.cluster, node))
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        await self.producer.send_and_wait(FLOWS_DLQ, letter.to_json(), key=self.cluster.encode())
