@@ -1,0 +1,436 @@
+"""CLI for the policy control plane: apply/diff GitOps documents, list, history/rollback, render,
+sync to clusters, and Cilium install profiles.
+
+Every command acts as a principal: `--as-role ROLE --scope NAME`, else the environment variables
+NETWARDEN_ROLE / NETWARDEN_SCOPE, else org-admin. The store lives in `--data-dir`, else
+NETWARDEN_DATA_DIR, else ./netwarden-data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, is_dataclass
+from typing import Any
+
+import yaml
+
+from netwarden.cli import CommandError
+from policy_engine.blueprints import effective_engine
+from policy_engine.control_plane import ControlPlane, PolicyInvalid
+from policy_engine.gitops import API_VERSION, GitOpsErrors, apply_documents, diff_documents, load_documents
+from policy_engine.model import Assignment, BlueprintVersion, Cluster, PolicyVersion
+from policy_engine.render import RenderedCluster, RenderError
+from policy_engine.roles import PermissionDenied, Principal
+from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="control-plane data directory (env NETWARDEN_DATA_DIR, default ./netwarden-data)")
+    common.add_argument("--as-role", help="act with this role (env NETWARDEN_ROLE, default org-admin)")
+    common.add_argument("--scope", help="project or workspace name the role is bound to (env NETWARDEN_SCOPE)")
+
+    p = sub.add_parser("apply", parents=[common], help="apply netwarden.io/v1 documents to the control plane")
+    p.add_argument("-f", "--filename", required=True, metavar="DIR|FILE", help="YAML file or directory (e.g. a Git checkout)")
+    p.add_argument("--prune", action="store_true", help="delete store objects that the files no longer contain")
+    p.set_defaults(handler=cmd_apply)
+
+    p = sub.add_parser("diff", parents=[common], help="what applying would change in the store and in each cluster")
+    p.add_argument("-f", "--filename", required=True, metavar="DIR|FILE")
+    p.add_argument("--prune", action="store_true")
+    p.add_argument("--no-live", action="store_true", help="do not contact the clusters for their live state")
+    p.set_defaults(handler=cmd_diff)
+
+    p = sub.add_parser("get", parents=[common], help="list policies, blueprints, clusters or assignments")
+    p.add_argument("resource", choices=["policies", "blueprints", "clusters", "assignments"])
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    p.set_defaults(handler=cmd_get)
+
+    p = sub.add_parser("render", parents=[common], help="the objects a cluster should hold, as YAML")
+    p.add_argument("--cluster", required=True)
+    p.set_defaults(handler=cmd_render)
+
+    p = sub.add_parser("sync", parents=[common], help="apply the rendered objects to the clusters (server-side apply, prune)")
+    p.add_argument("--cluster", help="only this cluster (default: every cluster)")
+    p.add_argument("--restart-unmanaged", action="store_true",
+                   help="restart workloads whose pods predate Cilium (chaining) so policy applies to them")
+    p.set_defaults(handler=cmd_sync)
+
+    p = sub.add_parser("install-profile", parents=[common], help="Cilium install (Helm values + CNI ConfigMap) for a cluster")
+    p.add_argument("--cluster", required=True)
+    p.add_argument("--engine", choices=["cilium-chaining", "cilium-primary", "primary-cni"],
+                   help="override the engine of the cluster's blueprint")
+    p.set_defaults(handler=cmd_install_profile)
+
+    policy = groups["policy"]
+    p = policy.add_parser("history", parents=[common], help="versions of a policy")
+    p.add_argument("name")
+    p.add_argument("-o", "--output", choices=["table", "yaml", "json"], default="table")
+    p.set_defaults(handler=cmd_history)
+
+    p = policy.add_parser("rollback", parents=[common], help="make an old version current (as a new version)")
+    p.add_argument("name")
+    p.add_argument("--to", required=True, type=int, metavar="VERSION")
+    p.set_defaults(handler=cmd_rollback)
+
+
+# -- plumbing -------------------------------------------------------------------------------------
+
+
+def principal_from(args: argparse.Namespace) -> Principal:
+    role = args.as_role or os.environ.get("NETWARDEN_ROLE") or "org-admin"
+    scope = args.scope or os.environ.get("NETWARDEN_SCOPE") or ""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "cli"
+    try:
+        return Principal.with_role(role, scope, name=user)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+@contextmanager
+def control_plane(args: argparse.Namespace) -> Iterator[ControlPlane]:
+    principal = principal_from(args)
+    try:
+        store = ControlPlaneStore.open(resolve_data_dir(args.data_dir))
+    except OSError as exc:
+        raise CommandError(f"cannot open the control-plane store: {exc}") from None
+    try:
+        yield ControlPlane(store, principal)
+    except GitOpsErrors as exc:
+        raise CommandError("\nnetwarden: ".join(str(e) for e in exc.errors)) from None
+    except (PermissionDenied, StoreError, PolicyInvalid, RenderError) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        store.close()
+
+
+def _emit(data: Any, output: str, table: Callable[[], list[list[str]]]) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2, sort_keys=False))
+    elif output == "yaml":
+        print(yaml.safe_dump_all(data, sort_keys=False) if isinstance(data, list) else yaml.safe_dump(data, sort_keys=False), end="")
+    else:
+        _print_table(table())
+
+
+def _print_table(rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    with control_plane(args) as cp:
+        docs = load_documents(args.filename)
+        changes = apply_documents(cp, docs, prune=args.prune)
+    for change in changes:
+        print(change)
+    changed = sum(1 for c in changes if c.action != "unchanged")
+    print(f"{len(docs)} document(s), {changed} change(s)")
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    with control_plane(args) as cp:
+        docs = load_documents(args.filename)
+        report = diff_documents(cp, docs, prune=args.prune)
+        print("store:")
+        for change in [c for c in report.store if c.action != "unchanged"] or ["no changes"]:
+            print(f"  {change}")
+        for name, changes in report.clusters.items():
+            print(f"cluster {name}: desired objects")
+            for oc in changes or ["no changes"]:
+                print(f"  {oc}")
+            if not args.no_live and name in report.rendered:
+                _print_live_diff(cp, docs, name, prune=args.prune)
+    return 0
+
+
+def _print_live_diff(cp: ControlPlane, docs: Any, name: str, *, prune: bool) -> None:
+    """What a sync after this apply would change on the live cluster (nothing is written)."""
+    try:
+        with cp.store.transaction(rollback=True):
+            apply_documents(cp, docs, prune=prune)
+            cluster = cp.store.get_cluster(name)
+            if cluster is None or not _reachable_config(cluster):
+                return
+            kube = _kube(cluster)
+            rendered, objects = _desired_live(cp, cluster, kube)
+        drift = kube.drift(objects)
+    except (GitOpsErrors, StoreError, RenderError, PermissionDenied):
+        raise
+    except Exception as exc:  # any transport error: report it, keep diffing the others
+        print(f"  live state unavailable: {exc}")
+        return
+    print(f"cluster {name}: what sync would change on the live cluster")
+    for note in (n for n in rendered.notes if "held back" in n):
+        print(f"  note: {note}")
+    for item in drift or ["nothing"]:
+        print(f"  {item}")
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    with control_plane(args) as cp:
+        if args.resource == "policies":
+            policies = cp.list_policies()
+            _emit([_policy_doc(p) for p in policies], args.output, lambda: _policies_table(policies))
+        elif args.resource == "blueprints":
+            blueprints = cp.list_blueprints()
+            _emit([_blueprint_doc(b) for b in blueprints], args.output, lambda: _blueprints_table(blueprints))
+        elif args.resource == "clusters":
+            clusters = cp.list_clusters()
+            engines = {c.name: cp.policy_set(c.name) for c in clusters}
+            _emit([_cluster_doc(c) for c in clusters], args.output, lambda: _clusters_table(clusters, engines))
+        else:
+            assignments = cp.list_assignments()
+            _emit([_assignment_doc(a) for a in assignments], args.output, lambda: _assignments_table(assignments))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with control_plane(args) as cp:
+        history = cp.policy_history(args.name)
+    data = [
+        {"version": v.version, "createdAt": v.info.created_at, "createdBy": v.info.created_by,
+         "source": v.info.source, "message": v.info.message, "hash": v.spec.hash()[:12],
+         "spec": _policy_doc(v)["spec"]}
+        for v in history
+    ]
+    rows = [["VERSION", "CREATED", "BY", "SOURCE", "MESSAGE"]] + [
+        [str(v.version), v.info.created_at, v.info.created_by, v.info.source, v.info.message] for v in history
+    ]
+    _emit(data, args.output, lambda: rows)
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    with control_plane(args) as cp:
+        with cp.store.transaction():
+            pv = cp.rollback_policy(args.name, args.to)
+    print(f"policy {args.name}: version {args.to} restored as version {pv.version}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    with control_plane(args) as cp:
+        rendered = cp.render(args.cluster)
+    print(_render_yaml(rendered), end="")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    failures = 0
+    with control_plane(args) as cp:
+        clusters = [c for c in cp.store.list_clusters() if args.cluster in (None, c.name)]
+        if args.cluster and not clusters:
+            raise CommandError(f"unknown cluster {args.cluster!r}")
+        for cluster in clusters:
+            cp.require_sync(cluster.name)
+        for cluster in clusters:
+            if not _reachable_config(cluster):
+                print(f"cluster {cluster.name}: status: error: no kubeContext, kubeconfig or apiServer to reach it")
+                failures += 1
+                continue
+            try:
+                failures += _sync_cluster(cp, cluster, restart_unmanaged=args.restart_unmanaged)
+            except (StoreError, RenderError, PermissionDenied):
+                raise
+            except Exception as exc:  # one unreachable cluster must not stop the fleet
+                print(f"  status: error: {exc}")
+                failures += 1
+    if failures:
+        print(f"{failures} cluster(s) failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _sync_cluster(cp: ControlPlane, cluster: Cluster, *, restart_unmanaged: bool) -> int:
+    kube = _kube(cluster)
+    print(f"cluster {cluster.name}:")
+    rendered, objects = _desired_live(cp, cluster, kube)
+    print(f"  engine {rendered.engine}: {len(objects)} desired object(s)")
+    for note in rendered.notes:
+        print(f"  note: {note}")
+    for item in kube.drift(objects):
+        print(f"  drift: {item}")
+    report = kube.apply(objects, prune=True)
+    print(f"  sync: {report.summary()}")
+    for ref in report.created:
+        print(f"    created {ref}")
+    for ref in report.updated:
+        print(f"    updated {ref}")
+    for ref in report.pruned:
+        print(f"    pruned  {ref}")
+    for error in report.errors:
+        print(f"    error   {error}")
+    if rendered.engine == "cilium-chaining":
+        pods = kube.unmanaged_pods()
+        if pods:
+            print(f"  {len(pods)} pod(s) started before Cilium are not enforced until restarted:")
+            for pod in pods:
+                print(f"    {pod}")
+            if restart_unmanaged:
+                for workload in kube.restart_workloads(pods):
+                    print(f"    restarted {workload}")
+    print(f"  status: {'synced' if report.ok else 'errors'}")
+    return 0 if report.ok else 1
+
+
+def _desired_live(cp: ControlPlane, cluster: Cluster, kube: Any) -> tuple[RenderedCluster, list[dict[str, Any]]]:
+    """Render with the cluster's live namespaces; hold back objects whose namespace does not exist."""
+    from kubernetes import client as k8s_client
+
+    live = [ns.metadata.name for ns in k8s_client.CoreV1Api(kube.api).list_namespace().items]
+    rendered = cp.render(cluster.name, live_namespaces=live)
+    objects, held = [], sorted({o["metadata"]["namespace"] for o in rendered.objects
+                                if o["metadata"].get("namespace") not in (None, *live)})
+    objects = [o for o in rendered.objects if o["metadata"].get("namespace") in (None, *live)]
+    notes = list(rendered.notes)
+    if held:
+        notes.append(f"namespace(s) {', '.join(held)} do not exist on the cluster: their objects are held back")
+    return RenderedCluster(rendered.cluster, rendered.engine, tuple(objects), tuple(notes)), objects
+
+
+def cmd_install_profile(args: argparse.Namespace) -> int:
+    from policy_engine import install_profile
+
+    with control_plane(args) as cp:
+        policy_set = cp.policy_set(args.cluster)
+    cluster = policy_set.cluster
+    profile = policy_set.blueprint.spec.install_profile if policy_set.blueprint else None
+    engine = args.engine or effective_engine(cluster, profile)
+    try:
+        plan = install_profile.render_install(
+            cluster.name, cluster.cluster_type, cluster.primary_cni, engine=engine,
+            policy_enforcement_mode=profile.policy_enforcement_mode if profile else "default",
+            audit_mode=profile.audit_mode if profile else False,
+        )
+    except install_profile.UnsupportedCombination as exc:
+        raise CommandError(f"cluster {cluster.name}: {exc}") from None
+    header = [f"# cluster {cluster.name}: {cluster.cluster_type}, primary CNI {cluster.primary_cni}, engine {engine}"]
+    header += [f"# note: {n}" for n in plan.notes]
+    if plan.installs_nothing:
+        print("\n".join([*header, "# nothing to install"]))
+        return 0
+    docs: list[Any] = [{"helmValues": plan.helm_values}, *plan.objects]
+    print("\n".join(header))
+    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    return 0
+
+
+# -- presentation ---------------------------------------------------------------------------------
+
+
+def _render_yaml(rendered: RenderedCluster) -> str:
+    header = f"# cluster {rendered.cluster}, engine {rendered.engine}: {len(rendered.objects)} object(s)\n"
+    notes = "".join(f"# note: {n}\n" for n in rendered.notes)
+    body = yaml.safe_dump_all(list(rendered.objects), sort_keys=False) if rendered.objects else ""
+    return header + notes + body
+
+
+def _policy_doc(p: PolicyVersion) -> dict[str, Any]:
+    rules = [{"name": r.name, r.kind: dict(r.spec)} for r in p.spec.rules]
+    spec: dict[str, Any] = {"scope": p.spec.scope}
+    if p.spec.description:
+        spec["description"] = p.spec.description
+    spec["enforcers"] = list(p.spec.enforcers)
+    spec["rules"] = rules
+    return {"apiVersion": API_VERSION, "kind": "Policy", "metadata": {"name": p.name}, "spec": spec,
+            "status": {"version": p.version, "builtin": p.builtin, "updatedAt": p.info.created_at,
+                       "updatedBy": p.info.created_by, "source": p.info.source}}
+
+
+def _blueprint_doc(b: BlueprintVersion) -> dict[str, Any]:
+    content = b.spec.to_content()
+    if content["installProfile"]["engine"] is None:
+        del content["installProfile"]["engine"]
+    return {"apiVersion": API_VERSION, "kind": "Blueprint", "metadata": {"name": b.name}, "spec": content,
+            "status": {"version": b.version, "builtin": b.builtin, "updatedAt": b.info.created_at}}
+
+
+def _cluster_doc(c: Cluster) -> dict[str, Any]:
+    spec = {k: v for k, v in c.to_content().items() if v not in (None, [])}
+    return {"apiVersion": API_VERSION, "kind": "Cluster", "metadata": {"name": c.name}, "spec": spec}
+
+
+def _assignment_doc(a: Assignment) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "Assignment", "metadata": {"name": a.name}, "spec": a.to_content()}
+
+
+def _policies_table(policies: Sequence[PolicyVersion]) -> list[list[str]]:
+    rows = [["NAME", "SCOPE", "VERSION", "RULES", "ENFORCERS", "UPDATED", "BY"]]
+    for p in policies:
+        rows.append([p.name, p.spec.scope, str(p.version), str(len(p.spec.rules)), ",".join(p.spec.enforcers),
+                     p.info.created_at, p.info.created_by])
+    return rows
+
+
+def _blueprints_table(blueprints: Sequence[BlueprintVersion]) -> list[list[str]]:
+    rows = [["NAME", "VERSION", "ENGINE", "ENFORCEMENT", "AUDIT", "CLUSTER-POLICIES", "NAMESPACE-DEFAULTS", "BUILTIN"]]
+    for b in blueprints:
+        prof = b.spec.install_profile
+        rows.append([b.name, str(b.version), prof.engine or "auto", prof.policy_enforcement_mode,
+                     str(prof.audit_mode).lower(), str(len(b.spec.cluster_policies)),
+                     str(len(b.spec.namespace_policies)), str(b.builtin).lower()])
+    return rows
+
+
+def _clusters_table(clusters: Sequence[Cluster], sets: dict[str, Any]) -> list[list[str]]:
+    rows = [["NAME", "TYPE", "PRIMARY-CNI", "ENGINE", "BLUEPRINT", "REACHED-VIA"]]
+    for c in clusters:
+        ps = sets[c.name]
+        via = c.api_server or (f"context {c.kube_context}" if c.kube_context else c.kubeconfig or "-")
+        rows.append([c.name, c.cluster_type, c.primary_cni, ps.engine,
+                     f"{ps.blueprint.name} v{ps.blueprint.version}" if ps.blueprint else "-", via])
+    return rows
+
+
+def _assignments_table(assignments: Sequence[Assignment]) -> list[list[str]]:
+    rows = [["NAME", "KIND", "SUBJECT", "TARGETS"]]
+    for a in assignments:
+        if a.blueprint is not None:
+            rows.append([a.name, "blueprint", a.blueprint, ", ".join(a.clusters)])
+        else:
+            rows.append([a.name, "policy", a.policy or "", ", ".join(str(t) for t in a.targets)])
+    return rows
+
+
+def _describe(item: Any) -> str:
+    """One line for a kube report, drift item or pod, whatever dataclass the kube module returns."""
+    if isinstance(item, str):
+        return item
+    summary = getattr(item, "summary", None)
+    if callable(summary):
+        return str(summary())
+    if is_dataclass(item) and not isinstance(item, type):
+        parts = []
+        for key, value in asdict(item).items():
+            if isinstance(value, list | tuple):
+                parts.append(f"{key}={len(value)}")
+            elif value not in (None, "", {}):
+                parts.append(f"{key}={value}")
+        return " ".join(parts)
+    return str(item)
+
+
+def _reachable_config(cluster: Cluster) -> bool:
+    return bool(cluster.api_server or cluster.kube_context or cluster.kubeconfig)
+
+
+def _kube(cluster: Cluster) -> Any:
+    from policy_engine import kube
+
+    if cluster.api_server:
+        return kube.KubeCluster.from_url(cluster.api_server, token=os.environ.get("NETWARDEN_KUBE_TOKEN"))
+    return kube.KubeCluster.from_kubeconfig(cluster.kubeconfig, cluster.kube_context)
