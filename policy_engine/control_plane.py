@@ -227,6 +227,7 @@ class ControlPlane:
             raise StoreError(f"blueprint {spec.name} is built in and read-only; copy it under another name")
         clusters = {c for a in self.store.list_assignments() if a.blueprint == spec.name for c in a.clusters}
         self.authorizer.require_cluster_write(self.principal, f"writing blueprint {spec.name}", clusters)
+        self._check_engine(spec, sorted(clusters))
         for field_name, refs, scope in (
             ("clusterPolicies", spec.cluster_policies, "cluster"),
             ("namespaceDefaults.policies", spec.namespace_policies, "namespace"),
@@ -268,7 +269,9 @@ class ControlPlane:
                     raise StoreError(f"spec.clusters[{i}]: unknown cluster {c!r}")
             clusters = set(assignment.clusters) | (set(old.clusters) if old else set())
             self.authorizer.require_cluster_write(self.principal, action, clusters)
-            self._check_engine(assignment)
+            blueprint = self.store.get_blueprint(assignment.blueprint)
+            assert blueprint is not None
+            self._check_engine(blueprint.spec, assignment.clusters)
         else:
             assert assignment.policy is not None
             pv = self.store.get_policy(assignment.policy)
@@ -298,16 +301,14 @@ class ControlPlane:
             self._require_targets_write(action, old.targets)
         self.store.delete_assignment(name)
 
-    def _check_engine(self, assignment: Assignment) -> None:
+    def _check_engine(self, bp: BlueprintSpec, clusters: Iterable[str]) -> None:
         """Refuse a blueprint whose engine cannot run on a cluster, with the support matrix's advice."""
         from policy_engine import install_profile
 
-        bp = self.store.get_blueprint(assignment.blueprint or "")
-        assert bp is not None
-        for name in assignment.clusters:
+        for name in clusters:
             cluster = self.store.get_cluster(name)
             assert cluster is not None
-            engine = effective_engine(cluster, bp.spec.install_profile)
+            engine = effective_engine(cluster, bp.install_profile)
             decision = install_profile.check_support(cluster.cluster_type, cluster.primary_cni)
             what = f"cluster {name} ({cluster.cluster_type}, primary CNI {cluster.primary_cni})"
             if not decision.supported:

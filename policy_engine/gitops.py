@@ -553,6 +553,8 @@ def _default_field(doc: Document, text: str) -> str:
         return "spec.clusters" if m.blueprint else "spec.targets"
     if isinstance(m, PolicySpec):
         return "spec.scope" if "scope" in text else "metadata.name"
+    if isinstance(m, BlueprintSpec) and "engine" in text:
+        return "spec.installProfile.engine"
     return "metadata.name"
 
 

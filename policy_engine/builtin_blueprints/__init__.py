@@ -1,0 +1,1 @@
+"""Data: built-in blueprints as plain Cilium manifests (a package so wheels ship the YAML)."""
