@@ -1,0 +1,284 @@
+"""Flow history filters -> ClickHouse SQL with bound parameters. Pure: no I/O.
+
+Filters mean what they mean to `hubble observe`:
+
+- `namespace`, `pod` and `port` are either-side filters, combined the way hubble combines them: one
+  condition for the source side and one for the destination side, ORed, i.e.
+  `(src matches all side filters) OR (dst matches all side filters)`. So `--pod a --port 80` is
+  "a sends from port 80 or a receives on port 80", exactly like hubble.
+- `pod` is `[namespace/]prefix`: a pod-name prefix in that namespace; without a namespace, `--namespace`
+  supplies it, else "default" (cilium's ParseNamespaceName). `ns/` alone matches the whole namespace.
+- `verdict` by name (FORWARDED, DROPPED, ...), `protocol` by name (tcp, udp, sctp, icmp = ICMPv4 or ICMPv6,
+  icmpv4, icmpv6), both case-insensitive; `port` matches TCP/UDP/SCTP ports only, as in hubble.
+- `since` / `until`: RFC 3339 (nanoseconds kept) or relative to now (`30s`, `5m`, `2h`, `1d`, `1w`, `1h30m`),
+  both inclusive like Hubble's.
+- `cluster` (netwarden's own: which collector's cluster stored the flow) matches exactly.
+
+Every user value is a bound parameter (`{name:Type}`, bound by the server), never SQL text. Scope filters
+(issue 3) are ANDed in through `extra_where` as (SQL fragment, parameters) pairs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from schemas.clickhouse import FLOWS_TABLE
+from schemas.flow_record import L4_PROTOCOL_NUMBERS, RECORD_COLUMNS
+from schemas.hubble.flow import flow_pb2
+
+DEFAULT_LAST = 20
+DEFAULT_NAMESPACE = "default"  # hubble: a pod filter without a namespace means this one
+
+# The row shape schemas.flow_render expects: every record column, but the time as integer nanoseconds
+# (Python datetimes stop at microseconds).
+SELECT_COLUMNS: list[str] = ["toUnixTimestamp64Nano(time) AS time_ns"] + [
+    f"`{c.name}`" for c in RECORD_COLUMNS if c.name != "time"
+]
+
+# hubble `--protocol` names -> Layer4 oneof numbers; "icmp" covers both ICMP versions.
+PROTOCOLS: dict[str, tuple[int, ...]] = {
+    "tcp": (L4_PROTOCOL_NUMBERS["TCP"],),
+    "udp": (L4_PROTOCOL_NUMBERS["UDP"],),
+    "sctp": (L4_PROTOCOL_NUMBERS["SCTP"],),
+    "icmp": (L4_PROTOCOL_NUMBERS["ICMPv4"], L4_PROTOCOL_NUMBERS["ICMPv6"]),
+    "icmpv4": (L4_PROTOCOL_NUMBERS["ICMPv4"],),
+    "icmpv6": (L4_PROTOCOL_NUMBERS["ICMPv6"],),
+    "vrrp": (L4_PROTOCOL_NUMBERS["VRRP"],),
+    "igmp": (L4_PROTOCOL_NUMBERS["IGMP"],),
+}
+L7_PROTOCOLS = ("http", "dns", "kafka")  # hubble knows them; the record does not keep L7 payloads
+PORT_PROTOCOLS = (L4_PROTOCOL_NUMBERS["TCP"], L4_PROTOCOL_NUMBERS["UDP"], L4_PROTOCOL_NUMBERS["SCTP"])
+
+_UNIT_NS = {
+    "ns": 1,
+    "us": 1_000,
+    "µs": 1_000,
+    "ms": 1_000_000,
+    "s": 1_000_000_000,
+    "m": 60 * 1_000_000_000,
+    "h": 3600 * 1_000_000_000,
+    "d": 86_400 * 1_000_000_000,
+    "w": 7 * 86_400 * 1_000_000_000,
+}
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h|d|w)")
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?(Z|z|[+-]\d{2}:\d{2})$")
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}$")
+_MAX_UINT16 = 65535
+
+
+class FilterValueError(ValueError):
+    """A filter value that cannot be used; `parameter` names the filter (API query parameter / CLI flag)."""
+
+    def __init__(self, parameter: str, value: object, reason: str) -> None:
+        super().__init__(f"{parameter}: {reason}")
+        self.parameter = parameter
+        self.value = value
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class FlowFilter:
+    """A history query. `last` = newest N flows (None = all)."""
+
+    cluster: str | None = None
+    namespace: str | None = None
+    pod: str | None = None
+    verdict: str | None = None
+    protocol: str | None = None
+    port: int | str | None = None
+    since: str | None = None
+    until: str | None = None
+    last: int | None = DEFAULT_LAST
+
+
+def parse_time_ns(param: str, value: str, now_ns: int | None = None) -> int:
+    """RFC 3339 (or a plain date, UTC) or a duration ago (`5m`, `1h30m`) -> ns since the epoch."""
+    text = value.strip()
+    if _is_relative(text):
+        now = time.time_ns() if now_ns is None else now_ns
+        return now - _relative_ns(text)
+    match = _RFC3339.match(text)
+    try:
+        if match:
+            date, clock, fraction, zone = match.groups()
+            zone = "+00:00" if zone in ("Z", "z") else zone
+            base = dt.datetime.fromisoformat(f"{date}T{clock}{zone}")
+            nanos = int((fraction or "").ljust(9, "0") or 0)
+            return int(base.timestamp()) * 1_000_000_000 + nanos
+        if _DATE.match(text):
+            base = dt.datetime.fromisoformat(text).replace(tzinfo=dt.UTC)
+            return int(base.timestamp()) * 1_000_000_000
+    except ValueError:
+        pass
+    raise FilterValueError(
+        param,
+        value,
+        f"invalid time {value!r}: expected RFC 3339 (2024-05-01T10:00:00Z) or a duration ago (30s, 5m, 2h, 1d, 1w)",
+    )
+
+
+def _is_relative(text: str) -> bool:
+    return bool(text) and "".join(m.group(0) for m in _RELATIVE.finditer(text)) == text
+
+
+def _relative_ns(text: str) -> int:
+    return int(sum(float(m.group(1)) * _UNIT_NS[m.group(2)] for m in _RELATIVE.finditer(text)))
+
+
+def parse_verdict(value: str) -> int:
+    enum = flow_pb2.Verdict.DESCRIPTOR
+    known = enum.values_by_name.get(value.strip().upper()) if value else None
+    if known is None or known.number == 0:
+        names = ", ".join(v.name for v in enum.values if v.number != 0)
+        raise FilterValueError("verdict", value, f"unknown verdict {value!r}; expected one of {names}")
+    return int(known.number)
+
+
+def parse_protocol(value: str) -> tuple[int, ...]:
+    name = value.strip().lower()
+    if name in PROTOCOLS:
+        return PROTOCOLS[name]
+    if name in L7_PROTOCOLS:
+        raise FilterValueError(
+            "protocol",
+            value,
+            f"{value!r} is an L7 protocol; flow history keeps L4 only ({', '.join(PROTOCOLS)})",
+        )
+    raise FilterValueError(
+        "protocol", value, f"unknown protocol {value!r}; expected one of {', '.join(PROTOCOLS)}"
+    )
+
+
+def parse_port(value: int | str) -> int:
+    try:
+        port = int(str(value).strip())
+    except ValueError:
+        port = -1
+    if not 0 <= port <= _MAX_UINT16:
+        raise FilterValueError("port", value, f"invalid port {value!r}; expected 0-65535")
+    return port
+
+
+def parse_pod(pod: str, namespace: str | None) -> tuple[str, str]:
+    """(namespace, pod-name prefix) of a hubble pod filter `[namespace/][prefix]`."""
+    if pod.count("/") > 1:
+        raise FilterValueError("pod", pod, f"invalid pod {pod!r}; expected [namespace/]pod-name-prefix")
+    if "/" in pod:
+        ns, prefix = pod.split("/", 1)
+        if not ns:
+            raise FilterValueError("pod", pod, f"invalid pod {pod!r}; empty namespace before '/'")
+        if namespace is not None and ns != namespace:
+            raise FilterValueError("pod", pod, f"namespace of {pod!r} conflicts with namespace {namespace!r}")
+        return ns, prefix
+    if not pod:
+        raise FilterValueError("pod", pod, "empty pod filter")
+    return (namespace if namespace is not None else DEFAULT_NAMESPACE), pod
+
+
+def parse_last(value: int | str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        last = int(str(value).strip())
+    except ValueError:
+        last = 0
+    if last < 1:
+        raise FilterValueError("last", value, f"invalid count {value!r}; expected a positive integer")
+    return last
+
+
+def _side_condition(side: str, ns: str | None, pod_prefix: str | None, port: int | None) -> str:
+    """All side filters of one endpoint (side = 'src' or 'dst'); parameter names are shared by both sides."""
+    parts = []
+    if ns is not None:
+        parts.append(f"{side}_namespace = {{ns:String}}")
+    if pod_prefix:
+        parts.append(f"startsWith({side}_pod, {{pod_prefix:String}})")
+    if port is not None:
+        parts.append(
+            f"{side}_port = {{port:UInt16}} AND l4_protocol IN ({', '.join(map(str, PORT_PROTOCOLS))})"
+        )
+    return " AND ".join(parts)
+
+
+def filter_conditions(flt: FlowFilter, now_ns: int | None = None) -> tuple[list[str], dict[str, Any]]:
+    """WHERE conditions (ANDed) and their parameters for a filter. Raises ValueError naming a bad value."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if flt.cluster is not None:
+        where.append("cluster = {cluster:String}")
+        params["cluster"] = flt.cluster
+    if flt.verdict is not None:
+        where.append("verdict = {verdict:UInt8}")
+        params["verdict"] = parse_verdict(flt.verdict)
+    if flt.protocol is not None:
+        where.append("has({protocols:Array(UInt8)}, l4_protocol)")
+        params["protocols"] = list(parse_protocol(flt.protocol))
+    if flt.since is not None:
+        where.append("time >= fromUnixTimestamp64Nano({since_ns:Int64}, 'UTC')")
+        params["since_ns"] = parse_time_ns("since", flt.since, now_ns)
+    if flt.until is not None:
+        where.append("time <= fromUnixTimestamp64Nano({until_ns:Int64}, 'UTC')")
+        params["until_ns"] = parse_time_ns("until", flt.until, now_ns)
+
+    ns: str | None = None
+    pod_prefix: str | None = None
+    if flt.namespace is not None:
+        if not flt.namespace or "/" in flt.namespace:
+            raise FilterValueError("namespace", flt.namespace, f"invalid namespace {flt.namespace!r}")
+        ns = flt.namespace
+    if flt.pod is not None:
+        ns, pod_prefix = parse_pod(flt.pod, flt.namespace)
+    port = parse_port(flt.port) if flt.port is not None else None
+    if ns is not None or port is not None:
+        if ns is not None:
+            params["ns"] = ns
+        if pod_prefix:
+            params["pod_prefix"] = pod_prefix
+        if port is not None:
+            params["port"] = port
+        src = _side_condition("src", ns, pod_prefix, port)
+        dst = _side_condition("dst", ns, pod_prefix, port)
+        where.append(f"(({src}) OR ({dst}))")
+    return where, params
+
+
+def build_flow_query(
+    flt: FlowFilter,
+    extra_where: Iterable[tuple[str, Mapping[str, Any]]] = (),
+    now_ns: int | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """SQL (newest first, LIMIT last unless all) and its bound parameters.
+
+    `extra_where` fragments are trusted SQL from our own code (e.g. the RBAC scope) whose values are in
+    their own parameters; a parameter name used twice is an error, not a silent override.
+    """
+    where, params = filter_conditions(flt, now_ns)
+    for fragment, extra in extra_where:
+        clash = set(extra) & set(params)
+        if clash:
+            raise ValueError(f"extra_where: parameter names already in use: {sorted(clash)}")
+        where.append(f"({fragment})")
+        params.update(extra)
+    last = parse_last(flt.last)
+    sql = f"SELECT {', '.join(SELECT_COLUMNS)}\nFROM {FLOWS_TABLE} FINAL"
+    if where:
+        sql += "\nWHERE " + "\n  AND ".join(where)
+    # uuid breaks ties between flows of the same nanosecond so pages and repeats are stable.
+    sql += "\nORDER BY time DESC, uuid DESC"
+    if last is not None:
+        sql += "\nLIMIT {last:UInt64}"
+        params["last"] = last
+    return sql, params
+
+
+def build_count_query(cluster: str | None = None) -> tuple[str, dict[str, Any]]:
+    sql = f"SELECT count() FROM {FLOWS_TABLE} FINAL"
+    if cluster is None:
+        return sql, {}
+    return sql + " WHERE cluster = {cluster:String}", {"cluster": cluster}
