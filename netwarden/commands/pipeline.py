@@ -10,14 +10,15 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from collectors.hubble_client import Checkpoint, ClientTLS, HubbleCollector
-from collectors.jsonl import read_capture
-from collectors.kafka_out import FlowBatchProducer, new_producer
 from netwarden.cli import CommandError
-from netwarden.embedded import PipelineStack, StackConfig
-from schemas.dead_letter import DeadLetter
+
+# Heavy modules (Faust, gRPC, chDB) are imported inside the commands: every CLI call pays for imports
+# at module level, and a collector restarted after a crash should be streaming within a second.
+if TYPE_CHECKING:
+    from collectors.hubble_client import ClientTLS
+    from netwarden.embedded import PipelineStack
 
 
 def default_data_dir() -> str:
@@ -37,6 +38,8 @@ def add_tls(p: argparse.ArgumentParser) -> None:
 
 
 def tls_from_args(args: argparse.Namespace) -> ClientTLS | None:
+    from collectors.hubble_client import ClientTLS
+
     if not (args.tls or args.tls_ca_cert or args.tls_client_cert or args.tls_server_name):
         return None
     try:
@@ -88,10 +91,18 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 async def ingest(
-    data_dir: Path, cluster: str, files: list[str], kafka: str | None = None, timeout: float = 600.0
+    data_dir: Path,
+    cluster: str,
+    files: list[str],
+    kafka: str | None = None,
+    timeout: float = 600.0,
+    clickhouse_dsn: str | None = None,
 ) -> dict[str, int]:
     """Capture files -> Hubble-compatible server on loopback -> gRPC collector -> broker -> Faust -> ClickHouse."""
     from collectors.hubble_server import HubbleServer
+    from collectors.jsonl import read_capture
+    from netwarden.embedded import PipelineStack, StackConfig
+    from schemas.dead_letter import DeadLetter
 
     responses = []
     bad = []
@@ -106,7 +117,7 @@ async def ingest(
                 responses.append(line.response)
     expected = sum(1 for r in responses if r.WhichOneof("response_types") == "flow")
 
-    stack = PipelineStack(StackConfig(data_dir=data_dir, kafka=kafka))
+    stack = PipelineStack(StackConfig(data_dir=data_dir, kafka=kafka, clickhouse_dsn=clickhouse_dsn))
     await stack.start()
     server = HubbleServer(ring_capacity=max(4095, len(responses) + 1))
     try:
@@ -159,6 +170,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 async def collect(data_dir: Path, cluster: str, target: str, kafka: str, tls: ClientTLS | None) -> None:
+    from collectors.hubble_client import Checkpoint, HubbleCollector
+    from collectors.kafka_out import FlowBatchProducer, new_producer
+
     data_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
     _stop_on_signals(stop)
@@ -175,6 +189,8 @@ async def collect(data_dir: Path, cluster: str, target: str, kafka: str, tls: Cl
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from netwarden.embedded import PipelineStack, StackConfig
+
     async def run() -> None:
         stop = asyncio.Event()
         _stop_on_signals(stop)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from netwarden.commands.pipeline import add_data_dir
-from netwarden.embedded import PipelineStack, StackConfig
 
 DEMO_CLUSTERS = ("demo-east", "demo-west")
 
@@ -39,6 +38,7 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
 
     from collectors.hubble_server import HubbleServer
     from collectors.traffic import DemoTraffic
+    from netwarden.embedded import PipelineStack, StackConfig
     from query_api.app import create_app
     from query_api.store import FlowStore
 
