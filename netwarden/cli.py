@@ -12,9 +12,11 @@ from collections.abc import Callable
 COMMAND_MODULES = [
     "netwarden.commands.pipeline",
     "netwarden.commands.up",
+    "netwarden.commands.bench_ingest",
     "netwarden.commands.policy_check",
     "netwarden.commands.flows",
     "netwarden.commands.gitops",
+    "netwarden.commands.hubble",
 ]
 
 
@@ -30,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     policy = sub.add_parser("policy", help="policy checks, history and rollback")
-    groups = {"policy": policy.add_subparsers(dest="policy_command", metavar="VERB", required=True)}
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    groups = {
+        "policy": policy.add_subparsers(dest="policy_command", metavar="VERB", required=True),
+        "bench": bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True),
+    }
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub, groups)
     return parser

@@ -35,6 +35,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: float) -> None:
     import uvicorn
+    from prometheus_client import REGISTRY
 
     from collectors.hubble_server import HubbleServer
     from collectors.traffic import DemoTraffic
@@ -62,7 +63,7 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
             await stack.add_collector(cluster, f"127.0.0.1:{hubble_port}")
             lines.append(f"  hubble     {cluster}: Hubble-compatible server at 127.0.0.1:{hubble_port} ({rate:g} flows/s)")
         store = FlowStore(stack.clickhouse)
-        app = create_app(store)
+        app = create_app(store, registry=REGISTRY)  # one /metrics for API, pipeline and broker
         api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
         api_task = asyncio.create_task(api.serve())
         lines += [
