@@ -13,6 +13,15 @@ Filters mean what they mean to `hubble observe`:
 - `since` / `until`: RFC 3339 (nanoseconds kept) or relative to now (`30s`, `5m`, `2h`, `1d`, `1w`, `1h30m`),
   both inclusive like Hubble's.
 - `cluster` (netwarden's own: which collector's cluster stored the flow) matches exactly.
+- Also either-side, combined per side with namespace/pod/port: `labels` (every label on the same endpoint;
+  `k=v` matches a stored `source:k=v` of any source, a full `reserved:world` matches exactly), `workload`
+  (`[kind/]name`, kind case-insensitive) and `ip` (an address or a CIDR).
+- `drop_reason` (DropReason name or number, matched against drop_reason_desc), `direction` (INGRESS,
+  EGRESS), `l7_type` (REQUEST, RESPONSE, SAMPLE), all case-insensitive.
+- `cursor`: an opaque keyset token (encode_cursor) meaning "strictly older than this flow" in the
+  (time DESC, uuid DESC) order, for stable pagination while new flows arrive.
+- With a `ScopeFilter`, flows are read from a subquery that applies the scope and redacts the
+  out-of-scope peer; every filter then sees redacted values only.
 
 Every user value is a bound parameter (`{name:Type}`, bound by the server), never SQL text. Scope filters
 (issue 3) are ANDed in through `extra_where` as (SQL fragment, parameters) pairs.
@@ -20,16 +29,24 @@ Every user value is a bound parameter (`{name:Type}`, bound by the server), neve
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
+import ipaddress
+import json
 import re
 import time
+import uuid as uuidlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.clickhouse import FLOWS_TABLE
 from schemas.flow_record import L4_PROTOCOL_NUMBERS, RECORD_COLUMNS
 from schemas.hubble.flow import flow_pb2
+
+if TYPE_CHECKING:
+    from query_api.scope import ScopeFilter
 
 DEFAULT_LAST = 20
 DEFAULT_NAMESPACE = "default"  # hubble: a pod filter without a namespace means this one
@@ -94,6 +111,13 @@ class FlowFilter:
     since: str | None = None
     until: str | None = None
     last: int | None = DEFAULT_LAST
+    labels: tuple[str, ...] = ()
+    workload: str | None = None
+    ip: str | None = None
+    drop_reason: str | None = None
+    direction: str | None = None
+    l7_type: str | None = None
+    cursor: str | None = None
 
 
 def parse_time_ns(param: str, value: str, now_ns: int | None = None) -> int:
@@ -180,6 +204,89 @@ def parse_pod(pod: str, namespace: str | None) -> tuple[str, str]:
     return (namespace if namespace is not None else DEFAULT_NAMESPACE), pod
 
 
+def _parse_enum(parameter: str, enum: Any, value: str, numbers: bool = False) -> int:
+    """An enum value by name (case-insensitive; the zero 'unknown' value excluded) or, if allowed, number."""
+    text = value.strip()
+    if numbers and text.isdigit():
+        number = int(text)
+        if 0 < number <= 0xFFFF:
+            return number
+    known = enum.DESCRIPTOR.values_by_name.get(text.upper()) if text else None
+    if known is None or known.number == 0:
+        names = ", ".join(v.name for v in enum.DESCRIPTOR.values if v.number != 0)
+        raise FilterValueError(parameter, value, f"unknown {parameter} {value!r}; expected one of {names}")
+    return int(known.number)
+
+
+def parse_drop_reason(value: str) -> int:
+    return _parse_enum("drop_reason", flow_pb2.DropReason, value, numbers=True)
+
+
+def parse_direction(value: str) -> int:
+    return _parse_enum("direction", flow_pb2.TrafficDirection, value)
+
+
+def parse_l7_type(value: str) -> int:
+    return _parse_enum("l7_type", flow_pb2.L7FlowType, value)
+
+
+def parse_label(value: str) -> str:
+    text = value.strip()
+    if not text or text.startswith("=") or "," in text:
+        raise FilterValueError(
+            "label", value, f"invalid label {value!r}; expected key=value or source:key=value"
+        )
+    return text
+
+
+def label_matches(wanted: str, labels: Iterable[str]) -> bool:
+    """Python twin of the SQL label match: the full label, or the label without its `source:` prefix."""
+    return any(lb == wanted or lb.split(":", 1)[-1] == wanted for lb in labels)
+
+
+def parse_workload(value: str) -> tuple[str, str]:
+    """(kind or '', name) of `[kind/]name`."""
+    text = value.strip()
+    kind, _, name = text.rpartition("/")
+    if not name or "/" in kind:
+        raise FilterValueError("workload", value, f"invalid workload {value!r}; expected [kind/]name")
+    return kind, name
+
+
+def parse_ip(value: str) -> tuple[ipaddress.IPv6Address, ipaddress.IPv6Address]:
+    """First and last address of an address or CIDR, as stored (IPv6; IPv4 as IPv4-mapped)."""
+    try:
+        net = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise FilterValueError("ip", value, f"invalid ip {value!r}; expected an IP address or CIDR") from None
+    if isinstance(net, ipaddress.IPv4Network):
+        mapped = int(ipaddress.IPv6Address("::ffff:0:0"))
+        lo = ipaddress.IPv6Address(mapped + int(net.network_address))
+        hi = ipaddress.IPv6Address(mapped + int(net.broadcast_address))
+        return lo, hi
+    return ipaddress.IPv6Address(int(net.network_address)), ipaddress.IPv6Address(int(net.broadcast_address))
+
+
+def encode_cursor(time_ns: int, flow_uuid: Any) -> str:
+    """The opaque page token after a flow: url-safe base64 of {"t": ns, "u": uuid}."""
+    raw = json.dumps({"t": int(time_ns), "u": str(flow_uuid)}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        obj = json.loads(raw)
+        time_ns, flow_uuid = int(obj["t"]), str(uuidlib.UUID(str(obj["u"])))
+        if not 0 <= time_ns < 2**63:
+            raise ValueError("time out of range")
+    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+        raise FilterValueError(
+            "cursor", token, "invalid cursor; use next_cursor of a previous page"
+        ) from None
+    return time_ns, flow_uuid
+
+
 def parse_last(value: int | str | None) -> int | None:
     if value is None:
         return None
@@ -192,17 +299,49 @@ def parse_last(value: int | str | None) -> int | None:
     return last
 
 
-def _side_condition(side: str, ns: str | None, pod_prefix: str | None, port: int | None) -> str:
+@dataclass(frozen=True)
+class _SideFilter:
+    ns: str | None = None
+    pod_prefix: str | None = None
+    port: int | None = None
+    labels: tuple[str, ...] = ()
+    workload: tuple[str, str] | None = None
+    ip: tuple[ipaddress.IPv6Address, ipaddress.IPv6Address] | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(
+            x not in (None, ()) for x in (self.ns, self.port, self.workload, self.ip, self.labels)
+        ) or bool(self.pod_prefix)
+
+
+def _side_condition(side: str, f: _SideFilter) -> str:
     """All side filters of one endpoint (side = 'src' or 'dst'); parameter names are shared by both sides."""
     parts = []
-    if ns is not None:
+    if f.ns is not None:
         parts.append(f"{side}_namespace = {{ns:String}}")
-    if pod_prefix:
+    if f.pod_prefix:
         parts.append(f"startsWith({side}_pod, {{pod_prefix:String}})")
-    if port is not None:
+    if f.port is not None:
         parts.append(
             f"{side}_port = {{port:UInt16}} AND l4_protocol IN ({', '.join(map(str, PORT_PROTOCOLS))})"
         )
+    for i, _ in enumerate(f.labels):
+        # The label itself, or the label without its `source:` prefix (k8s:app=x matches app=x).
+        parts.append(
+            f"(has({side}_labels, {{label_{i}:String}}) OR "
+            f"has(arrayMap(l -> substring(l, position(l, ':') + 1), {side}_labels), {{label_{i}:String}}))"
+        )
+    if f.workload is not None:
+        if f.workload[0]:
+            parts.append(
+                f"arrayExists((n, k) -> n = {{workload_name:String}} AND lower(k) = {{workload_kind:String}}, "
+                f"{side}_workload_names, {side}_workload_kinds)"
+            )
+        else:
+            parts.append(f"has({side}_workload_names, {{workload_name:String}})")
+    if f.ip is not None:
+        parts.append(f"ip_{side} BETWEEN {{ip_first:IPv6}} AND {{ip_last:IPv6}}")
     return " AND ".join(parts)
 
 
@@ -226,6 +365,21 @@ def filter_conditions(flt: FlowFilter, now_ns: int | None = None) -> tuple[list[
         where.append("time <= fromUnixTimestamp64Nano({until_ns:Int64}, 'UTC')")
         params["until_ns"] = parse_time_ns("until", flt.until, now_ns)
 
+    if flt.drop_reason is not None:
+        where.append("drop_reason_desc = {drop_reason:UInt32}")
+        params["drop_reason"] = parse_drop_reason(flt.drop_reason)
+    if flt.direction is not None:
+        where.append("traffic_direction = {direction:UInt8}")
+        params["direction"] = parse_direction(flt.direction)
+    if flt.l7_type is not None:
+        where.append("l7_type = {l7_type:UInt8}")
+        params["l7_type"] = parse_l7_type(flt.l7_type)
+    if flt.cursor is not None:
+        where.append(
+            "(time, uuid) < (fromUnixTimestamp64Nano({cursor_ns:Int64}, 'UTC'), toUUID({cursor_uuid:String}))"
+        )
+        params["cursor_ns"], params["cursor_uuid"] = decode_cursor(flt.cursor)
+
     ns: str | None = None
     pod_prefix: str | None = None
     if flt.namespace is not None:
@@ -234,39 +388,74 @@ def filter_conditions(flt: FlowFilter, now_ns: int | None = None) -> tuple[list[
         ns = flt.namespace
     if flt.pod is not None:
         ns, pod_prefix = parse_pod(flt.pod, flt.namespace)
-    port = parse_port(flt.port) if flt.port is not None else None
-    if ns is not None or port is not None:
-        if ns is not None:
-            params["ns"] = ns
-        if pod_prefix:
-            params["pod_prefix"] = pod_prefix
-        if port is not None:
-            params["port"] = port
-        src = _side_condition("src", ns, pod_prefix, port)
-        dst = _side_condition("dst", ns, pod_prefix, port)
-        where.append(f"(({src}) OR ({dst}))")
+    side = _SideFilter(
+        ns=ns,
+        pod_prefix=pod_prefix,
+        port=parse_port(flt.port) if flt.port is not None else None,
+        labels=tuple(parse_label(lb) for lb in flt.labels),
+        workload=parse_workload(flt.workload) if flt.workload is not None else None,
+        ip=parse_ip(flt.ip) if flt.ip is not None else None,
+    )
+    if side.active:
+        if side.ns is not None:
+            params["ns"] = side.ns
+        if side.pod_prefix:
+            params["pod_prefix"] = side.pod_prefix
+        if side.port is not None:
+            params["port"] = side.port
+        for i, label in enumerate(side.labels):
+            params[f"label_{i}"] = label
+        if side.workload is not None:
+            params["workload_name"] = side.workload[1]
+            if side.workload[0]:
+                params["workload_kind"] = side.workload[0].lower()
+        if side.ip is not None:
+            params["ip_first"], params["ip_last"] = str(side.ip[0]), str(side.ip[1])
+        where.append(f"(({_side_condition('src', side)}) OR ({_side_condition('dst', side)}))")
     return where, params
+
+
+def flow_source(scope: ScopeFilter | None) -> tuple[str, dict[str, Any]]:
+    """The FROM clause: the flows table, or with a scope the visible flows with their peers redacted."""
+    if scope is None:
+        return f"{FLOWS_TABLE} FINAL", {}
+    from query_api.scope import TABLE_ALIAS
+
+    where, params = scope.sql_where()
+    inner = (
+        f"(SELECT {', '.join(scope.redacted_select())}\n  FROM {FLOWS_TABLE} AS {TABLE_ALIAS} FINAL"
+        f"\n  WHERE {where})"
+    )
+    return inner, params
+
+
+def _merge(params: dict[str, Any], extra: Mapping[str, Any], what: str) -> None:
+    clash = set(extra) & set(params)
+    if clash:
+        raise ValueError(f"{what}: parameter names already in use: {sorted(clash)}")
+    params.update(extra)
 
 
 def build_flow_query(
     flt: FlowFilter,
     extra_where: Iterable[tuple[str, Mapping[str, Any]]] = (),
     now_ns: int | None = None,
+    scope: ScopeFilter | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """SQL (newest first, LIMIT last unless all) and its bound parameters.
 
-    `extra_where` fragments are trusted SQL from our own code (e.g. the RBAC scope) whose values are in
-    their own parameters; a parameter name used twice is an error, not a silent override.
+    `scope` limits the rows to what a principal may see, redacted (query_api.scope). `extra_where`
+    fragments are trusted SQL from our own code whose values are in their own parameters; a parameter
+    name used twice is an error, not a silent override.
     """
     where, params = filter_conditions(flt, now_ns)
+    source, scope_params = flow_source(scope)
+    _merge(params, scope_params, "scope")
     for fragment, extra in extra_where:
-        clash = set(extra) & set(params)
-        if clash:
-            raise ValueError(f"extra_where: parameter names already in use: {sorted(clash)}")
+        _merge(params, extra, "extra_where")
         where.append(f"({fragment})")
-        params.update(extra)
     last = parse_last(flt.last)
-    sql = f"SELECT {', '.join(SELECT_COLUMNS)}\nFROM {FLOWS_TABLE} FINAL"
+    sql = f"SELECT {', '.join(SELECT_COLUMNS)}\nFROM {source}"
     if where:
         sql += "\nWHERE " + "\n  AND ".join(where)
     # uuid breaks ties between flows of the same nanosecond so pages and repeats are stable.

@@ -1,0 +1,187 @@
+"""Which flows a principal may see, and how much of the peer outside its scope: one rule, twice.
+
+Pure: no I/O. The rule exists as SQL (`sql_where`, `redacted_select`, for history queries, where the
+scope is part of the query itself) and as Python (`visible`, `redact`, for the live stream, which filters
+flows in flight). Both twins must agree exactly; tests/query_api check them against each other.
+
+Rule (issue 3, "Visibility rule"):
+- Scope: org roles see everything; infra-admin and project roles see the clusters of their project (plus
+  the namespaces of the project's workspaces, should one lie outside those clusters); workspace roles
+  see the (cluster, namespace) pairs of their workspace. Several bindings: the union.
+- An endpoint's place is (cluster, namespace). Its cluster is the endpoint's own `cluster_name` when
+  Hubble reports one (cluster mesh: the peer of a cross-cluster flow lives in the other cluster), else
+  the cluster whose collector stored the flow. Reserved identities (world, host) have no namespace: they
+  are (cluster, ""), inside a project's clusters but inside no workspace.
+- A flow is visible when its source or its destination lies in the scope.
+- The endpoint outside the scope keeps its cluster, namespace (and the namespace's project/workspace),
+  its reserved identity (labels starting with `reserved:`, identity numbers below 256) and the service's
+  namespace; it loses its pod name, endpoint id, other labels and identity, workloads, IP (-> `::`),
+  DNS names and service name (a service name is as telling as a DNS name). Ports, verdicts and policy
+  attribution stay: they are the flow, and the answer to "why was my traffic dropped?".
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policy_engine.roles import Ownership, Principal, Role
+from schemas.flow_record import RECORD_COLUMNS
+
+TABLE_ALIAS = "f"  # redacted_select() and sql_where() read the flows table under this alias
+RESERVED_LABEL_PREFIX = "reserved:"
+MAX_RESERVED_IDENTITY = 255  # cilium: identities 1..255 are reserved (host, world, health, ...)
+SIDES = ("src", "dst")
+
+ORG_ROLES = (Role.ORG_ADMIN, Role.ORG_READ_ONLY)
+PROJECT_ROLES = (Role.INFRA_ADMIN, Role.PROJECT_ADMIN, Role.PROJECT_READ_ONLY)
+WORKSPACE_ROLES = (Role.WORKSPACE_ADMIN, Role.WORKSPACE_READ_ONLY)
+
+# Column -> value of a redacted endpoint, per side; columns not named here are kept.
+_REDACTED_SQL: dict[str, str] = {
+    "id": "toUInt32(0)",
+    "pod": "''",
+    "workload_names": "[]",
+    "workload_kinds": "[]",
+    "service": "''",
+    "names": "[]",
+}
+_IP_COLUMN = {"src": "ip_src", "dst": "ip_dst"}
+
+
+@dataclass(frozen=True)
+class ScopeFilter:
+    """What one principal sees: everything, whole clusters, or (cluster, namespace) pairs."""
+
+    everything: bool = False
+    clusters: frozenset[str] = frozenset()
+    namespaces: frozenset[tuple[str, str]] = frozenset()
+
+    @classmethod
+    def for_principal(cls, principal: Principal, ownership: Ownership) -> ScopeFilter:
+        if principal.roles(*ORG_ROLES):
+            return cls(everything=True)
+        clusters: set[str] = set()
+        namespaces: set[tuple[str, str]] = set()
+        for binding in principal.roles(*PROJECT_ROLES):
+            clusters |= ownership.project_clusters.get(binding.scope_name, frozenset())
+            for workspace, project in ownership.workspace_project.items():
+                if project == binding.scope_name:
+                    refs = ownership.workspace_namespaces.get(workspace, frozenset())
+                    namespaces |= {(r.cluster, r.namespace) for r in refs}
+        for binding in principal.roles(*WORKSPACE_ROLES):
+            refs = ownership.workspace_namespaces.get(binding.scope_name, frozenset())
+            namespaces |= {(r.cluster, r.namespace) for r in refs}
+        # A namespace of a wholly visible cluster adds nothing; dropping it keeps parameters small.
+        namespaces = {ns for ns in namespaces if ns[0] not in clusters}
+        return cls(False, frozenset(clusters), frozenset(namespaces))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.everything or self.clusters or self.namespaces)
+
+    def can_see_cluster(self, cluster: str) -> bool:
+        return self.everything or cluster in self.clusters or any(c == cluster for c, _ in self.namespaces)
+
+    def can_see_namespace(self, cluster: str, namespace: str) -> bool:
+        return self.everything or cluster in self.clusters or (cluster, namespace) in self.namespaces
+
+    # -- SQL ------------------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        if self.everything:
+            return {}
+        return {
+            "scope_clusters": sorted(self.clusters),
+            "scope_namespaces": sorted(self.namespaces),
+        }
+
+    def side_in_scope_sql(self, side: str) -> str:
+        """SQL: the endpoint `side` ('src'/'dst') of the row lies in the scope (parameters: params())."""
+        if self.everything:
+            return "1"
+        if self.empty:
+            return "0"
+        a = TABLE_ALIAS
+        cluster = f"if({a}.{side}_cluster_name != '', {a}.{side}_cluster_name, {a}.cluster)"
+        return (
+            f"(has({{scope_clusters:Array(String)}}, {cluster}) OR "
+            f"has({{scope_namespaces:Array(Tuple(String, String))}}, ({cluster}, {a}.{side}_namespace)))"
+        )
+
+    def sql_where(self) -> tuple[str, dict[str, Any]]:
+        """The visibility condition over `flows AS f`, with its bound parameters (no user text in it)."""
+        if self.everything:
+            return "1", {}
+        return f"({self.side_in_scope_sql('src')} OR {self.side_in_scope_sql('dst')})", self.params()
+
+    def redacted_select(self) -> list[str]:
+        """`expr AS column` for every record column (schemas.flow_record order), out-of-scope peer redacted.
+
+        Meant as the select list of a subquery over `flows AS f FINAL WHERE sql_where()`, so that filters
+        applied outside it see only redacted values: a filter on a hidden pod name matches nothing, and
+        cannot be used to probe for it. Parameters: params().
+        """
+        a = TABLE_ALIAS
+        if self.everything:
+            return [f"{a}.`{c.name}` AS `{c.name}`" for c in RECORD_COLUMNS]
+        inside = {side: self.side_in_scope_sql(side) for side in SIDES}
+        out: list[str] = []
+        for column in RECORD_COLUMNS:
+            name = column.name
+            raw = f"{a}.`{name}`"
+            side, _, field = name.partition("_")
+            expr = raw
+            if side in SIDES and field in _REDACTED_SQL:
+                expr = f"if({inside[side]}, {raw}, {_REDACTED_SQL[field]})"
+            elif side in SIDES and field == "labels":
+                expr = f"if({inside[side]}, {raw}, arrayFilter(l -> startsWith(l, '{RESERVED_LABEL_PREFIX}'), {raw}))"
+            elif side in SIDES and field == "identity":
+                expr = f"if({inside[side]} OR {raw} <= {MAX_RESERVED_IDENTITY}, {raw}, toUInt32(0))"
+            elif name in ("ip_src", "ip_dst"):
+                side = name[3:]
+                expr = f"if({inside[side]}, {raw}, toIPv6('::'))"
+            out.append(f"{expr} AS `{name}`")
+        return out
+
+    # -- Python twins (the live stream) ---------------------------------------------------------
+    def side_in_scope(self, row: Mapping[str, Any], side: str) -> bool:
+        if self.everything:
+            return True
+        cluster = row.get(f"{side}_cluster_name") or row.get("cluster") or ""
+        return cluster in self.clusters or (cluster, row.get(f"{side}_namespace") or "") in self.namespaces
+
+    def visible(self, row: Mapping[str, Any]) -> bool:
+        return self.side_in_scope(row, "src") or self.side_in_scope(row, "dst")
+
+    def redact(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """A copy of a visible row with its out-of-scope endpoint redacted exactly as redacted_select()."""
+        out = dict(row)
+        if self.everything:
+            return out
+        for side in SIDES:
+            if self.side_in_scope(row, side):
+                continue
+            out[f"{side}_id"] = 0
+            out[f"{side}_pod"] = ""
+            out[f"{side}_workload_names"] = []
+            out[f"{side}_workload_kinds"] = []
+            out[f"{side}_service"] = ""
+            out[f"{side}_names"] = []
+            labels = row.get(f"{side}_labels") or ()
+            out[f"{side}_labels"] = [lb for lb in labels if lb.startswith(RESERVED_LABEL_PREFIX)]
+            if int(row.get(f"{side}_identity") or 0) > MAX_RESERVED_IDENTITY:
+                out[f"{side}_identity"] = 0
+            ip_column = _IP_COLUMN[side]
+            out[ip_column] = _unspecified_like(row.get(ip_column))
+        return out
+
+
+def _unspecified_like(value: Any) -> Any:
+    """`::` in the representation the row uses (Arrow rows: bytes; ClickHouse rows: IPv6Address)."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(16)
+    if isinstance(value, str):
+        return "::"
+    return ipaddress.IPv6Address(0)
