@@ -1,35 +1,54 @@
-"""The query API: flow history over HTTP, health and Prometheus metrics.
+"""The query API: role-scoped flow history and summaries over HTTP, tenancy listings, health and metrics.
+
+Authentication: every route except /healthz needs a Principal from `principal_dependency` (a FastAPI
+dependency; the composition root passes `query_api.auth.fastapi_dependency(authenticator)` or simply
+`authenticator=`); without one configured, every protected route answers 401 (fail closed). /metrics is
+public unless `metrics_dependency` is given. Authorization: any role binding may read; what it sees is
+its ScopeFilter (query_api.scope), built from the tenancy snapshot `ownership()` on each request and
+applied inside the SQL query.
 
 Output formats of GET /api/v1/flows (every flow in hubble's jsonpb form, schemas.flow_render):
-- `json` (default): `{"flows": [GetFlowsResponse, ...]}`, newest first;
+- `json` (default): `{"flows": [GetFlowsResponse, ...], "next_cursor": token or null}`, newest first;
 - `ndjson`: one GetFlowsResponse per line, newest first;
 - `jsonpb`: exactly what `hubble observe -o jsonpb` / `netwarden flows -o jsonpb` print: one compact
   GetFlowsResponse per line, the selected newest flows in time order (oldest first).
+For ndjson/jsonpb the next page's cursor is in the `X-Next-Cursor` header. `next_cursor` is set only when
+more flows match: pass it as `cursor` (same filters) for the next, older page.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
-from fastapi import FastAPI, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from query_api.flow_query import FilterValueError, FlowFilter
+from policy_engine.roles import Ownership, PermissionDenied, Principal, Role
+from query_api.flow_query import FilterValueError, FlowFilter, encode_cursor
 from query_api.metrics import QueryApiMetrics
+from query_api.scope import PROJECT_ROLES, WORKSPACE_ROLES, ScopeFilter
 from query_api.store import FlowStore
-from schemas.flow_render import row_to_jsonpb
+from query_api.summary import DEFAULT_EDGES, DEFAULT_TOP, MAX_EDGES, MAX_TOP, parse_window, summarize
+from schemas.clickhouse import FLOWS_TABLE
+from schemas.flow_render import row_time_ns, row_to_jsonpb
 
 log = logging.getLogger("netwarden.query_api")
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
 NDJSON = "application/x-ndjson"
+NEXT_CURSOR_HEADER = "X-Next-Cursor"
+
+PrincipalDependency = Callable[..., Any]
 
 
 def jsonpb_line(obj: dict[str, Any]) -> str:
@@ -47,11 +66,164 @@ def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
     )
 
 
-def create_app(store: FlowStore, registry: CollectorRegistry | None = None) -> FastAPI:
+# ---- response models (published in /openapi.json) -----------------------------------------------
+
+
+class ErrorResponse(BaseModel):
+    detail: str
+
+
+class PermissionDeniedResponse(BaseModel):
+    detail: str
+    needed: str = Field(description="the role (and scope) the request needs")
+
+
+class FlowsPage(BaseModel):
+    flows: list[dict[str, Any]] = Field(description="GetFlowsResponse objects in hubble's jsonpb form")
+    next_cursor: str | None = Field(None, description="pass as `cursor` for the next (older) page")
+
+
+class SummaryEndpoint(BaseModel):
+    cluster: str
+    namespace: str
+    workload: str = Field(description="workload name, else reserved identity label, else pod; '' if redacted")
+
+
+class SummaryBucket(BaseModel):
+    start: str
+    verdicts: dict[str, int]
+
+
+class TopTalker(BaseModel):
+    source: SummaryEndpoint
+    destination: SummaryEndpoint
+    flows: int
+
+
+class DropReasonCount(BaseModel):
+    reason: str
+    flows: int
+
+
+class DropPolicyCount(BaseModel):
+    kind: str
+    namespace: str
+    name: str
+    flows: int
+
+
+class ServiceEdge(BaseModel):
+    source: SummaryEndpoint
+    destination: SummaryEndpoint
+    port: int
+    protocol: str
+    flows: int
+    verdicts: dict[str, int]
+
+
+class FlowSummary(BaseModel):
+    since: str
+    until: str
+    bucket_seconds: float
+    total: int
+    buckets: list[SummaryBucket]
+    top_talkers: list[TopTalker]
+    drops_by_reason: list[DropReasonCount]
+    drops_by_policy: list[DropPolicyCount]
+    edges: list[ServiceEdge]
+    edges_truncated: bool
+
+
+class NamespaceInfo(BaseModel):
+    cluster: str
+    namespace: str
+    project: str = ""
+    workspace: str = ""
+
+
+class NamespaceList(BaseModel):
+    namespaces: list[NamespaceInfo]
+
+
+class WorkspaceNamespace(BaseModel):
+    cluster: str
+    namespace: str
+
+
+class WorkspaceInfo(BaseModel):
+    name: str
+    project: str
+    namespaces: list[WorkspaceNamespace]
+
+
+class WorkspaceList(BaseModel):
+    workspaces: list[WorkspaceInfo]
+
+
+class ClusterInfo(BaseModel):
+    name: str
+    projects: list[str]
+
+
+class ClusterList(BaseModel):
+    clusters: list[ClusterInfo]
+
+
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "no or bad credentials"},
+    403: {"model": PermissionDeniedResponse, "description": "the caller's roles do not allow this"},
+}
+
+
+def _unauthenticated() -> Principal:
+    raise HTTPException(401, "authentication is not configured on this server")
+
+
+def _ownership_provider(ownership: Ownership | Callable[[], Ownership] | None) -> Callable[[], Ownership]:
+    if ownership is None:
+        return Ownership
+    if isinstance(ownership, Ownership):
+        return lambda: ownership
+    return ownership
+
+
+def create_app(
+    store: FlowStore,
+    registry: CollectorRegistry | None = None,
+    *,
+    principal_dependency: PrincipalDependency | None = None,
+    authenticator: Any = None,
+    ownership: Ownership | Callable[[], Ownership] | None = None,
+    metrics_dependency: PrincipalDependency | None = None,
+) -> FastAPI:
+    """`principal_dependency` (a FastAPI dependency returning a Principal) or `authenticator` (a
+    query_api.auth.Authenticator) authenticates; `ownership` is the tenancy snapshot (or a callable
+    returning a fresh one; the control plane changes while the API runs)."""
+    if principal_dependency is None and authenticator is not None:
+        from query_api.auth import fastapi_dependency
+
+        principal_dependency = fastapi_dependency(authenticator)
+    current_principal: PrincipalDependency = principal_dependency or _unauthenticated
+    tenancy = _ownership_provider(ownership)
+
     app = FastAPI(title="netwarden query API", version="1")
     metrics = QueryApiMetrics(registry)
     app.state.store = store
     app.state.metrics = metrics
+
+    @app.exception_handler(PermissionDenied)
+    async def permission_denied(_: Request, exc: PermissionDenied) -> JSONResponse:
+        return JSONResponse(status_code=403, content={"detail": str(exc), "needed": exc.needed})
+
+    @app.exception_handler(FilterValueError)
+    async def bad_filter(_: Request, exc: FilterValueError) -> JSONResponse:
+        return _unprocessable("limit" if exc.parameter == "last" else exc.parameter, exc.value, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape, minus `ctx`/`url` which may hold non-JSON values (e.g. exceptions).
+        errors = [{k: v for k, v in e.items() if k in ("loc", "msg", "type", "input")} for e in exc.errors()]
+        return JSONResponse(status_code=422, content={"detail": json.loads(json.dumps(errors, default=str))})
 
     @app.middleware("http")
     async def record_metrics(
@@ -69,57 +241,194 @@ def create_app(store: FlowStore, registry: CollectorRegistry | None = None) -> F
             metrics.requests.labels(template, request.method, str(status)).inc()
             metrics.latency.labels(template, request.method).observe(time.perf_counter() - start)
 
+    def reader_scope(principal: Principal, action: str) -> ScopeFilter:
+        """Any role binding may read; the scope says what. No binding at all: 403."""
+        if not principal.bindings:
+            raise PermissionDenied(
+                action, f"any role binding ({', '.join(r.value for r in Role)})", principal
+            )
+        return ScopeFilter.for_principal(principal, tenancy())
+
+    async def in_thread(fn: Callable[[], Any]) -> Any:
+        # The chDB client blocks and rendering is CPU work: keep both off the event loop.
+        try:
+            return await run_in_threadpool(fn)
+        except FilterValueError:
+            raise
+        except Exception:
+            metrics.store_errors.inc()
+            log.exception("flow store query failed")
+            raise HTTPException(503, "flow store unavailable") from None
+
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/metrics")
+    metrics_deps = [Depends(metrics_dependency)] if metrics_dependency is not None else []
+
+    @app.get("/metrics", dependencies=metrics_deps, response_class=Response)
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/api/v1/flows", response_model=None)
-    async def get_flows(
+    def flow_filter(
         cluster: str | None = Query(None, description="cluster the flow was collected from"),
         namespace: str | None = Query(None, description="source or destination namespace"),
         pod: str | None = Query(None, description="[namespace/]pod-name prefix, either side"),
+        workload: str | None = Query(None, description="[kind/]workload name, either side"),
+        label: list[str] = Query(
+            [], description="k=v or source:k=v, repeatable (all on the same endpoint), either side"
+        ),
         verdict: str | None = Query(None, description="FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, ..."),
+        drop_reason: str | None = Query(None, description="DropReason name (POLICY_DENIED, ...) or number"),
         protocol: str | None = Query(None, description="tcp, udp, sctp, icmp, icmpv4, icmpv6"),
         port: int | None = Query(None, ge=0, le=65535, description="source or destination port"),
+        direction: str | None = Query(None, description="traffic direction: INGRESS or EGRESS"),
+        l7_type: str | None = Query(None, description="L7 flow type: REQUEST, RESPONSE or SAMPLE"),
+        ip: str | None = Query(None, description="source or destination IP address or CIDR"),
         since: str | None = Query(None, description="RFC 3339 or a duration ago (5m, 2h, 1d)"),
         until: str | None = Query(None, description="RFC 3339 or a duration ago"),
-        limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="newest N matching flows"),
-        format: Literal["json", "ndjson", "jsonpb"] = Query("json"),
-    ) -> Response:
-        flt = FlowFilter(
+    ) -> FlowFilter:
+        return FlowFilter(
             cluster=cluster,
             namespace=namespace,
             pod=pod,
+            workload=workload,
+            labels=tuple(label),
             verdict=verdict,
+            drop_reason=drop_reason,
             protocol=protocol,
             port=port,
+            direction=direction,
+            l7_type=l7_type,
+            ip=ip,
             since=since,
             until=until,
-            last=limit,
         )
 
-        def run() -> list[dict[str, Any]]:
-            # Query and render off the event loop: the chDB client blocks, rendering is CPU work.
-            return [row_to_jsonpb(row) for row in store.query_flows(flt)]
+    @app.get(
+        "/api/v1/flows",
+        response_model=FlowsPage,
+        responses={
+            **AUTH_RESPONSES,
+            200: {"content": {NDJSON: {"schema": {"type": "string"}}}},
+            503: {"model": ErrorResponse},
+        },
+    )
+    async def get_flows(
+        flt: FlowFilter = Depends(flow_filter),
+        limit: int = Query(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="newest N matching flows"),
+        cursor: str | None = Query(None, description="next_cursor of the previous page"),
+        format: Literal["json", "ndjson", "jsonpb"] = Query("json"),
+        principal: Principal = Depends(current_principal),
+    ) -> Response:
+        scope = reader_scope(principal, "read flows")
+        # One more than asked: tells whether another page exists without a count query.
+        query = dataclasses.replace(flt, last=limit + 1, cursor=cursor)
 
-        try:
-            flows = await run_in_threadpool(run)
-        except FilterValueError as exc:
-            return _unprocessable("limit" if exc.parameter == "last" else exc.parameter, exc.value, str(exc))
-        except Exception:
-            metrics.store_errors.inc()
-            log.exception("flow history query failed")
-            return JSONResponse(status_code=503, content={"detail": "flow store unavailable"})
+        def run() -> tuple[list[dict[str, Any]], str | None]:
+            rows = store.query_flows(query, scope=scope)
+            next_cursor = None
+            if len(rows) > limit:
+                rows = rows[:limit]
+                next_cursor = encode_cursor(row_time_ns(rows[-1]), rows[-1]["uuid"])
+            return [row_to_jsonpb(row) for row in rows], next_cursor
+
+        flows, next_cursor = await in_thread(run)
         metrics.flows_returned.labels(format).inc(len(flows))
         if format == "json":
-            return JSONResponse({"flows": flows})
+            return JSONResponse({"flows": flows, "next_cursor": next_cursor})
         if format == "jsonpb":
             flows.reverse()
         body = "".join(jsonpb_line(f) + "\n" for f in flows)
-        return Response(body, media_type=NDJSON)
+        headers = {NEXT_CURSOR_HEADER: next_cursor} if next_cursor else None
+        return Response(body, media_type=NDJSON, headers=headers)
+
+    @app.get(
+        "/api/v1/flows/summary",
+        response_model=FlowSummary,
+        responses={**AUTH_RESPONSES, 503: {"model": ErrorResponse}},
+    )
+    async def get_summary(
+        flt: FlowFilter = Depends(flow_filter),
+        bucket: str | None = Query(None, description="bucket width (10s, 1m, 1h); default: ~60 buckets"),
+        top: int = Query(DEFAULT_TOP, ge=1, le=MAX_TOP, description="number of top talker pairs"),
+        max_edges: int = Query(DEFAULT_EDGES, ge=1, le=MAX_EDGES, description="service-map edges at most"),
+        principal: Principal = Depends(current_principal),
+    ) -> JSONResponse:
+        """Counts over the window since..until (default: the last hour), scope-filtered and redacted."""
+        scope = reader_scope(principal, "read flow summaries")
+        window = parse_window(flt.since, flt.until, bucket)
+        body = await in_thread(lambda: summarize(store, flt, window, scope, top, max_edges))
+        return JSONResponse(body)
+
+    def stored_places() -> tuple[set[str], set[tuple[str, str]]]:
+        sql = (
+            "SELECT DISTINCT if(c != '', c, cluster) AS cl, ns FROM ("
+            f"SELECT cluster, src_cluster_name AS c, src_namespace AS ns FROM {FLOWS_TABLE} "
+            f"UNION ALL SELECT cluster, dst_cluster_name AS c, dst_namespace AS ns FROM {FLOWS_TABLE})"
+        )
+        rows = store.run(sql, {})
+        return {r["cl"] for r in rows}, {(r["cl"], r["ns"]) for r in rows if r["ns"]}
+
+    @app.get("/api/v1/namespaces", response_model=NamespaceList, responses=AUTH_RESPONSES)
+    async def list_namespaces(principal: Principal = Depends(current_principal)) -> dict[str, Any]:
+        """Namespaces the caller sees: declared in workspaces or seen in flows, within the caller's scope."""
+        scope = reader_scope(principal, "list namespaces")
+        own = tenancy()
+        owner = {
+            (ref.cluster, ref.namespace): (own.workspace_project.get(ws, ""), ws)
+            for ws, refs in own.workspace_namespaces.items()
+            for ref in refs
+        }
+        _, seen = await in_thread(stored_places)
+        places = sorted(p for p in set(owner) | seen if scope.can_see_namespace(*p))
+        return {
+            "namespaces": [
+                {
+                    "cluster": c,
+                    "namespace": n,
+                    "project": owner.get((c, n), ("", ""))[0],
+                    "workspace": owner.get((c, n), ("", ""))[1],
+                }
+                for c, n in places
+            ]
+        }
+
+    @app.get("/api/v1/workspaces", response_model=WorkspaceList, responses=AUTH_RESPONSES)
+    async def list_workspaces(principal: Principal = Depends(current_principal)) -> dict[str, Any]:
+        """Org roles: every workspace; project roles: their project's; workspace roles: their own."""
+        scope = reader_scope(principal, "list workspaces")
+        own = tenancy()
+        projects = {b.scope_name for b in principal.roles(*PROJECT_ROLES)}
+        workspaces = {b.scope_name for b in principal.roles(*WORKSPACE_ROLES)}
+        out = []
+        for name in sorted(own.workspace_project):
+            project = own.workspace_project[name]
+            refs = sorted(own.workspace_namespaces.get(name, frozenset()))
+            if scope.everything or project in projects or name in workspaces:
+                out.append(
+                    {
+                        "name": name,
+                        "project": project,
+                        "namespaces": [{"cluster": r.cluster, "namespace": r.namespace} for r in refs],
+                    }
+                )
+        return {"workspaces": out}
+
+    @app.get("/api/v1/clusters", response_model=ClusterList, responses=AUTH_RESPONSES)
+    async def list_clusters(principal: Principal = Depends(current_principal)) -> dict[str, Any]:
+        """Clusters the caller sees a namespace of: declared in projects/workspaces or seen in flows."""
+        scope = reader_scope(principal, "list clusters")
+        own = tenancy()
+        seen, _ = await in_thread(stored_places)
+        declared = set().union(*own.project_clusters.values()) if own.project_clusters else set()
+        declared |= {r.cluster for refs in own.workspace_namespaces.values() for r in refs}
+        names = sorted(c for c in declared | seen if scope.can_see_cluster(c))
+        return {
+            "clusters": [
+                {"name": c, "projects": sorted(p for p, cs in own.project_clusters.items() if c in cs)}
+                for c in names
+            ]
+        }
 
     return app

@@ -146,6 +146,14 @@ def parse_time_ns(param: str, value: str, now_ns: int | None = None) -> int:
     )
 
 
+def parse_duration_ns(param: str, value: str) -> int:
+    """A duration (`30s`, `5m`, `1h30m`) in nanoseconds."""
+    text = value.strip()
+    if not _is_relative(text):
+        raise FilterValueError(param, value, f"invalid duration {value!r}; expected e.g. 30s, 5m, 1h, 1h30m")
+    return _relative_ns(text)
+
+
 def _is_relative(text: str) -> bool:
     return bool(text) and "".join(m.group(0) for m in _RELATIVE.finditer(text)) == text
 

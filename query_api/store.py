@@ -12,6 +12,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from query_api.flow_query import FlowFilter, build_count_query, build_flow_query
+from query_api.scope import ScopeFilter
 from schemas.clickhouse import DEFAULT_RETENTION_DAYS, MIGRATIONS_TABLE_DDL, migrations
 
 CLICKHOUSE_SUBDIR = "clickhouse"  # DATA_DIR/clickhouse holds chDB's files
@@ -96,11 +97,17 @@ class FlowStore:
         self,
         flt: FlowFilter,
         extra_where: Iterable[tuple[str, Mapping[str, Any]]] = (),
+        scope: ScopeFilter | None = None,
     ) -> list[dict[str, Any]]:
-        """Matching rows newest first, in the shape of query_api.flow_query.SELECT_COLUMNS."""
-        sql, params = build_flow_query(flt, extra_where)
+        """Matching rows newest first, in the shape of query_api.flow_query.SELECT_COLUMNS; with a scope,
+        only the flows it may see, out-of-scope peers redacted (query_api.scope)."""
+        sql, params = build_flow_query(flt, extra_where, scope=scope)
+        return self.run(sql, params)
+
+    def run(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """One read query (SQL from our own builders, values bound) -> rows as dicts."""
         with self._lock:
-            result = self.client.query(sql, parameters=params)
+            result = self.client.query(sql, parameters=dict(params))
         return list(result.named_results())
 
     def count(self, cluster: str | None = None) -> int:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi import Header, HTTPException
 from google.protobuf import json_format
 
+from policy_engine.roles import Principal
 from query_api.store import FlowStore, open_clickhouse
 from schemas.clickhouse import FLOWS_TABLE
 from schemas.hubble.observer import observer_pb2
@@ -267,3 +269,15 @@ def flow_store(data_dir: Path) -> Iterator[FlowStore]:
 
 def capture_cluster(path: Path) -> str:
     return "qa-cap-" + path.stem
+
+
+def bearer_principals(principals: dict[str, Principal]) -> Callable[..., Principal]:
+    """A FastAPI dependency standing in for query_api.auth: `Authorization: Bearer <key>` -> principals[key]."""
+
+    def principal(authorization: str | None = Header(None)) -> Principal:
+        scheme, _, token = (authorization or "").partition(" ")
+        if scheme.lower() != "bearer" or token not in principals:
+            raise HTTPException(401, "missing or bad bearer token", headers={"WWW-Authenticate": "Bearer"})
+        return principals[token]
+
+    return principal

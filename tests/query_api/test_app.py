@@ -8,15 +8,36 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from policy_engine.roles import Principal
 from query_api.app import create_app
 from query_api.store import FlowStore
-from tests.query_api.conftest import BASE_NS, INJECTION_NS, flow_uuid, rfc3339
+from tests.query_api.conftest import BASE_NS, INJECTION_NS, bearer_principals, flow_uuid, rfc3339
+
+PRINCIPALS = {"admin": Principal.with_role("org-admin", name="admin"), "nobody": Principal("nobody")}
+AUTH = {"Authorization": "Bearer admin"}
 
 
 @pytest.fixture(scope="module")
 def http(flow_store: FlowStore) -> Iterator[TestClient]:
-    with TestClient(create_app(flow_store)) as client:
+    app = create_app(flow_store, principal_dependency=bearer_principals(PRINCIPALS))
+    with TestClient(app, headers=AUTH) as client:
         yield client
+
+
+def test_authentication_and_authorization_errors_are_json(flow_store: FlowStore) -> None:
+    app = create_app(flow_store, principal_dependency=bearer_principals(PRINCIPALS))
+    with TestClient(app) as client:
+        for path in ("/api/v1/flows", "/api/v1/flows/summary", "/api/v1/namespaces", "/api/v1/clusters"):
+            r = client.get(path)
+            assert r.status_code == 401 and r.json()["detail"], path
+            r = client.get(path, headers={"Authorization": "Bearer wrong"})
+            assert r.status_code == 401, path
+            r = client.get(path, headers={"Authorization": "Bearer nobody"})
+            assert r.status_code == 403 and "org-admin" in r.json()["needed"], path
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/metrics").status_code == 200
+    with TestClient(create_app(flow_store)) as client:  # no authentication configured: fail closed
+        assert client.get("/api/v1/flows").status_code == 401
 
 
 def test_healthz(http: TestClient) -> None:
@@ -56,7 +77,7 @@ def test_limit_and_filters(http: TestClient) -> None:
     r = http.get("/api/v1/flows", params={"namespace": INJECTION_NS})
     assert [f["flow"]["uuid"] for f in r.json()["flows"]] == [flow_uuid(6)]
     r = http.get("/api/v1/flows", params={"namespace": "' OR 1=1 --"})
-    assert r.json() == {"flows": []}
+    assert r.json() == {"flows": [], "next_cursor": None}
 
 
 @pytest.mark.parametrize(
@@ -107,8 +128,8 @@ def test_store_failure_is_503(flow_store: FlowStore) -> None:
         def query(self, *a: object, **kw: object) -> None:
             raise ConnectionError("ClickHouse down")
 
-    app = create_app(FlowStore(BrokenClient()))  # type: ignore[arg-type]
-    with TestClient(app) as client:
+    app = create_app(FlowStore(BrokenClient()), principal_dependency=bearer_principals(PRINCIPALS))  # type: ignore[arg-type]
+    with TestClient(app, headers=AUTH) as client:
         r = client.get("/api/v1/flows")
         assert r.status_code == 503 and r.json() == {"detail": "flow store unavailable"}
         assert "netwarden_api_store_errors_total 1.0" in client.get("/metrics").text
