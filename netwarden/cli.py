@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "netwarden.commands.policy_check",
     "netwarden.commands.flows",
     "netwarden.commands.gitops",
+    "netwarden.commands.admin",
     "netwarden.commands.hubble",
 ]
 

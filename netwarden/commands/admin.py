@@ -1,0 +1,425 @@
+"""`netwarden admin RESOURCE VERB`: tenancy administration on the local control-plane store.
+
+    netwarden admin cluster   create NAME [--type upstream] [--cni cilium] | list | delete NAME
+    netwarden admin project   create NAME --cluster C [--cluster C2 ...] | list | delete NAME
+    netwarden admin workspace create NAME --project P --namespace CLUSTER/NS [...] | list | delete NAME
+    netwarden admin user      create NAME | list | delete NAME
+    netwarden admin binding   create USER --role ROLE [--scope NAME] | list [--user U] | delete USER --role ROLE [--scope NAME]
+    netwarden admin token     create USER [--expires 30d] [--description TEXT] | list [--user U] | delete ID
+
+Whoever can open the store file already holds every power over it, so these commands act as
+org-admin (projects and workspaces still go through the engine API's validation). `token create`
+prints the token alone on stdout (scripts: `T=$(netwarden admin token create alice)`) and the rest
+on stderr; the token is not stored and cannot be shown again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from netwarden.cli import CommandError
+
+if TYPE_CHECKING:
+    from policy_engine.control_plane import ControlPlane
+    from policy_engine.tenancy import Tenancy
+
+RESOURCES = ("cluster", "project", "workspace", "user", "binding", "token")
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", help="control-plane data directory (env NETWARDEN_DATA_DIR, default ./netwarden-data)")
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("-o", "--output", choices=["table", "json"], default="table")
+
+    admin = sub.add_parser("admin", help="projects, workspaces, users, role bindings and API tokens")
+    resources = admin.add_subparsers(dest="admin_resource", metavar="RESOURCE", required=True)
+
+    def verbs(name: str, help_text: str) -> Any:
+        return resources.add_parser(name, help=help_text).add_subparsers(
+            dest="admin_verb", metavar="VERB", required=True)
+
+    v = verbs("cluster", "clusters (projects are sets of clusters)")
+    p = v.add_parser("create", parents=[common], help="register or update a cluster")
+    p.add_argument("name")
+    p.add_argument("--type", default="upstream", help="cluster type: EKS, AKS, upstream, bare-metal, ... (default upstream)")
+    p.add_argument("--cni", default="cilium", help="primary CNI (default cilium)")
+    p.add_argument("--kube-context", help="kubeconfig context to reach the cluster")
+    p.add_argument("--namespace", action="append", default=[], metavar="NS", help="a namespace known to exist (repeatable)")
+    p.set_defaults(handler=cmd_cluster_create)
+    p = v.add_parser("list", parents=[common, listing], help="list clusters")
+    p.set_defaults(handler=cmd_cluster_list)
+    p = v.add_parser("delete", parents=[common], help="delete a cluster")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_cluster_delete)
+
+    v = verbs("project", "projects: sets of clusters")
+    p = v.add_parser("create", parents=[common], help="create or update a project")
+    p.add_argument("name")
+    p.add_argument("--cluster", action="append", default=[], metavar="CLUSTER",
+                   help="a cluster of the project (repeatable, or comma-separated)")
+    p.add_argument("--description", default="")
+    p.set_defaults(handler=cmd_project_create)
+    p = v.add_parser("list", parents=[common, listing], help="list projects")
+    p.set_defaults(handler=cmd_project_list)
+    p = v.add_parser("delete", parents=[common], help="delete a project (its workspaces first) and its role bindings")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_project_delete)
+
+    v = verbs("workspace", "workspaces: sets of namespaces on clusters of one project")
+    p = v.add_parser("create", parents=[common], help="create or update a workspace")
+    p.add_argument("name")
+    p.add_argument("--project", required=True)
+    p.add_argument("--namespace", action="append", default=[], metavar="CLUSTER/NS",
+                   help="a namespace of the workspace (repeatable, or comma-separated)")
+    p.add_argument("--description", default="")
+    p.set_defaults(handler=cmd_workspace_create)
+    p = v.add_parser("list", parents=[common, listing], help="list workspaces")
+    p.set_defaults(handler=cmd_workspace_list)
+    p = v.add_parser("delete", parents=[common], help="delete a workspace and its role bindings")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_workspace_delete)
+
+    v = verbs("user", "users")
+    p = v.add_parser("create", parents=[common], help="create a user")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_user_create)
+    p = v.add_parser("list", parents=[common, listing], help="list users with their roles")
+    p.set_defaults(handler=cmd_user_list)
+    p = v.add_parser("delete", parents=[common], help="delete a user, its role bindings and its tokens")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_user_delete)
+
+    roles = ", ".join(_role_ids())
+    v = verbs("binding", "role bindings: a role on the organization, a project or a workspace")
+    for verb, handler, text in (("create", cmd_binding_create, "grant a role"),
+                                ("delete", cmd_binding_delete, "remove a role")):
+        p = v.add_parser(verb, parents=[common], help=text)
+        p.add_argument("user")
+        p.add_argument("--role", required=True, help=f"one of {roles}")
+        p.add_argument("--scope", help="'org' for org roles (default), else the project or workspace name")
+        p.set_defaults(handler=handler)
+    p = v.add_parser("list", parents=[common, listing], help="list role bindings")
+    p.add_argument("--user")
+    p.set_defaults(handler=cmd_binding_list)
+
+    v = verbs("token", "API tokens (Authorization: Bearer ...)")
+    p = v.add_parser("create", parents=[common], help="create a token; it is printed once")
+    p.add_argument("user")
+    p.add_argument("--expires", default="never", metavar="DURATION", help="e.g. 30d, 12h, 2w, or never (default)")
+    p.add_argument("--description", default="")
+    p.set_defaults(handler=cmd_token_create)
+    p = v.add_parser("list", parents=[common, listing], help="list tokens (never their secrets)")
+    p.add_argument("--user")
+    p.set_defaults(handler=cmd_token_list)
+    p = v.add_parser("delete", parents=[common], help="revoke a token")
+    p.add_argument("id")
+    p.set_defaults(handler=cmd_token_delete)
+
+
+def _role_ids() -> list[str]:
+    from policy_engine.roles import Role
+
+    return [r.value for r in Role]
+
+
+# -- plumbing -------------------------------------------------------------------------------------
+
+
+@dataclass
+class AdminSession:
+    cp: ControlPlane
+    tenancy: Tenancy
+
+
+@contextmanager
+def admin_session(args: argparse.Namespace) -> Iterator[AdminSession]:
+    from policy_engine.control_plane import ControlPlane
+    from policy_engine.roles import PermissionDenied, Principal
+    from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
+    from policy_engine.tenancy import Tenancy
+
+    try:
+        store = ControlPlaneStore.open(resolve_data_dir(args.data_dir))
+    except OSError as exc:
+        raise CommandError(f"cannot open the control-plane store: {exc}") from None
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "cli"
+    try:
+        with store.transaction():
+            yield AdminSession(ControlPlane(store, Principal.with_role("org-admin", name=user)), Tenancy(store))
+    except (StoreError, PermissionDenied) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        store.close()
+
+
+def _split(values: Sequence[str]) -> list[str]:
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
+def _emit(data: list[dict[str, Any]], output: str, header: list[str], rows: Callable[[], list[list[str]]]) -> None:
+    if output == "json":
+        print(json.dumps(data, indent=2))
+        return
+    table = [header, *rows()]
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _time(t: datetime | None, never: str = "-") -> str:
+    return t.isoformat(timespec="seconds") if t is not None else never
+
+
+# -- clusters -------------------------------------------------------------------------------------
+
+
+def cmd_cluster_create(args: argparse.Namespace) -> int:
+    from policy_engine import install_profile
+    from policy_engine.model import Cluster
+
+    try:
+        cluster_type = install_profile.normalize_cluster_type(args.type)
+    except ValueError as exc:
+        raise CommandError(f"--type: {exc}") from None
+    cni = args.cni.strip().lower()
+    if cni not in install_profile.PRIMARY_CNIS:
+        raise CommandError(f"--cni: unknown primary CNI {args.cni!r}; one of {', '.join(install_profile.PRIMARY_CNIS)}")
+    with admin_session(args) as s:
+        old = s.cp.store.get_cluster(args.name)
+        cluster = Cluster(args.name, cluster_type, cni, kube_context=args.kube_context or (old.kube_context if old else None),
+                          kubeconfig=old.kubeconfig if old else None, api_server=old.api_server if old else None,
+                          namespaces=tuple(sorted(set(_split(args.namespace)) or (old.namespaces if old else ()))))
+        print(f"cluster {args.name} {s.cp.put_cluster(cluster)}")
+    return 0
+
+
+def cmd_cluster_list(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        clusters = s.cp.list_clusters()
+    _emit([{"name": c.name, **c.to_content()} for c in clusters], args.output, ["NAME", "TYPE", "CNI", "NAMESPACES"],
+          lambda: [[c.name, c.cluster_type, c.primary_cni, ",".join(c.namespaces) or "-"] for c in clusters])
+    return 0
+
+
+def cmd_cluster_delete(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        if s.cp.store.get_cluster(args.name) is None:
+            raise CommandError(f"no cluster named {args.name!r}")
+        s.cp.delete_cluster(args.name)
+    print(f"cluster {args.name} deleted")
+    return 0
+
+
+# -- projects -------------------------------------------------------------------------------------
+
+
+def cmd_project_create(args: argparse.Namespace) -> int:
+    from policy_engine.model import Project
+
+    with admin_session(args) as s:
+        old = s.cp.store.get_project(args.name)
+        clusters = tuple(sorted(set(_split(args.cluster)))) or (old.clusters if old else ())
+        description = args.description or (old.description if old else "")
+        print(f"project {args.name} {s.cp.put_project(Project(args.name, clusters, description))}")
+    return 0
+
+
+def cmd_project_list(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        projects = s.cp.list_projects()
+        workspaces = s.cp.list_workspaces()
+    per_project = {p.name: [w.name for w in workspaces if w.project == p.name] for p in projects}
+    _emit([{"name": p.name, **p.to_content(), "workspaces": per_project[p.name]} for p in projects], args.output,
+          ["NAME", "CLUSTERS", "WORKSPACES", "DESCRIPTION"],
+          lambda: [[p.name, ",".join(p.clusters) or "-", ",".join(per_project[p.name]) or "-", p.description]
+                   for p in projects])
+    return 0
+
+
+def cmd_project_delete(args: argparse.Namespace) -> int:
+    from policy_engine.roles import ScopeKind
+
+    with admin_session(args) as s:
+        if s.cp.store.get_project(args.name) is None:
+            raise CommandError(f"no project named {args.name!r}")
+        s.cp.delete_project(args.name)
+        # A later project of the same name must not inherit old grants.
+        dropped = s.tenancy.remove_scope_bindings(ScopeKind.PROJECT, args.name)
+    print(f"project {args.name} deleted" + (f", {dropped} role binding(s) removed" if dropped else ""))
+    return 0
+
+
+# -- workspaces -----------------------------------------------------------------------------------
+
+
+def _namespace_ref(value: str) -> Any:
+    from policy_engine.model import NamespaceRef
+
+    cluster, sep, namespace = value.partition("/")
+    if not sep or not cluster or not namespace or "/" in namespace:
+        raise CommandError(f"--namespace: expected CLUSTER/NAMESPACE, got {value!r}")
+    return NamespaceRef(cluster, namespace)
+
+
+def cmd_workspace_create(args: argparse.Namespace) -> int:
+    from policy_engine.model import Workspace
+
+    refs = tuple(sorted({_namespace_ref(v) for v in _split(args.namespace)}))
+    with admin_session(args) as s:
+        old = s.cp.store.get_workspace(args.name)
+        description = args.description or (old.description if old else "")
+        namespaces = refs or (old.namespaces if old and old.project == args.project else ())
+        print(f"workspace {args.name} {s.cp.put_workspace(Workspace(args.name, args.project, namespaces, description))}")
+    return 0
+
+
+def cmd_workspace_list(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        workspaces = s.cp.list_workspaces()
+    _emit([{"name": w.name, "project": w.project,
+            "namespaces": [{"cluster": r.cluster, "namespace": r.namespace} for r in w.namespaces],
+            "description": w.description} for w in workspaces],
+          args.output, ["NAME", "PROJECT", "NAMESPACES", "DESCRIPTION"],
+          lambda: [[w.name, w.project, ",".join(str(r) for r in w.namespaces) or "-", w.description]
+                   for w in workspaces])
+    return 0
+
+
+def cmd_workspace_delete(args: argparse.Namespace) -> int:
+    from policy_engine.roles import ScopeKind
+
+    with admin_session(args) as s:
+        if s.cp.store.get_workspace(args.name) is None:
+            raise CommandError(f"no workspace named {args.name!r}")
+        s.cp.delete_workspace(args.name)
+        dropped = s.tenancy.remove_scope_bindings(ScopeKind.WORKSPACE, args.name)
+    print(f"workspace {args.name} deleted" + (f", {dropped} role binding(s) removed" if dropped else ""))
+    return 0
+
+
+# -- users ----------------------------------------------------------------------------------------
+
+
+def cmd_user_create(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        result = s.tenancy.create_user(args.name)
+    print(f"user {args.name} {'created' if result == 'created' else 'already exists'}")
+    return 0
+
+
+def cmd_user_list(args: argparse.Namespace) -> int:
+    from policy_engine.tenancy import UserBinding
+
+    with admin_session(args) as s:
+        users = s.tenancy.list_users()
+        bindings = s.tenancy.list_bindings()
+        tokens = s.tenancy.list_tokens()
+    now = datetime.now(UTC)
+    roles: dict[str, list[UserBinding]] = {}
+    for b in bindings:
+        roles.setdefault(b.user, []).append(b)
+    active = {u.name: sum(1 for t in tokens if t.user == u.name and t.status(now) == "active") for u in users}
+    _emit(
+        [{"name": u.name, "created_at": u.created_at,
+          "roles": [{"role": b.binding.role.value, "scope": b.scope} for b in roles.get(u.name, [])],
+          "active_tokens": active[u.name]} for u in users],
+        args.output, ["NAME", "ROLES", "ACTIVE TOKENS", "CREATED"],
+        lambda: [[u.name, ", ".join(f"{b.binding.role.value}@{b.scope}" for b in roles.get(u.name, [])) or "-",
+                  str(active[u.name]), u.created_at] for u in users],
+    )
+    return 0
+
+
+def cmd_user_delete(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        s.tenancy.delete_user(args.name)
+    print(f"user {args.name} deleted with its role bindings and tokens")
+    return 0
+
+
+# -- bindings -------------------------------------------------------------------------------------
+
+
+def cmd_binding_create(args: argparse.Namespace) -> int:
+    from policy_engine.tenancy import parse_binding
+
+    with admin_session(args) as s:
+        result = s.tenancy.add_binding(args.user, args.role, args.scope)
+    binding = parse_binding(args.role, args.scope)
+    print(f"user {args.user}: {binding} " + ("granted" if result == "created" else "already granted"))
+    return 0
+
+
+def cmd_binding_delete(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        s.tenancy.remove_binding(args.user, args.role, args.scope)
+    print(f"user {args.user}: {args.role} on {args.scope or 'org'} removed")
+    return 0
+
+
+def cmd_binding_list(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        if args.user is not None and s.tenancy.get_user(args.user) is None:
+            raise CommandError(f"no user named {args.user!r}")
+        bindings = s.tenancy.list_bindings(args.user)
+    _emit([{"user": b.user, "role": b.binding.role.value, "scope_kind": b.binding.scope_kind.value,
+            "scope": b.scope} for b in bindings],
+          args.output, ["USER", "ROLE", "SCOPE"],
+          lambda: [[b.user, b.binding.role.value, f"{b.binding.scope_kind.value} {b.binding.scope_name}".strip()]
+                   for b in bindings])
+    return 0
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from policy_engine.tenancy import parse_duration
+
+    with admin_session(args) as s:
+        expires_in = parse_duration(args.expires)
+        token_id, secret = s.tenancy.create_token(args.user, expires_in, description=args.description)
+        token = s.tenancy.get_token(token_id)
+        roles = ", ".join(str(b) for b in s.tenancy.bindings(args.user)) or "no roles yet"
+    assert token is not None
+    print(f"token {token_id} for user {args.user} ({roles}), expires {_time(token.expires_at, 'never')}; "
+          "shown once, store it now:", file=sys.stderr)
+    print(secret)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        if args.user is not None and s.tenancy.get_user(args.user) is None:
+            raise CommandError(f"no user named {args.user!r}")
+        tokens = s.tenancy.list_tokens(args.user)
+    now = datetime.now(UTC)
+    _emit(
+        [{"id": t.id, "user": t.user, "status": t.status(now), "description": t.description,
+          "created_at": _time(t.created_at), "expires_at": _time(t.expires_at, "") or None,
+          "revoked_at": _time(t.revoked_at, "") or None, "last_used_at": _time(t.last_used_at, "") or None}
+         for t in tokens],
+        args.output, ["ID", "USER", "STATUS", "CREATED", "EXPIRES", "LAST USED", "DESCRIPTION"],
+        lambda: [[t.id, t.user, t.status(now), _time(t.created_at), _time(t.expires_at, "never"),
+                  _time(t.last_used_at, "never"), t.description] for t in tokens],
+    )
+    return 0
+
+
+def cmd_token_delete(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        s.tenancy.revoke_token(args.id)
+    print(f"token {args.id} revoked")
+    return 0
