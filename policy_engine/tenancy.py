@@ -362,6 +362,18 @@ class Tenancy:
         with self._lock:
             return OwnershipIndex.from_store(self.store)
 
+    def ownership(
+        self, namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None
+    ) -> Ownership:
+        """A fresh tenancy snapshot for role checks and scope filters (the query API calls this per
+        request, from any thread), with label-declared namespaces merged in.
+
+        `namespace_labels`: (cluster, namespace) -> that namespace's labels, as last seen."""
+        index = self.ownership_index()
+        for (cluster, namespace), labels in (namespace_labels or {}).items():
+            index.add_label_declared(cluster, namespace, labels)
+        return index.merged_ownership()
+
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
@@ -509,9 +521,14 @@ def visibility_of(principal: Principal, index: OwnershipIndex) -> Visibility:
     if principal.roles(Role.ORG_ADMIN, Role.ORG_READ_ONLY):
         return Visibility(everything=True)
     clusters: set[str] = set()
+    namespaces: set[NamespaceRef] = set()
     for b in principal.roles(Role.INFRA_ADMIN, Role.PROJECT_ADMIN, Role.PROJECT_READ_ONLY):
         clusters |= index.ownership.project_clusters.get(b.scope_name, frozenset())
-    namespaces: set[NamespaceRef] = set()
+        # Same rule as query_api.scope.ScopeFilter: the project's workspaces count too, should one
+        # hold a namespace outside the project's clusters.
+        for workspace, project in index.ownership.workspace_project.items():
+            if project == b.scope_name:
+                namespaces |= index.workspace_namespaces(workspace)
     for b in principal.roles(Role.WORKSPACE_ADMIN, Role.WORKSPACE_READ_ONLY):
         namespaces |= index.workspace_namespaces(b.scope_name)
     # Namespaces inside an already visible cluster add nothing; dropping them keeps the SQL short.

@@ -263,3 +263,28 @@ def test_visibility_per_role(store: ControlPlaneStore) -> None:
     assert vis.covers("west", "anything") and vis.covers("east", "web")
 
     assert index.visibility(Principal("nobody")).nothing
+
+
+def test_tenancy_ownership_snapshot_merges_labels(tenancy: Tenancy) -> None:
+    plain = tenancy.ownership()
+    assert plain == tenancy.store.ownership()
+    merged = tenancy.ownership({("east", "payments"): {WORKSPACE_LABEL: "backend"},
+                                ("east", "web"): {WORKSPACE_LABEL: "backend"}})
+    assert NamespaceRef("east", "payments") in merged.workspace_namespaces["backend"]
+    assert merged.owner(NamespaceRef("east", "web")) == ("shop", "frontend")
+
+
+def test_visibility_agrees_with_the_query_api_scope_filter(store: ControlPlaneStore) -> None:
+    scope = pytest.importorskip("query_api.scope")
+    index = OwnershipIndex.from_store(store)
+    index.add_label_declared("east", "payments", {WORKSPACE_LABEL: "frontend"})
+    ownership = index.merged_ownership()
+    principals = [Principal.with_role(role, scope_name) for role, scope_name in (
+        ("org-admin", ""), ("org-read-only", ""), ("infra-admin", "shop"), ("project-admin", "ops"),
+        ("project-read-only", "shop"), ("workspace-admin", "frontend"), ("workspace-read-only", "backend"))]
+    principals.append(Principal("nobody"))
+    for principal in principals:
+        ours = index.visibility(principal)
+        theirs = scope.ScopeFilter.for_principal(principal, ownership)
+        assert (ours.everything, ours.clusters, {(r.cluster, r.namespace) for r in ours.namespaces}) == (
+            theirs.everything, theirs.clusters, theirs.namespaces), principal
