@@ -199,6 +199,7 @@ class JWKSCache:
         self._keys: list[Any] = []  # jwt.PyJWK
         self._fetched_at = float("-inf")
         self._fetches = 0
+        self._error: str | None = None
         if config.jwks is not None:
             self._keys = self._parse(config.jwks)
             self._fetched_at = float("inf")  # inline keys never expire
@@ -240,12 +241,12 @@ class JWKSCache:
             response.raise_for_status()
             keys = self._parse(response.json())
         except (httpx.HTTPError, ValueError) as exc:
-            if self._keys:
-                return  # keep serving with the keys we have; retried after min_refresh
-            raise AuthError(f"cannot fetch the OIDC issuer's signing keys: {exc}", status=503) from None
+            # Keep serving with the keys we have (if any); retried after min_refresh.
+            self._error = f"cannot fetch the OIDC issuer's signing keys: {exc}"
+            return
         finally:
             self._fetched_at = time.monotonic()
-        self._keys = keys
+        self._keys, self._error = keys, None
 
     def keys(self, kid: str | None) -> list[Any]:
         with self._lock:
@@ -254,6 +255,9 @@ class JWKSCache:
             unknown_kid = kid is not None and not any(k.key_id == kid for k in self._keys)
             if (stale or unknown_kid) and now - self._fetched_at >= self._min_refresh:
                 self._fetch()
+            if not self._keys and self._error:
+                # Not the client's fault: 503, so it retries instead of discarding its token.
+                raise AuthError(self._error, status=503)
             return [k for k in self._keys if kid is None or k.key_id == kid]
 
 
@@ -351,6 +355,11 @@ class Authenticator:
         return Principal(name, merged)
 
 
+def authenticator_from_env(tenancy: Tenancy | None, environ: Mapping[str, str] = os.environ) -> Authenticator:
+    """API tokens from `tenancy`, plus OIDC when NETWARDEN_OIDC_CONFIG is set (the composition root)."""
+    return Authenticator(tenancy, OIDCConfig.from_env(environ))
+
+
 def bearer_token(authorization_header: str | None) -> str:
     if authorization_header is None or not authorization_header.strip():
         raise AuthError("missing Authorization header: send 'Authorization: Bearer <token>'")
@@ -403,7 +412,9 @@ def fastapi_dependency(
             principal = await run_in_threadpool(authenticator.authenticate, _credentials(conn, settings))
         except AuthError as exc:
             if conn.scope["type"] == "websocket":
-                raise WebSocketException(code=1008, reason=exc.detail[:120]) from None
+                # A close reason is at most 123 bytes of UTF-8.
+                reason = exc.detail.encode()[:123].decode(errors="ignore")
+                raise WebSocketException(code=1008, reason=reason) from None
             raise HTTPException(exc.status, exc.detail, headers=exc.headers()) from None
         conn.state.principal = principal
         return principal

@@ -28,6 +28,7 @@ from query_api.auth import (
     AuthSettings,
     OIDCConfig,
     OIDCConfigError,
+    authenticator_from_env,
     fastapi_dependency,
     metrics_dependency,
 )
@@ -266,9 +267,21 @@ def test_key_rotation_refetches_once(tenancy: Tenancy, issuer: Issuer) -> None:
 
 def test_unreachable_issuer_is_503(tenancy: Tenancy, issuer: Issuer) -> None:
     config = _config(issuer, jwks_url=issuer.base + "/missing")
-    with pytest.raises(AuthError, match="cannot fetch") as err:
-        Authenticator(tenancy, config).authenticate(_bearer(issuer.token()))
-    assert err.value.status == 503
+    auth = Authenticator(tenancy, config)
+    for _ in range(2):  # the second attempt, inside min_refresh, does not refetch but still says why
+        with pytest.raises(AuthError, match="cannot fetch") as err:
+            auth.authenticate(_bearer(issuer.token()))
+        assert err.value.status == 503
+    assert issuer.requests == 1
+
+
+def test_issuer_outage_keeps_cached_keys(tenancy: Tenancy, issuer: Issuer) -> None:
+    auth = Authenticator(tenancy, _config(issuer, jwks_cache_seconds=0))
+    auth.authenticate(_bearer(issuer.token()))
+    issuer.close()
+    assert auth._jwks is not None
+    auth._jwks._min_refresh = 0.0
+    assert auth.authenticate(_bearer(issuer.token())).name == "user-123"  # refetch failed, old keys used
 
 
 @pytest.mark.parametrize(
@@ -290,6 +303,7 @@ def test_bad_oidc_config(raw: dict[str, Any], message: str) -> None:
 
 def test_oidc_config_from_env(tmp_path: Any) -> None:
     assert OIDCConfig.from_env({}) is None
+    assert authenticator_from_env(None, {}).oidc is None
     inline = OIDCConfig.from_env({"NETWARDEN_OIDC_CONFIG": json.dumps({"issuer": ISSUER, "audience": AUDIENCE})})
     assert inline is not None and inline.issuer == ISSUER
     path = tmp_path / "oidc.yaml"
