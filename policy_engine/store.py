@@ -171,7 +171,8 @@ class ControlPlaneStore:
     def open(cls, data_dir: str | os.PathLike[str]) -> ControlPlaneStore:
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path / STORE_FILE, isolation_level=None, timeout=30)
+        # The API reads it from worker threads; callers that share it serialize access (Tenancy holds a lock).
+        conn = sqlite3.connect(path / STORE_FILE, isolation_level=None, timeout=30, check_same_thread=False)
         conn.execute("PRAGMA foreign_keys = ON")
         return cls(conn)
 

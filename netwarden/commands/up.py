@@ -39,8 +39,12 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
 
     from collectors.hubble_server import HubbleServer
     from collectors.traffic import DemoTraffic
+    from netwarden.demo_seed import format_demo_tokens, seed_demo
     from netwarden.embedded import PipelineStack, StackConfig
+    from policy_engine.store import ControlPlaneStore
+    from policy_engine.tenancy import Tenancy
     from query_api.app import create_app
+    from query_api.auth import Authenticator, OIDCConfig
     from query_api.store import FlowStore
 
     stop = asyncio.Event()
@@ -62,13 +66,23 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
             feeders.append(asyncio.create_task(DemoTraffic(cluster).run(server, rate, stop)))
             await stack.add_collector(cluster, f"127.0.0.1:{hubble_port}")
             lines.append(f"  hubble     {cluster}: Hubble-compatible server at 127.0.0.1:{hubble_port} ({rate:g} flows/s)")
+        control_plane = ControlPlaneStore.open(data_dir)
+        demo_users = seed_demo(control_plane, data_dir)
+        tenancy = Tenancy(control_plane)
         store = FlowStore(stack.clickhouse)
-        app = create_app(store, registry=REGISTRY)  # one /metrics for API, pipeline and broker
+        app = create_app(
+            store,
+            registry=REGISTRY,  # one /metrics for API, pipeline and broker
+            authenticator=Authenticator(tenancy, OIDCConfig.from_env()),
+            ownership=tenancy.ownership,
+        )
         api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
         api_task = asyncio.create_task(api.serve())
         lines += [
             f"  clickhouse chDB under {(data_dir / 'clickhouse').resolve()}",
             f"  api        http://{host}:{port}/api/v1/flows  (/healthz, /metrics)",
+            f"demo users (tokens also in {(data_dir / 'demo-tokens.json').resolve()}):",
+            *(f"  {line}" for line in format_demo_tokens(demo_users)),
             "Ctrl-C to stop.",
         ]
         print("\n".join(lines), flush=True)
