@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "netwarden.commands.pipeline",
     "netwarden.commands.up",
     "netwarden.commands.bench_ingest",
+    "netwarden.commands.bench_live",
     "netwarden.commands.policy_check",
     "netwarden.commands.flows",
     "netwarden.commands.gitops",

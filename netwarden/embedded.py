@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge
 from collectors.hubble_client import Checkpoint, ClientTLS, HubbleCollector
 from collectors.kafka_out import FlowBatchProducer, new_producer
 from netwarden.broker import TansuBroker, ensure_topics, recreate_topics
+from query_api.live import LiveHub
 from schemas.clickhouse import MIGRATIONS_TABLE_DDL, migrations
 from schemas.topics import FLOWS_RAW, TopicSpec, pipeline_topics
 from streams.app import FlowPipeline, StreamSettings, build_app
@@ -96,6 +97,8 @@ class PipelineStack:
         self._in_flight = 0
         self._generation = GenerationState(self.data_dir / "broker-generation.json")
         self.stored_event = asyncio.Event()
+        # Live stream hook: every stored table is offered to live clients in-process (query_api.live).
+        self.live_hub = LiveHub()
 
     @property
     def embedded_broker(self) -> bool:
@@ -115,6 +118,7 @@ class PipelineStack:
         self.clickhouse = open_clickhouse(self.data_dir, self.config.clickhouse_dsn)
         apply_migrations(self.clickhouse, self.config.retention_days)
         self.pipeline = FlowPipeline(ClickHouseSink(self.clickhouse))
+        self.pipeline.stored_listeners.append(self.live_hub.publish_table)
         self.producer = new_producer(self.bootstrap)
         await self.producer.start()
         await self._start_worker()
@@ -123,7 +127,12 @@ class PipelineStack:
 
     async def _start_worker(self) -> None:
         assert self.pipeline is not None
-        settings = StreamSettings(broker=self.bootstrap, group_id=f"netwarden-sink-g{self._generation.generation}")
+        settings = StreamSettings(
+            broker=self.bootstrap,
+            group_id=f"netwarden-sink-g{self._generation.generation}",
+            # Live stream hook: with an external Kafka, API replicas elsewhere read flows.enriched.
+            publish_enriched=not self.embedded_broker,
+        )
         self.app = build_app(settings, self.pipeline, on_stored=self.stored_event.set)
         await self.app.start()
 
@@ -195,3 +204,4 @@ class PipelineStack:
             await self.producer.stop()
         if self.broker is not None:
             self.broker.stop()
+        self.live_hub.close()

@@ -21,7 +21,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.dead_letter import DeadLetter
 from schemas.messages.batch_pb2 import FlowBatch
-from schemas.topics import FLOWS_DLQ, FLOWS_RAW
+from schemas.topics import FLOWS_DLQ, FLOWS_ENRICHED, FLOWS_RAW
 from streams.decode import FlowDecoder
 from streams.sink import ClickHouseSink
 
@@ -49,6 +49,11 @@ class StreamSettings:
     buffer_messages: int = 64  # flush after this many flows.raw messages ...
     flush_seconds: float = 0.25  # ... or this long after the first one
     session_timeout_s: float = 6.0  # Tansu: a group join takes about half of it
+    # Live stream hook (query_api.live): publish each stored table to flows.enriched for API replicas in
+    # scale mode. Off in embedded mode, where the API reads the pipeline in-process (FlowPipeline hook).
+    publish_enriched: bool = False
+    # Live stream latency: how long a fetch may wait at the broker for records (see _shorten_fetch_wait).
+    fetch_max_wait_s: float = 0.1
 
 
 @dataclass
@@ -69,11 +74,16 @@ class FlowPipeline:
         self.enrichers = list(enrichers)
         self.decoder = FlowDecoder()
         self.totals = StreamTotals()
+        # Live stream hook (query_api.live): called with each table right after it is stored. Listeners
+        # must not block (LiveHub.publish_table only enqueues); `last_stored` feeds flows.enriched.
+        self.stored_listeners: list[Callable[[pa.Table], None]] = []
+        self.last_stored: pa.Table | None = None
 
     def process(self, messages: Sequence[tuple[str, bytes]]) -> list[DeadLetter]:
         """messages: (origin, value) pairs. Inserts what decodes, returns what must be dead-lettered."""
         letters: list[DeadLetter] = []
         tables: list[pa.Table] = []
+        self.last_stored = None
         for origin, value in messages:
             try:
                 batch = FlowBatch.FromString(value)
@@ -98,6 +108,12 @@ class FlowPipeline:
                 table = enricher.enrich(table)
             self._insert_until_done(table)
             self.totals.stored += table.num_rows
+            self.last_stored = table
+            for listener in self.stored_listeners:
+                try:
+                    listener(table)
+                except Exception:  # the live feed is best effort; storage has already succeeded
+                    log.exception("stored-table listener failed")
         self.totals.messages += len(messages)
         self.totals.dead_lettered += len(letters)
         MESSAGES.inc(len(messages))
@@ -117,6 +133,46 @@ class FlowPipeline:
                 log.error("ClickHouse insert of %d rows failed, retrying in %.1fs: %s", table.num_rows, delay, exc)
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
+
+
+ENRICHED_ROWS_PER_MESSAGE = 5000  # keeps a flows.enriched value well under the 16 MiB request limit
+
+
+def enriched_values(table: pa.Table) -> list[bytes]:
+    """flows.enriched values: Arrow IPC streams of stored record rows (query_api.live.decode_enriched)."""
+    out = []
+    for offset in range(0, table.num_rows, ENRICHED_ROWS_PER_MESSAGE):
+        sink = pa.BufferOutputStream()
+        part = table.slice(offset, ENRICHED_ROWS_PER_MESSAGE)
+        with pa.ipc.new_stream(sink, part.schema) as writer:
+            writer.write_table(part)
+        out.append(sink.getvalue().to_pybytes())
+    return out
+
+
+def _shorten_fetch_wait() -> None:
+    """Let apps choose the consumer's fetch_max_wait (Faust hardcodes 1500 ms).
+
+    Tansu does not answer a waiting fetch when records arrive, only at its deadline, so with 1500 ms a
+    flow could sit up to 1.5 s in flows.raw before the worker saw it (the live stream's target is 1 s
+    end to end). Against Kafka a shorter wait only adds an empty fetch per interval. Installed once;
+    apps without `netwarden_fetch_max_wait_ms` keep Faust's value.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    original = AIOKafkaConsumerThread._create_worker_consumer
+    if getattr(original, "netwarden_patched", False):
+        return
+
+    def create_worker_consumer(self: Any, transport: Any) -> Any:
+        consumer = original(self, transport)
+        wait_ms = getattr(self.app, "netwarden_fetch_max_wait_ms", None)
+        if wait_ms is not None:
+            consumer._fetch_max_wait_ms = wait_ms  # read by aiokafka's Fetcher at consumer.start()
+        return consumer
+
+    create_worker_consumer.netwarden_patched = True  # type: ignore[attr-defined]
+    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
 
 
 def build_app(
@@ -142,8 +198,11 @@ def build_app(
         producer_max_request_size=16 * 1024 * 1024,
         stream_wait_empty=False,
     )
+    _shorten_fetch_wait()
+    app.netwarden_fetch_max_wait_ms = int(settings.fetch_max_wait_s * 1000)  # type: ignore[attr-defined]
     raw_topic = app.topic(FLOWS_RAW, key_type=bytes, value_type=bytes)
     dlq_topic = app.topic(FLOWS_DLQ, key_type=bytes, value_type=bytes)
+    enriched_topic = app.topic(FLOWS_ENRICHED, key_type=bytes, value_type=bytes)
 
     @app.agent(raw_topic)
     async def store_flows(stream: Any) -> None:
@@ -156,6 +215,10 @@ def build_app(
                 DEAD.labels(letter.reason.split(":", 1)[0][:40]).inc()
                 fut = await dlq_topic.send(key=letter.cluster.encode(), value=letter.to_json())
                 await fut  # delivered before the events are acked
+            if settings.publish_enriched and pipeline.last_stored is not None:
+                # Live stream hook: best effort, not awaited; the history in ClickHouse is the record.
+                for value in enriched_values(pipeline.last_stored):
+                    await enriched_topic.send(value=value)
             if on_stored is not None:
                 on_stored()
 

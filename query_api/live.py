@@ -1,0 +1,775 @@
+"""The live flow stream: `GET /api/v1/flows/stream` as WebSocket and as Server-Sent Events.
+
+Feed. A `LiveHub` receives every stored batch as an Arrow table: in embedded mode the pipeline calls
+`LiveHub.publish_table` right after the ClickHouse insert (netwarden.embedded wires it); in scale mode
+an `EnrichedTopicFeed` consumes `flows.enriched`, where the stream workers publish what they stored
+(value: one Arrow IPC stream of record rows, see streams.app).
+
+Back-pressure. The pipeline never waits for a client. `publish_table` only queues the table for the
+hub's dispatcher thread (and does nothing when nobody listens). The dispatcher converts the table to
+rows once, then offers each row to every subscription: the subscription's filter and scope decide, and
+an accepted row goes into that subscription's bounded queue. A full queue drops the row and counts it;
+the client then receives `{"missed": N}` at the place in the stream where the gap is. Rendering to
+jsonpb happens in the client's own task, so its cost follows what a client actually reads.
+
+Messages. Each flow is one hubble jsonpb `GetFlowsResponse` (schemas.flow_render): one WebSocket text
+message, or one SSE `data:` event. A gap is `{"missed": N}`: a WebSocket text message, or an SSE event
+named `missed` (so `EventSource.onmessage` sees only flows).
+
+Filters and scope. The stream takes the filters of `/api/v1/flows` (cluster, namespace, pod, verdict,
+protocol, port, since, until) with the same meanings: `flow_predicate` is the Python twin of
+`query_api.flow_query.filter_conditions`, and a test checks both agree on the same rows. The caller's
+scope (`ScopeFilter.visible` / `.redact`) applies first; the filters then see the redacted row, so a
+filter can never probe fields the caller is not allowed to see (e.g. the pod name of a hidden peer).
+
+Authentication. The principal dependency is the same as for the other routes. Browsers cannot set
+headers on a WebSocket or an EventSource, so both routes also accept `?token=T` (or `?access_token=T`,
+query_api.auth's name), turned into `Authorization: Bearer T` before the dependency runs (only when no
+Authorization header is present). The dependency must therefore read the header through parameters
+that exist on WebSocket connections too (`Header(...)`, `HTTPConnection`), not through `Request`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import ipaddress
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, StreamingResponse
+from prometheus_client import Counter, Gauge
+from starlette.requests import HTTPConnection
+
+from query_api.flow_query import PORT_PROTOCOLS, FilterValueError, FlowFilter, filter_conditions
+from schemas.flow_render import row_to_jsonpb
+from schemas.topics import FLOWS_ENRICHED
+
+log = logging.getLogger("netwarden.query_api.live")
+
+STREAM_PATH = "/api/v1/flows/stream"
+DEFAULT_QUEUE_FLOWS = 10_000  # per subscriber; rows are shared between subscribers, so this is pointers
+DEFAULT_BACKLOG_ROWS = 500_000  # rows waiting for the dispatcher before the hub itself sheds load
+SSE_KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
+WS_POLICY_VIOLATION = 1008
+
+Row = Mapping[str, Any]
+
+SUBSCRIBERS = Gauge("netwarden_live_subscribers", "Open live flow stream subscriptions")
+SENT = Counter("netwarden_live_flows_sent_total", "Flows delivered to live stream clients", ["transport"])
+MISSED = Counter("netwarden_live_flows_missed_total", "Flows dropped for live clients that fell behind")
+HUB_SHED = Counter(
+    "netwarden_live_hub_shed_rows_total", "Rows the hub dropped before filtering (backlog full)"
+)
+
+
+class RowScope(Protocol):
+    """What the stream needs of `query_api.scope.ScopeFilter`: the Python twins of its SQL."""
+
+    def visible(self, row: Row) -> bool: ...
+
+    def redact(self, row: Row) -> Row: ...
+
+
+@dataclass(frozen=True)
+class Missed:
+    """A gap in one client's stream: `count` flows that matched were dropped because it fell behind."""
+
+    count: int
+
+    def to_json(self) -> str:
+        return json.dumps({"missed": self.count})
+
+
+LiveMessage = Row | Missed
+
+
+# ---- filters: the Python twin of flow_query.filter_conditions -------------------------------------
+
+# Parameters of filter_conditions this twin implements; label_<i> are the repeatable label filters.
+_KNOWN_PARAMS = {
+    "cluster",
+    "verdict",
+    "protocols",
+    "since_ns",
+    "until_ns",
+    "drop_reason",
+    "direction",
+    "l7_type",
+    "ns",
+    "pod_prefix",
+    "port",
+    "workload_name",
+    "workload_kind",
+    "ip_first",
+    "ip_last",
+    "last",
+}
+# Row column compared for equality with the parameter of the same name.
+_EQUAL_PARAMS = {
+    "cluster": "cluster",
+    "verdict": "verdict",
+    "drop_reason": "drop_reason_desc",
+    "direction": "traffic_direction",
+    "l7_type": "l7_type",
+}
+
+
+def flow_predicate(flt: FlowFilter, now_ns: int | None = None) -> Callable[[Row], bool]:
+    """A row predicate meaning exactly what `filter_conditions(flt)` means in SQL.
+
+    Parsing and validation are flow_query's own (FilterValueError names the bad parameter); the
+    predicate is built from the bound parameters, so both sides read the same values.
+    """
+    _, params = filter_conditions(flt, now_ns)
+    unknown = {p for p in params if p not in _KNOWN_PARAMS and not p.startswith("label_")}
+    if unknown:  # a filter this twin does not implement (e.g. a history cursor): refuse, never ignore
+        name = sorted(unknown)[0]
+        parameter = name.split("_", 1)[0] if name.startswith("cursor_") else name
+        raise FilterValueError(
+            parameter, params[name], f"the {parameter} filter is not supported on the live stream"
+        )
+    equal = [(column, params[p]) for p, column in _EQUAL_PARAMS.items() if p in params]
+    protocols: tuple[int, ...] | None = tuple(params["protocols"]) if "protocols" in params else None
+    since_ns: int | None = params.get("since_ns")
+    until_ns: int | None = params.get("until_ns")
+    ns: str | None = params.get("ns")
+    pod_prefix: str = params.get("pod_prefix") or ""
+    port: int | None = params.get("port")
+    labels = [params[p] for p in sorted(params) if p.startswith("label_")]
+    workload_name: str | None = params.get("workload_name")
+    workload_kind: str | None = params.get("workload_kind")
+    ip_range = (
+        (int(ipaddress.IPv6Address(params["ip_first"])), int(ipaddress.IPv6Address(params["ip_last"])))
+        if "ip_first" in params
+        else None
+    )
+    sided = any(x is not None for x in (ns, port, workload_name, ip_range)) or bool(pod_prefix or labels)
+
+    def side_matches(row: Row, side: str) -> bool:
+        if ns is not None and (row.get(f"{side}_namespace") or "") != ns:
+            return False
+        if pod_prefix and not (row.get(f"{side}_pod") or "").startswith(pod_prefix):
+            return False
+        if port is not None:
+            if int(row.get(f"{side}_port") or 0) != port:
+                return False
+            if int(row.get("l4_protocol") or 0) not in PORT_PROTOCOLS:
+                return False
+        if labels:
+            have = row.get(f"{side}_labels") or ()
+            # SQL: the label itself, or the label without its `source:` prefix (k8s:app=x matches app=x).
+            if not all(any(lb == w or lb.split(":", 1)[-1] == w for lb in have) for w in labels):
+                return False
+        if workload_name is not None:
+            names = row.get(f"{side}_workload_names") or ()
+            if workload_kind is None:
+                if workload_name not in names:
+                    return False
+            else:
+                kinds = row.get(f"{side}_workload_kinds") or ()
+                if not any(
+                    n == workload_name and k.lower() == workload_kind
+                    for n, k in zip(names, kinds, strict=False)
+                ):
+                    return False
+        if ip_range is not None:
+            addr = _ip_int(row.get(f"ip_{side}"))
+            if not ip_range[0] <= addr <= ip_range[1]:
+                return False
+        return True
+
+    def matches(row: Row) -> bool:
+        for column, want in equal:
+            got = row.get(column)
+            if (got if isinstance(want, str) else int(got or 0)) != want:
+                return False
+        if protocols is not None and int(row.get("l4_protocol") or 0) not in protocols:
+            return False
+        if since_ns is not None or until_ns is not None:
+            t = _time_ns(row)
+            if since_ns is not None and t < since_ns:
+                return False
+            if until_ns is not None and t > until_ns:
+                return False
+        if sided and not (side_matches(row, "src") or side_matches(row, "dst")):
+            return False
+        return True
+
+    return matches
+
+
+def _time_ns(row: Row) -> int:
+    value = row.get("time_ns")
+    return int(value) if value is not None else 0
+
+
+def _ip_int(value: Any) -> int:
+    """A stored address (IPv6 column: 16 bytes from Arrow, IPv6Address or text from SQL) as an int."""
+    if value is None or value == "" or value == b"":
+        return 0
+    if isinstance(value, bytes | bytearray):
+        return int.from_bytes(value, "big")
+    if isinstance(value, ipaddress.IPv4Address):
+        return int(ipaddress.IPv6Address(f"::ffff:{value}"))
+    return int(ipaddress.IPv6Address(str(value)))
+
+
+def subscription_filter(
+    flt: FlowFilter, scope: RowScope, now_ns: int | None = None
+) -> Callable[[Row], Row | None]:
+    """Scope first, filters on the redacted row: the row to send, or None."""
+    matches = flow_predicate(flt, now_ns)
+
+    def accept(row: Row) -> Row | None:
+        if not scope.visible(row):
+            return None
+        shown = scope.redact(row)
+        return shown if matches(shown) else None
+
+    return accept
+
+
+# ---- rows of a stored table -----------------------------------------------------------------------
+
+
+def table_rows(table: pa.Table) -> list[dict[str, Any]]:
+    """Rows of a decoded/stored Arrow table in the shape schemas.flow_render and the SQL rows use.
+
+    `time` becomes `time_ns` (int ns) like `flow_query.SELECT_COLUMNS`: Python datetimes stop at µs.
+    """
+    if "time" in table.column_names:
+        i = table.column_names.index("time")
+        table = table.set_column(i, "time_ns", pc.cast(table.column(i), pa.int64()))
+    return table.to_pylist()
+
+
+# ---- the hub ------------------------------------------------------------------------------------
+
+
+class LiveSubscription:
+    """One client's bounded queue of accepted rows, with gaps recorded in place as `Missed` markers.
+
+    `offer` runs on the hub's dispatcher thread; `next` on the client's event loop.
+    """
+
+    def __init__(
+        self,
+        hub: LiveHub,
+        accept: Callable[[Row], Row | None],
+        queue_flows: int,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        if queue_flows < 1:
+            raise ValueError(f"queue_flows must be >= 1, got {queue_flows}")
+        self.hub = hub
+        self.accept = accept
+        self.queue_flows = queue_flows
+        self.missed_total = 0
+        self.delivered = 0
+        self.closed = False
+        self._loop = loop
+        self._items: collections.deque[Row | list[int]] = collections.deque()  # list[int]: a gap counter
+        self._flows = 0  # rows in _items (gap markers do not count toward the bound)
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()
+        self._waiting = False
+
+    def offer(self, rows: Iterable[Row]) -> None:
+        """Accepted rows go in while there is room; the rest only bump the gap counter."""
+        added = dropped = 0
+        with self._lock:
+            if self.closed:
+                return
+            for row in rows:
+                try:
+                    shown = self.accept(row)
+                except Exception:  # a scope or filter bug must not stop the stream for everyone
+                    log.exception("live stream filter failed on a row; row skipped")
+                    continue
+                if shown is None:
+                    continue
+                if self._flows < self.queue_flows:
+                    self._items.append(shown)
+                    self._flows += 1
+                    added += 1
+                else:
+                    self._gap(1)
+                    dropped += 1
+            wake = self._wake_if_waiting(added + dropped)
+        if dropped:
+            MISSED.inc(dropped)
+        if wake:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def add_gap(self, count: int) -> None:
+        """Record `count` flows this client missed without them being offered (hub overload)."""
+        with self._lock:
+            if self.closed:
+                return
+            self._gap(count)
+            wake = self._wake_if_waiting(count)
+        MISSED.inc(count)
+        if wake:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _gap(self, count: int) -> None:
+        # Consecutive drops share one marker, placed after the last row that made it into the queue.
+        last = self._items[-1] if self._items else None
+        if isinstance(last, list):
+            last[0] += count
+        else:
+            self._items.append([count])
+        self.missed_total += count
+
+    def _wake_if_waiting(self, changed: int) -> bool:
+        if changed and self._waiting:
+            self._waiting = False
+            return True
+        return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            wake = self._waiting
+        self.hub._remove(self)
+        if wake:
+            with contextlib.suppress(RuntimeError):  # the client's loop is already gone
+                self._loop.call_soon_threadsafe(self._wake.set)
+
+    def _take(self, limit: int) -> list[LiveMessage]:
+        out: list[LiveMessage] = []
+        with self._lock:
+            while self._items and len(out) < limit:
+                item = self._items.popleft()
+                if isinstance(item, list):
+                    out.append(Missed(item[0]))
+                else:
+                    self._flows -= 1
+                    out.append(item)
+            if not out and not self.closed:
+                self._waiting = True
+                self._wake.clear()
+        return out
+
+    async def next_batch(self, limit: int = 256, timeout: float | None = None) -> list[LiveMessage] | None:
+        """Up to `limit` messages in order; [] on timeout; None once closed and drained."""
+        while True:
+            out = self._take(limit)
+            if out:
+                self.delivered += sum(1 for m in out if not isinstance(m, Missed))
+                return out
+            if self.closed:
+                return None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                return []
+
+    async def __aiter__(self) -> AsyncIterator[LiveMessage]:
+        while (batch := await self.next_batch()) is not None:
+            for message in batch:
+                yield message
+
+
+class LiveHub:
+    """Fan-out of stored flows to live subscribers; thread-safe, never blocks the publisher."""
+
+    def __init__(self, backlog_rows: int = DEFAULT_BACKLOG_ROWS) -> None:
+        self.backlog_rows = backlog_rows
+        self.published_rows = 0
+        self.shed_rows = 0
+        self._subs: list[LiveSubscription] = []
+        self._subs_lock = threading.Lock()
+        self._pending: collections.deque[pa.Table | list[Row]] = collections.deque()
+        self._pending_rows = 0
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subs)
+
+    def subscribe(
+        self, accept: Callable[[Row], Row | None], queue_flows: int = DEFAULT_QUEUE_FLOWS
+    ) -> LiveSubscription:
+        """Call from the event loop that will read the subscription."""
+        sub = LiveSubscription(self, accept, queue_flows, asyncio.get_running_loop())
+        with self._subs_lock:
+            if self._closed:
+                sub.closed = True
+                return sub
+            self._subs = [*self._subs, sub]  # copy on write: the dispatcher iterates a snapshot
+        SUBSCRIBERS.inc()
+        self._ensure_thread()
+        return sub
+
+    def _remove(self, sub: LiveSubscription) -> None:
+        with self._subs_lock:
+            if sub in self._subs:
+                self._subs = [s for s in self._subs if s is not sub]
+                SUBSCRIBERS.dec()
+
+    def publish_table(self, table: pa.Table) -> None:
+        """Hand over a stored batch. Free when nobody listens; otherwise O(1) for the caller."""
+        self._publish(table, table.num_rows)
+
+    def publish_rows(self, rows: Sequence[Row]) -> None:
+        """Rows already in `table_rows` shape (tests, other feeds)."""
+        self._publish(list(rows), len(rows))
+
+    def _publish(self, item: pa.Table | list[Row], n: int) -> None:
+        if not self._subs or not n:
+            return
+        with self._cond:
+            if self._pending_rows + n > self.backlog_rows:
+                # The dispatcher itself is behind (CPU-starved): shed here rather than grow without bound.
+                # Every subscriber is told about rows it may have missed (an upper bound: unfiltered).
+                self.shed_rows += n
+                HUB_SHED.inc(n)
+                for sub in self._subs:
+                    sub.add_gap(n)
+                return
+            self._pending.append(item)
+            self._pending_rows += n
+            self.published_rows += n
+            self._cond.notify()
+
+    def _ensure_thread(self) -> None:
+        with self._cond:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._dispatch, name="netwarden-live-hub", daemon=True)
+                self._thread.start()
+
+    def _dispatch(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                item = self._pending.popleft()
+            try:
+                subs = self._subs
+                if not subs:
+                    continue
+                rows = table_rows(item) if isinstance(item, pa.Table) else item
+                for sub in subs:
+                    sub.offer(rows)
+            except Exception:
+                log.exception("live hub: dispatching a batch failed")
+            finally:
+                with self._cond:
+                    self._pending_rows -= item.num_rows if isinstance(item, pa.Table) else len(item)
+
+    def close(self) -> None:
+        """End every subscription (clients see the stream end) and stop the dispatcher."""
+        with self._subs_lock:
+            self._closed = True
+            subs = self._subs
+        for sub in subs:
+            sub.close()
+        with self._cond:
+            self._cond.notify_all()
+
+    def drained(self) -> bool:
+        """True when every published row has been offered to the subscribers (tests, benchmarks)."""
+        with self._cond:
+            return self._pending_rows == 0
+
+
+# ---- scale mode: flows.enriched -> hub ------------------------------------------------------------
+
+
+def decode_enriched(value: bytes) -> pa.Table:
+    """A flows.enriched value: one Arrow IPC stream of stored record rows (streams.app writes it)."""
+    with pa.ipc.open_stream(value) as reader:
+        return reader.read_all()
+
+
+class EnrichedTopicFeed:
+    """Feeds a LiveHub from `flows.enriched` (scale mode: workers and API replicas are separate).
+
+    Every API replica reads every partition from the end, without a consumer group: the live stream
+    is "from now on", and each replica serves its own clients.
+    """
+
+    def __init__(self, bootstrap: str, hub: LiveHub, topic: str = FLOWS_ENRICHED) -> None:
+        self.bootstrap = bootstrap
+        self.hub = hub
+        self.topic = topic
+        self.messages = 0
+        self.undecodable = 0
+        self.assigned = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap.split(","),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=50,  # latency over throughput: the target is delivery within a second
+            max_partition_fetch_bytes=16 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        )
+        await consumer.start()
+        try:
+            partitions = consumer.partitions_for_topic(self.topic) or set()
+            for _ in range(50):
+                if partitions:
+                    break
+                await asyncio.sleep(0.1)
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(self.topic) or set()
+            if not partitions:
+                raise RuntimeError(f"topic {self.topic} has no partitions at {self.bootstrap}")
+            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            await consumer.seek_to_end(*tps)
+            for tp in tps:  # resolve the end offsets now, so "from now on" starts at assignment
+                await consumer.position(tp)
+            self.assigned.set()
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200)
+                for records in batches.values():
+                    for record in records:
+                        self.messages += 1
+                        try:
+                            self.hub.publish_table(decode_enriched(record.value or b""))
+                        except (pa.ArrowInvalid, OSError) as exc:
+                            self.undecodable += 1
+                            log.error(
+                                "flows.enriched offset %d: not an Arrow IPC stream: %s", record.offset, exc
+                            )
+        finally:
+            await consumer.stop()
+
+
+# ---- routes -------------------------------------------------------------------------------------
+
+
+def _query_token_as_bearer(connection: HTTPConnection) -> None:
+    """`?token=T` (or `?access_token=T`) -> `Authorization: Bearer T` unless a header is present.
+
+    A dependency listed before the principal's: it edits the shared ASGI scope (and drops the
+    connection's parsed-header cache), so any header-based principal dependency sees the token.
+    """
+    scope = connection.scope
+    headers = list(scope.get("headers") or [])
+    if any(k.lower() == b"authorization" for k, _ in headers):
+        return
+    token = connection.query_params.get("token") or connection.query_params.get("access_token")
+    if token:
+        headers.append((b"authorization", f"Bearer {token}".encode("latin-1", "replace")))
+        scope["headers"] = headers
+        # Starlette caches the parsed headers on the connection, and FastAPI has read them already.
+        connection.__dict__.pop("_headers", None)
+
+
+def live_flow_filter(filters: Mapping[str, Any]) -> FlowFilter:
+    """A FlowFilter of the given query filters (every flow: no `last`)."""
+    known = {f.name for f in dataclasses.fields(FlowFilter)}
+    for name, value in filters.items():
+        if name not in known:
+            parameter = "label" if name == "labels" else name
+            raise FilterValueError(parameter, value, f"the {parameter} filter is not supported yet")
+    return FlowFilter(**filters, last=None)
+
+
+def _jsonpb_text(row: Row) -> str:
+    return json.dumps(row_to_jsonpb(row), separators=(",", ":"), ensure_ascii=False)
+
+
+def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
+    # The shape of FastAPI's own validation errors (and of /api/v1/flows), so clients handle one format.
+    return JSONResponse(
+        status_code=422,
+        content={
+            "detail": [{"loc": ["query", parameter], "msg": message, "type": "value_error", "input": value}]
+        },
+    )
+
+
+def live_router(
+    hub: LiveHub,
+    principal_dependency: Callable[..., Any],
+    scope_for: Callable[[Any], RowScope],
+    *,
+    queue_flows: int = DEFAULT_QUEUE_FLOWS,
+    keepalive_s: float = SSE_KEEPALIVE_S,
+) -> APIRouter:
+    """The stream routes; the app owner includes this router next to /api/v1/flows."""
+    router = APIRouter()
+
+    def live_filter(
+        cluster: str | None = Query(None, description="cluster the flow was collected from"),
+        namespace: str | None = Query(None, description="source or destination namespace"),
+        pod: str | None = Query(None, description="[namespace/]pod-name prefix, either side"),
+        workload: str | None = Query(None, description="[kind/]name of a workload, either side"),
+        label: Annotated[
+            list[str] | None, Query(description="k=v or source:k=v, either side; repeatable")
+        ] = None,
+        ip: str | None = Query(None, description="source or destination address or CIDR"),
+        verdict: str | None = Query(None, description="FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, ..."),
+        drop_reason: str | None = Query(None, description="DropReason name or number"),
+        protocol: str | None = Query(None, description="tcp, udp, sctp, icmp, icmpv4, icmpv6"),
+        port: int | None = Query(None, ge=0, le=65535, description="source or destination port"),
+        direction: str | None = Query(None, description="INGRESS or EGRESS"),
+        l7_type: str | None = Query(None, description="REQUEST, RESPONSE, SAMPLE"),
+        since: str | None = Query(None, description="only flows at or after this time (RFC 3339 or 5m ago)"),
+        until: str | None = Query(None, description="only flows at or before this time"),
+    ) -> dict[str, Any]:
+        given = {
+            "cluster": cluster,
+            "namespace": namespace,
+            "pod": pod,
+            "workload": workload,
+            "labels": tuple(label) if label else None,
+            "ip": ip,
+            "verdict": verdict,
+            "drop_reason": drop_reason,
+            "protocol": protocol,
+            "port": port,
+            "direction": direction,
+            "l7_type": l7_type,
+            "since": since,
+            "until": until,
+        }
+        return {k: v for k, v in given.items() if v is not None}
+
+    @router.get(
+        STREAM_PATH,
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "jsonpb flows as SSE events"}},
+        summary="Live flows as Server-Sent Events",
+    )
+    async def stream_sse(
+        token_header: None = Depends(_query_token_as_bearer),
+        filters: dict[str, Any] = Depends(live_filter),
+        principal: Any = Depends(principal_dependency),
+        token: str | None = Query(None, description="API token, for clients that cannot set headers"),
+    ) -> Any:
+        try:
+            accept = subscription_filter(live_flow_filter(filters), scope_for(principal))
+        except FilterValueError as exc:
+            return _unprocessable(exc.parameter, exc.value, str(exc))
+        del token, token_header  # the token became the Authorization header before the principal ran
+        sub = hub.subscribe(accept, queue_flows)
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                yield ": netwarden live flows\n\n"  # flushes headers at once: the client knows it is subscribed
+                while True:
+                    batch = await sub.next_batch(timeout=keepalive_s)
+                    if batch is None:
+                        return
+                    if not batch:
+                        yield ": keepalive\n\n"
+                        continue
+                    parts = []
+                    for message in batch:
+                        if isinstance(message, Missed):
+                            parts.append(f"event: missed\ndata: {message.to_json()}\n\n")
+                        else:
+                            parts.append(f"data: {_jsonpb_text(message)}\n\n")
+                    SENT.labels("sse").inc(len(batch))
+                    yield "".join(parts)
+            finally:
+                sub.close()
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def stream_ws(
+        websocket: WebSocket,
+        token_header: None = Depends(_query_token_as_bearer),
+        filters: dict[str, Any] = Depends(live_filter),
+        principal: Any = Depends(principal_dependency),
+        token: str | None = Query(None, description="API token, for clients that cannot set headers"),
+    ) -> None:
+        del token, token_header  # the token became the Authorization header before the principal ran
+        try:
+            accept = subscription_filter(live_flow_filter(filters), scope_for(principal))
+        except FilterValueError as exc:
+            await _reject(websocket, _unprocessable(exc.parameter, exc.value, str(exc)), str(exc))
+            return
+        # Subscribed before the handshake completes: a client that sees the connection open misses nothing.
+        sub = hub.subscribe(accept, queue_flows)
+        try:
+            await websocket.accept()
+        except BaseException:
+            sub.close()
+            raise
+        closed_by_client = asyncio.create_task(_wait_disconnect(websocket))
+        try:
+            while not closed_by_client.done():
+                getter = asyncio.ensure_future(sub.next_batch())
+                await asyncio.wait({getter, closed_by_client}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():
+                    getter.cancel()
+                    break
+                batch = getter.result()
+                if batch is None:
+                    await websocket.close()
+                    break
+                for message in batch:
+                    text = message.to_json() if isinstance(message, Missed) else _jsonpb_text(message)
+                    await websocket.send_text(text)
+                SENT.labels("websocket").inc(len(batch))
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            pass  # the client went away mid-send
+        finally:
+            sub.close()
+            closed_by_client.cancel()
+
+    router.add_api_websocket_route(STREAM_PATH, stream_ws, name="stream_ws")
+    return router
+
+
+async def _wait_disconnect(websocket: WebSocket) -> None:
+    # Clients send nothing; reading is how a close or a dropped connection is noticed.
+    with contextlib.suppress(WebSocketDisconnect, RuntimeError):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+
+
+async def _reject(websocket: WebSocket, response: JSONResponse, reason: str) -> None:
+    """Refuse the handshake with an HTTP response where the server supports it, else close 1008."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(code=WS_POLICY_VIOLATION, reason=reason[:120])
+
+
+__all__ = [
+    "STREAM_PATH",
+    "EnrichedTopicFeed",
+    "LiveHub",
+    "LiveSubscription",
+    "Missed",
+    "RowScope",
+    "decode_enriched",
+    "flow_predicate",
+    "live_router",
+    "subscription_filter",
+    "table_rows",
+]
