@@ -20,8 +20,8 @@ Filters mean what they mean to `hubble observe`:
   EGRESS), `l7_type` (REQUEST, RESPONSE, SAMPLE), all case-insensitive.
 - `cursor`: an opaque keyset token (encode_cursor) meaning "strictly older than this flow" in the
   (time DESC, uuid DESC) order, for stable pagination while new flows arrive.
-- With a `ScopeFilter`, flows are read from a subquery that applies the scope and redacts the
-  out-of-scope peer; every filter then sees redacted values only.
+- With a `ScopeFilter`, the scope's condition is part of the WHERE clause and endpoint filters see
+  redacted values only (filter_conditions); rows are redacted with the scope's Python twin after fetching.
 
 Every user value is a bound parameter (`{name:Type}`, bound by the server), never SQL text. Scope filters
 (issue 3) are ANDed in through `extra_where` as (SQL fragment, parameters) pairs.
@@ -37,7 +37,7 @@ import json
 import re
 import time
 import uuid as uuidlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -56,6 +56,9 @@ DEFAULT_NAMESPACE = "default"  # hubble: a pod filter without a namespace means 
 SELECT_COLUMNS: list[str] = ["toUnixTimestamp64Nano(time) AS time_ns"] + [
     f"`{c.name}`" for c in RECORD_COLUMNS if c.name != "time"
 ]
+
+# Enough to identify a stored flow (the table's sorting key) and to page on it.
+KEY_COLUMNS: list[str] = ["toUnixTimestamp64Nano(time) AS time_ns", "`uuid`", "`cluster`"]
 
 # hubble `--protocol` names -> Layer4 oneof numbers; "icmp" covers both ICMP versions.
 PROTOCOLS: dict[str, tuple[int, ...]] = {
@@ -323,13 +326,18 @@ class _SideFilter:
         ) or bool(self.pod_prefix)
 
 
-def _side_condition(side: str, f: _SideFilter) -> str:
-    """All side filters of one endpoint (side = 'src' or 'dst'); parameter names are shared by both sides."""
+def _column(name: str) -> str:
+    return name
+
+
+def _side_condition(side: str, f: _SideFilter, col: Callable[[str], str] = _column) -> str:
+    """All side filters of one endpoint (side = 'src' or 'dst'); parameter names are shared by both sides.
+    `col` maps a column name to the SQL to read it through (a scope's redacted view of it)."""
     parts = []
     if f.ns is not None:
         parts.append(f"{side}_namespace = {{ns:String}}")
     if f.pod_prefix:
-        parts.append(f"startsWith({side}_pod, {{pod_prefix:String}})")
+        parts.append(f"startsWith({col(side + '_pod')}, {{pod_prefix:String}})")
     if f.port is not None:
         parts.append(
             f"{side}_port = {{port:UInt16}} AND l4_protocol IN ({', '.join(map(str, PORT_PROTOCOLS))})"
@@ -337,24 +345,31 @@ def _side_condition(side: str, f: _SideFilter) -> str:
     for i, _ in enumerate(f.labels):
         # The label itself, or the label without its `source:` prefix (k8s:app=x matches app=x).
         parts.append(
-            f"(has({side}_labels, {{label_{i}:String}}) OR "
-            f"has(arrayMap(l -> substring(l, position(l, ':') + 1), {side}_labels), {{label_{i}:String}}))"
+            f"(has({col(side + '_labels')}, {{label_{i}:String}}) OR "
+            f"has(arrayMap(l -> substring(l, position(l, ':') + 1), {col(side + '_labels')}), {{label_{i}:String}}))"
         )
     if f.workload is not None:
         if f.workload[0]:
             parts.append(
                 f"arrayExists((n, k) -> n = {{workload_name:String}} AND lower(k) = {{workload_kind:String}}, "
-                f"{side}_workload_names, {side}_workload_kinds)"
+                f"{col(side + '_workload_names')}, {col(side + '_workload_kinds')})"
             )
         else:
-            parts.append(f"has({side}_workload_names, {{workload_name:String}})")
+            parts.append(f"has({col(side + '_workload_names')}, {{workload_name:String}})")
     if f.ip is not None:
-        parts.append(f"ip_{side} BETWEEN {{ip_first:IPv6}} AND {{ip_last:IPv6}}")
+        parts.append(f"{col('ip_' + side)} BETWEEN {{ip_first:IPv6}} AND {{ip_last:IPv6}}")
     return " AND ".join(parts)
 
 
-def filter_conditions(flt: FlowFilter, now_ns: int | None = None) -> tuple[list[str], dict[str, Any]]:
-    """WHERE conditions (ANDed) and their parameters for a filter. Raises ValueError naming a bad value."""
+def filter_conditions(
+    flt: FlowFilter, now_ns: int | None = None, scope: ScopeFilter | None = None
+) -> tuple[list[str], dict[str, Any]]:
+    """WHERE conditions (ANDed) and their parameters for a filter. Raises ValueError naming a bad value.
+
+    With a scope: the scope's visibility condition is included, and endpoint filters read the columns
+    as the scope sees them (redacted), so a filter on a hidden pod name, label, workload or IP matches
+    nothing and cannot be used to probe for it. The query must read `flows AS f` (scope.TABLE_ALIAS) and
+    start with `scope.with_clause()`."""
     where: list[str] = []
     params: dict[str, Any] = {}
     if flt.cluster is not None:
@@ -419,22 +434,22 @@ def filter_conditions(flt: FlowFilter, now_ns: int | None = None) -> tuple[list[
                 params["workload_kind"] = side.workload[0].lower()
         if side.ip is not None:
             params["ip_first"], params["ip_last"] = str(side.ip[0]), str(side.ip[1])
-        where.append(f"(({_side_condition('src', side)}) OR ({_side_condition('dst', side)}))")
+        col = (lambda name: scope.column_sql(name, aliased=True)) if scope is not None else _column
+        where.append(f"(({_side_condition('src', side, col)}) OR ({_side_condition('dst', side, col)}))")
+    if scope is not None:
+        visible, scope_params = scope.sql_where(aliased=True)
+        where.append(visible)
+        _merge(params, scope_params, "scope")
     return where, params
 
 
-def flow_source(scope: ScopeFilter | None) -> tuple[str, dict[str, Any]]:
-    """The FROM clause: the flows table, or with a scope the visible flows with their peers redacted."""
+def flow_source(scope: ScopeFilter | None) -> str:
+    """The FROM clause; with a scope the table goes by the alias its SQL fragments use."""
     if scope is None:
-        return f"{FLOWS_TABLE} FINAL", {}
+        return f"{FLOWS_TABLE} FINAL"
     from query_api.scope import TABLE_ALIAS
 
-    where, params = scope.sql_where()
-    inner = (
-        f"(SELECT {', '.join(scope.redacted_select())}\n  FROM {FLOWS_TABLE} AS {TABLE_ALIAS} FINAL"
-        f"\n  WHERE {where})"
-    )
-    return inner, params
+    return f"{FLOWS_TABLE} AS {TABLE_ALIAS} FINAL"
 
 
 def _merge(params: dict[str, Any], extra: Mapping[str, Any], what: str) -> None:
@@ -449,21 +464,25 @@ def build_flow_query(
     extra_where: Iterable[tuple[str, Mapping[str, Any]]] = (),
     now_ns: int | None = None,
     scope: ScopeFilter | None = None,
+    columns: Sequence[str] = SELECT_COLUMNS,
 ) -> tuple[str, dict[str, Any]]:
-    """SQL (newest first, LIMIT last unless all) and its bound parameters.
+    """SQL (newest first, LIMIT last unless all) and its bound parameters; `columns` is the select list
+    (KEY_COLUMNS: just the keys, for fetching the rows separately, see FlowStore.query_flows).
 
-    `scope` limits the rows to what a principal may see, redacted (query_api.scope). `extra_where`
-    fragments are trusted SQL from our own code whose values are in their own parameters; a parameter
-    name used twice is an error, not a silent override.
+    `scope` limits the rows to what a principal may see (query_api.scope); the rows come back as
+    stored, so the caller must pass each through `scope.redact` (FlowStore.query_flows does).
+    `extra_where` fragments are trusted SQL from our own code whose values are in their own parameters;
+    a parameter name used twice is an error, not a silent override.
     """
-    where, params = filter_conditions(flt, now_ns)
-    source, scope_params = flow_source(scope)
-    _merge(params, scope_params, "scope")
+    where, params = filter_conditions(flt, now_ns, scope)
+    source = flow_source(scope)
     for fragment, extra in extra_where:
         _merge(params, extra, "extra_where")
         where.append(f"({fragment})")
     last = parse_last(flt.last)
-    sql = f"SELECT {', '.join(SELECT_COLUMNS)}\nFROM {source}"
+    sql = f"SELECT {', '.join(columns)}\nFROM {source}"
+    if scope is not None and scope.with_clause():
+        sql = scope.with_clause() + "\n" + sql
     if where:
         sql += "\nWHERE " + "\n  AND ".join(where)
     # uuid breaks ties between flows of the same nanosecond so pages and repeats are stable.
@@ -472,6 +491,24 @@ def build_flow_query(
         sql += "\nLIMIT {last:UInt64}"
         params["last"] = last
     return sql, params
+
+
+def build_rows_query(keys: Sequence[Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """The full rows (SELECT_COLUMNS) of flows named by KEY_COLUMNS rows; any order."""
+    times = [int(k["time_ns"]) for k in keys]
+    sql = (
+        f"SELECT {', '.join(SELECT_COLUMNS)}\nFROM {FLOWS_TABLE} FINAL\n"
+        "WHERE cluster IN {key_clusters:Array(String)}\n"
+        "  AND time BETWEEN fromUnixTimestamp64Nano({key_first:Int64}, 'UTC')"
+        " AND fromUnixTimestamp64Nano({key_last:Int64}, 'UTC')\n"
+        "  AND uuid IN {key_uuids:Array(UUID)}"
+    )
+    return sql, {
+        "key_clusters": sorted({str(k["cluster"]) for k in keys}),
+        "key_first": min(times),
+        "key_last": max(times),
+        "key_uuids": sorted({str(k["uuid"]) for k in keys}),
+    }
 
 
 def build_count_query(cluster: str | None = None) -> tuple[str, dict[str, Any]]:

@@ -5,17 +5,25 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
-from query_api.flow_query import FlowFilter, build_count_query, build_flow_query
+from query_api.flow_query import (
+    KEY_COLUMNS,
+    FlowFilter,
+    build_count_query,
+    build_flow_query,
+    build_rows_query,
+)
 from query_api.scope import ScopeFilter
 from schemas.clickhouse import DEFAULT_RETENTION_DAYS, MIGRATIONS_TABLE_DDL, migrations
 
-CLICKHOUSE_SUBDIR = "clickhouse"  # DATA_DIR/clickhouse holds chDB's files
+CLICKHOUSE_SUBDIR = "clickhouse"
+DEFAULT_ROW_CACHE = 50_000  # DATA_DIR/clickhouse holds chDB's files
 
 
 class DataDirLockedError(RuntimeError):
@@ -89,9 +97,14 @@ class FlowStore:
     """Flow history queries over one client. chDB's client is synchronous and not safe for concurrent
     queries from many threads, so calls are serialized; a server-backed client works the same way."""
 
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, row_cache_size: int = DEFAULT_ROW_CACHE) -> None:
         self.client = client
         self._lock = threading.Lock()
+        # Stored flows never change (a replayed duplicate has the same key and content), so full rows
+        # are cached by key: a query then costs one narrow key query, the wide row read (ClickHouse
+        # plans ~70 columns per read) only for rows not seen recently, e.g. a console polling a page.
+        self._rows: OrderedDict[tuple[str, int, str], dict[str, Any]] = OrderedDict()
+        self._row_cache_size = row_cache_size
 
     def query_flows(
         self,
@@ -101,8 +114,30 @@ class FlowStore:
     ) -> list[dict[str, Any]]:
         """Matching rows newest first, in the shape of query_api.flow_query.SELECT_COLUMNS; with a scope,
         only the flows it may see, out-of-scope peers redacted (query_api.scope)."""
-        sql, params = build_flow_query(flt, extra_where, scope=scope)
-        return self.run(sql, params)
+        sql, params = build_flow_query(flt, extra_where, scope=scope, columns=KEY_COLUMNS)
+        keys = self.run(sql, params)  # the scope and every filter are applied here, in SQL
+        rows = self.rows_for(keys)
+        return rows if scope is None or scope.everything else [scope.redact(r) for r in rows]
+
+    def rows_for(self, keys: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Full rows (SELECT_COLUMNS shape) of the flows named by KEY_COLUMNS rows, in the keys' order."""
+        wanted = [(str(k["cluster"]), int(k["time_ns"]), str(k["uuid"])) for k in keys]
+        with self._lock:
+            found = {key: self._rows[key] for key in wanted if key in self._rows}
+            for key in found:
+                self._rows.move_to_end(key)
+        missing = [k for k, key in zip(keys, wanted, strict=True) if key not in found]
+        if missing:
+            sql, params = build_rows_query(missing)
+            with self._lock:
+                for row in self.client.query(sql, parameters=params).named_results():
+                    key = (str(row["cluster"]), int(row["time_ns"]), str(row["uuid"]))
+                    found[key] = row
+                    self._rows[key] = row
+                while len(self._rows) > self._row_cache_size:
+                    self._rows.popitem(last=False)
+        # Copies: callers (redaction, rendering) may change their rows without touching the cache.
+        return [dict(found[key]) for key in wanted if key in found]
 
     def run(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
         """One read query (SQL from our own builders, values bound) -> rows as dicts."""

@@ -1,9 +1,10 @@
 """Flow summary for a time window: verdicts over time, top talkers, drops, service-map edges.
 
-Pure query building plus a thin runner over FlowStore. Every aggregate reads the same source as flow
-history (query_api.flow_query.flow_source): with a ScopeFilter, only visible flows, the out-of-scope peer
-already redacted in SQL, so an out-of-scope side shows up as its cluster and namespace only (its workload
-is gone; a reserved identity such as `reserved:world` stays).
+Pure query building plus a thin runner over FlowStore. Every aggregate has the same WHERE clause as flow
+history (query_api.flow_query.filter_conditions): with a ScopeFilter, only visible flows, and endpoint
+keys read through the scope's redacted columns (ScopeFilter.column_sql), so an out-of-scope side shows up
+as its cluster and namespace only (its workload is gone; a reserved identity such as `reserved:world`
+stays).
 
 An endpoint of a talker pair or edge is (cluster, namespace, workload): the endpoint's cluster (its own
 cluster_name when Hubble reports one, else the flow's), and as workload the first workload name, else
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,14 +47,18 @@ _NICE_BUCKETS_S = (1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 
 _S = 1_000_000_000
 
 
-def endpoint_sql(side: str) -> tuple[str, str, str]:
-    """(cluster, namespace, workload) expressions of an endpoint, over the (redacted) flow source."""
-    reserved = f"arrayFilter(l -> startsWith(l, 'reserved:'), {side}_labels)"
+def _column(name: str) -> str:
+    return name
+
+
+def endpoint_sql(side: str, col: Callable[[str], str] = _column) -> tuple[str, str, str]:
+    """(cluster, namespace, workload) expressions of an endpoint; `col` gives a column as the scope sees it."""
+    labels, workloads, pod = col(f"{side}_labels"), col(f"{side}_workload_names"), col(f"{side}_pod")
+    reserved = f"arrayFilter(l -> startsWith(l, 'reserved:'), {labels})"
     return (
         f"if({side}_cluster_name != '', {side}_cluster_name, cluster)",
         f"{side}_namespace",
-        f"if(notEmpty({side}_workload_names), {side}_workload_names[1], "
-        f"if(notEmpty({reserved}), {reserved}[1], {side}_pod))",
+        f"if(notEmpty({workloads}), {workloads}[1], if(notEmpty({reserved}), {reserved}[1], {pod}))",
     )
 
 
@@ -119,15 +125,16 @@ def build_summary_queries(
 ) -> dict[str, tuple[str, dict[str, Any]]]:
     """name -> (SQL, parameters) of each aggregate. The window replaces the filter's since/until."""
     flt = dataclasses.replace(flt, since=None, until=None, cursor=None, last=None)
-    where, params = filter_conditions(flt, now_ns)
-    source, scope_params = flow_source(scope)
-    params.update(scope_params)
+    where, params = filter_conditions(flt, now_ns, scope)
+    source = flow_source(scope)
+    col = (lambda name: scope.column_sql(name, aliased=True)) if scope is not None else _column
+    with_clause = (scope.with_clause() + "\n") if scope is not None and scope.with_clause() else ""
     where.append("time >= fromUnixTimestamp64Nano({since_ns:Int64}, 'UTC')")
     where.append("time <= fromUnixTimestamp64Nano({until_ns:Int64}, 'UTC')")
     params.update(since_ns=window.since_ns, until_ns=window.until_ns, bucket_ns=window.bucket_ns, top=top)
     cond = " AND ".join(where)
-    sc, sn, sw = endpoint_sql("src")
-    dc, dn, dw = endpoint_sql("dst")
+    sc, sn, sw = endpoint_sql("src", col)
+    dc, dn, dw = endpoint_sql("dst", col)
     pair = f"{sc} AS sc, {sn} AS sn, {sw} AS sw, {dc} AS dc, {dn} AS dn, {dw} AS dw"
     denied = (
         "arrayDistinct(arrayMap(p -> (tupleElement(p, 'kind'), tupleElement(p, 'namespace'), "
@@ -162,7 +169,7 @@ def build_summary_queries(
             params,
         ),
     }
-    return queries
+    return {name: (with_clause + sql, p) for name, (sql, p) in queries.items()}
 
 
 def _endpoint(c: str, n: str, w: str) -> dict[str, str]:

@@ -109,13 +109,19 @@ def test_python_twin_visible_and_redact() -> None:
     ],
 )
 def test_sql_twin_equals_python_twin(flow_store: FlowStore, role: str, name: str) -> None:
-    """The same stored rows through redacted SQL and through visible()+redact() are identical."""
+    """The same stored rows through redacted SQL and through visible()+redact() are identical, and
+    FlowStore.query_flows (SQL scope, Python redaction) returns exactly that too."""
     s = scope(role, name)
     sql, params = build_flow_query(FlowFilter(last=None))
     everything = list(flow_store.client.query(sql, parameters=params).named_results())
     expected = [s.redact(r) for r in everything if s.visible(r)]
-    sql, params = build_flow_query(FlowFilter(last=None), scope=s)
-    got = list(flow_store.client.query(sql, parameters=params).named_results())
+    where, scope_params = s.sql_where()
+    columns = ["toUnixTimestamp64Nano(f.time) AS time_ns"] + [
+        e for e in s.redacted_select() if not e.endswith("AS `time`")
+    ]
+    sql = f"SELECT {', '.join(columns)} FROM flows AS f FINAL WHERE {where} ORDER BY f.time DESC, f.uuid DESC"
+    got = list(flow_store.client.query(sql, parameters=scope_params).named_results())
     assert got == expected
+    assert flow_store.query_flows(FlowFilter(last=None), scope=s) == expected
     if role == "workspace-admin" and name == "w1":
         assert got and any(r["src_pod"] == "" and r["dst_pod"] for r in got)
