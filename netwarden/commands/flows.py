@@ -1,4 +1,9 @@
-"""`netwarden flows`: flow history from ClickHouse, with `hubble observe` filters and output.
+"""`netwarden flows`: flow history from ClickHouse or a netwarden API, with `hubble observe` filters and output.
+
+Sources: `--server URL --token T` (or NETWARDEN_SERVER / NETWARDEN_TOKEN) queries a running API, which
+applies the token's role scope; `--data-dir DIR` (or NETWARDEN_CLICKHOUSE) reads the flow store directly
+(operator access: everything). `--follow` streams live flows from the API
+(netwarden.commands.flows_follow).
 
 Output: `-o jsonpb` prints one compact GetFlowsResponse per line in hubble's own jsonpb form; `-o json` is
 an alias of jsonpb, as in `hubble observe` (pipe into `jq` for pretty output); `-o table` (default) prints
@@ -9,6 +14,7 @@ are selected and printed oldest first.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import os
 import sys
@@ -18,14 +24,18 @@ from urllib.parse import urlencode
 
 from netwarden.cli import CommandError
 from query_api.app import jsonpb_line
-from query_api.flow_query import DEFAULT_LAST, FilterValueError, FlowFilter
+from query_api.flow_query import DEFAULT_LAST, FilterValueError, FlowFilter, parse_last
 from query_api.store import DataDirLockedError, FlowStore, clickhouse_path, open_clickhouse
 from schemas.flow_record import L4_PROTOCOLS, TCP_FLAG_NAMES
 from schemas.flow_render import ip_text, row_time_ns, row_to_jsonpb
 from schemas.hubble.flow import flow_pb2
 
 CLICKHOUSE_ENV = "NETWARDEN_CLICKHOUSE"
+SERVER_ENV = "NETWARDEN_SERVER"
+TOKEN_ENV = "NETWARDEN_TOKEN"
 DEFAULT_API = "http://127.0.0.1:8080"
+API_PAGE = 10_000  # query_api.app.MAX_LIMIT
+HTTP_TIMEOUT_S = 60.0
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -44,6 +54,15 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
         help=f"netwarden data directory (reads DIR/clickhouse); "
         f"without it, the ClickHouse server in ${CLICKHOUSE_ENV}",
     )
+    p.add_argument(
+        "--server",
+        metavar="URL",
+        help=f"query a netwarden API (e.g. {DEFAULT_API}) instead of a data dir; env {SERVER_ENV}",
+    )
+    p.add_argument("--token", metavar="T", help=f"API token for --server (Bearer); env {TOKEN_ENV}")
+    p.add_argument(
+        "--follow", action="store_true", help="stream live flows from --server as they arrive (Ctrl-C stops)"
+    )
     p.add_argument("--cluster", metavar="C", help="flows collected from this cluster")
     p.add_argument("--namespace", metavar="NS", help="flows from or to this namespace")
     p.add_argument(
@@ -55,6 +74,19 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument(
         "--verdict", metavar="V", help="FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, TRACED, TRANSLATED"
     )
+    p.add_argument(
+        "--label",
+        metavar="K=V",
+        action="append",
+        default=[],
+        help="endpoint label, either side (k=v matches any label source, e.g. k8s:k=v); repeatable: "
+        "all on the same endpoint",
+    )
+    p.add_argument("--workload", metavar="[KIND/]NAME", help="flows from or to this workload")
+    p.add_argument("--ip", metavar="ADDR", help="flows from or to this IP address or CIDR")
+    p.add_argument("--drop-reason", metavar="R", help="drop reason name (POLICY_DENIED, ...) or number")
+    p.add_argument("--direction", metavar="D", help="traffic direction: ingress or egress")
+    p.add_argument("--l7-type", metavar="T", help="L7 flow type: request, response or sample")
     p.add_argument("--protocol", metavar="P", help="tcp, udp, sctp, icmp (v4 or v6), icmpv4, icmpv6")
     p.add_argument("--port", metavar="N", help="source or destination port (TCP/UDP/SCTP)")
     p.add_argument(
@@ -89,7 +121,32 @@ def _filter_from_args(args: argparse.Namespace) -> FlowFilter:
         since=args.since,
         until=args.until,
         last=last,
+        labels=tuple(args.label),
+        workload=args.workload,
+        ip=args.ip,
+        drop_reason=args.drop_reason,
+        direction=args.direction,
+        l7_type=args.l7_type,
     )
+
+
+# FlowFilter field -> API query parameter (and `--flag` for messages).
+_API_PARAMS = {
+    "cluster": "cluster",
+    "namespace": "namespace",
+    "pod": "pod",
+    "labels": "label",
+    "workload": "workload",
+    "ip": "ip",
+    "verdict": "verdict",
+    "drop_reason": "drop_reason",
+    "protocol": "protocol",
+    "port": "port",
+    "direction": "direction",
+    "l7_type": "l7_type",
+    "since": "since",
+    "until": "until",
+}
 
 
 def _api_hint(args: argparse.Namespace) -> str:
@@ -100,7 +157,10 @@ def _api_hint(args: argparse.Namespace) -> str:
     }
     query["limit"] = args.last if args.last is not None else DEFAULT_LAST
     query["format"] = "jsonpb"
-    return f"curl '{DEFAULT_API}/api/v1/flows?{urlencode(query)}'"
+    return (
+        f"curl -H 'Authorization: Bearer $NETWARDEN_TOKEN' '{DEFAULT_API}/api/v1/flows?{urlencode(query)}'"
+        f" or `netwarden flows --server {DEFAULT_API} ...`"
+    )
 
 
 def _open_store(args: argparse.Namespace) -> FlowStore:
@@ -124,28 +184,117 @@ def _open_store(args: argparse.Namespace) -> FlowStore:
     return FlowStore(client)
 
 
+def _flag(parameter: str) -> str:
+    return "--" + ("last" if parameter == "limit" else parameter).replace("_", "-")
+
+
+def _api_error(response: Any) -> CommandError:
+    """One line from the API's JSON error: 401/403 detail, or 422 naming the flag."""
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text.strip()[:200]
+    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
+        loc = detail[0].get("loc") or ["", ""]
+        return CommandError(f"{_flag(str(loc[-1]))}: {detail[0].get('msg', 'invalid value')}")
+    what = {401: "the server refused the token", 403: "permission denied"}.get(response.status_code)
+    return CommandError(f"{what or f'server error {response.status_code}'}: {detail}")
+
+
+def fetch_from_api(server: str, token: str | None, flt: FlowFilter) -> list[dict[str, Any]]:
+    """The newest `flt.last` matching flows (all when None) from GET /api/v1/flows, newest first, in
+    jsonpb form. Pages with the API's cursor, so --all gets everything however much there is."""
+    import httpx
+
+    params: dict[str, Any] = {}
+    for field, name in _API_PARAMS.items():
+        value = getattr(flt, field)
+        if value not in (None, ()):
+            params[name] = list(value) if isinstance(value, tuple) else value
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base = server if "://" in server else f"http://{server}"
+    remaining = None if flt.last is None else int(flt.last)
+    flows: list[dict[str, Any]] = []
+    cursor: str | None = None
+    try:
+        with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT_S) as client:
+            while remaining is None or remaining > 0:
+                page = API_PAGE if remaining is None else min(remaining, API_PAGE)
+                query = {**params, "limit": page, "format": "json"} | ({"cursor": cursor} if cursor else {})
+                response = client.get("/api/v1/flows", params=query)
+                if response.status_code != 200:
+                    raise _api_error(response)
+                body = response.json()
+                flows.extend(body["flows"])
+                remaining = None if remaining is None else remaining - len(body["flows"])
+                cursor = body.get("next_cursor")
+                if not cursor:
+                    break
+    except httpx.HTTPError as exc:
+        raise CommandError(f"--server {server}: {exc}") from None
+    return flows
+
+
+def jsonpb_to_rows(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """API flows back to stored-row shape (through the pipeline's own decoder) for the table printer."""
+    from google.protobuf import json_format
+
+    from schemas.hubble.observer import observer_pb2
+    from streams.decode import FlowDecoder
+
+    raw = [json_format.ParseDict(f, observer_pb2.GetFlowsResponse()).SerializeToString() for f in flows]
+    batch = FlowDecoder().decode("", raw)
+    return [{**row, "time_ns": row_time_ns(row)} for row in batch.table.to_pylist()]
+
+
 def run_flows(args: argparse.Namespace) -> int:
+    if args.follow:
+        try:
+            from netwarden.commands.flows_follow import follow
+        except ImportError:
+            raise CommandError("--follow: live streaming is not available in this build") from None
+        return int(follow(args) or 0)
     flt = _filter_from_args(args)
+    server = args.server or (None if args.data_dir else os.environ.get(SERVER_ENV))
+    if server:
+        token = args.token or os.environ.get(TOKEN_ENV)
+        try:
+            flt = dataclasses.replace(flt, last=parse_last(flt.last))
+        except FilterValueError as exc:
+            raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
+        flows = fetch_from_api(server, token, flt)
+        flows.reverse()  # newest N were selected; print them in time order, like hubble
+        _print(args, jsonpb=flows)
+        return 0
     store = _open_store(args)
     try:
         if args.data_dir:
             store.ensure_schema()  # a data dir from before the first flow: empty history, not an error
         rows = store.query_flows(flt)
     except FilterValueError as exc:
-        raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
+        raise CommandError(f"{_flag(exc.parameter)}: {exc.reason}") from None
     finally:
         store.close()
     rows.reverse()  # newest N were selected; print them in time order, like hubble
+    _print(args, rows=rows)
+    return 0
+
+
+def _print(
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]] | None = None,
+    jsonpb: list[dict[str, Any]] | None = None,
+) -> None:
     try:
         if args.output == "table":
-            write_table(rows, sys.stdout)
+            write_table(rows if rows is not None else jsonpb_to_rows(jsonpb or []), sys.stdout)
         else:
-            for row in rows:
-                sys.stdout.write(jsonpb_line(row_to_jsonpb(row)) + "\n")
+            lines = jsonpb if jsonpb is not None else [row_to_jsonpb(row) for row in rows or []]
+            for obj in lines:
+                sys.stdout.write(jsonpb_line(obj) + "\n")
         sys.stdout.flush()
     except BrokenPipeError:  # `netwarden flows | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
 
 
 # ---- table output ----------------------------------------------------------------------------------

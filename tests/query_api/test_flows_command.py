@@ -113,4 +113,5 @@ def test_locked_data_dir_points_to_the_api(flow_store: FlowStore, data_dir: Path
     )
     assert proc.returncode == 2, proc.stderr
     assert "in use by a running `netwarden up`" in proc.stderr
-    assert "curl 'http://127.0.0.1:8080/api/v1/flows?namespace=shop&limit=20&format=jsonpb'" in proc.stderr
+    assert "'http://127.0.0.1:8080/api/v1/flows?namespace=shop&limit=20&format=jsonpb'" in proc.stderr
+    assert "netwarden flows --server http://127.0.0.1:8080" in proc.stderr
