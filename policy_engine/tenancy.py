@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import sqlite3
@@ -31,6 +32,8 @@ from typing import Any, Literal
 from policy_engine.model import NamespaceRef
 from policy_engine.roles import ROLE_SCOPE_KIND, Ownership, Principal, Role, RoleBinding, ScopeKind
 from policy_engine.store import STORE_FILE, ControlPlaneStore, Migration, StoreError
+
+log = logging.getLogger("netwarden.tenancy")
 
 WORKSPACE_LABEL = "netwarden.io/workspace"
 TOKEN_PREFIX = "nw"
@@ -350,7 +353,10 @@ class Tenancy:
                 return TokenCheck(None, f"API token expired at {expires_at}")
             last_used = _parse_time(last_used_at)
             if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
-                self.store.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (_iso(now), token_id))
+                try:
+                    self.store.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (_iso(now), token_id))
+                except Exception:  # any driver's "database is locked": last-used is advisory
+                    log.warning("could not record last use of API token %s", token_id, exc_info=True)
             return TokenCheck(self.principal_for_user(user))
 
     def principal_for_token(self, secret: str) -> Principal | None:

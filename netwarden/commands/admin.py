@@ -6,6 +6,7 @@
     netwarden admin user      create NAME | list | delete NAME
     netwarden admin binding   create USER --role ROLE [--scope NAME] | list [--user U] | delete USER --role ROLE [--scope NAME]
     netwarden admin token     create USER [--expires 30d] [--description TEXT] | list [--user U] | delete ID
+    netwarden admin oidc      check [--config FILE] [--token JWT]
 
 Whoever can open the store file already holds every power over it, so these commands act as
 org-admin (projects and workspaces still go through the engine API's validation). `token create`
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
     from policy_engine.control_plane import ControlPlane
     from policy_engine.tenancy import Tenancy
 
-RESOURCES = ("cluster", "project", "workspace", "user", "binding", "token")
+RESOURCES = ("cluster", "project", "workspace", "user", "binding", "token", "oidc")
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
@@ -123,6 +124,13 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p = v.add_parser("delete", parents=[common], help="revoke a token")
     p.add_argument("id")
     p.set_defaults(handler=cmd_token_delete)
+
+    v = verbs("oidc", "OIDC sign-in")
+    p = v.add_parser("check", parents=[common],
+                     help="validate a JWT with the OIDC configuration and show the user and roles it maps to")
+    p.add_argument("--config", metavar="FILE", help="OIDC configuration, JSON or YAML (default: env NETWARDEN_OIDC_CONFIG)")
+    p.add_argument("--token", help="the JWT (default: read from stdin)")
+    p.set_defaults(handler=cmd_oidc_check)
 
 
 def _role_ids() -> list[str]:
@@ -422,4 +430,35 @@ def cmd_token_delete(args: argparse.Namespace) -> int:
     with admin_session(args) as s:
         s.tenancy.revoke_token(args.id)
     print(f"token {args.id} revoked")
+    return 0
+
+
+# -- OIDC -----------------------------------------------------------------------------------------
+
+
+def cmd_oidc_check(args: argparse.Namespace) -> int:
+    """What the API would make of this JWT: the same Authenticator, against the local store."""
+    import yaml
+
+    from query_api.auth import Authenticator, AuthError, OIDCConfig, OIDCConfigError
+
+    try:
+        if args.config:
+            with open(args.config) as f:
+                config = OIDCConfig.from_mapping(yaml.safe_load(f) or {})
+        else:
+            maybe = OIDCConfig.from_env()
+            if maybe is None:
+                raise CommandError("no OIDC configuration: pass --config FILE or set NETWARDEN_OIDC_CONFIG")
+            config = maybe
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # OIDCConfigError is a ValueError
+        kind = "OIDC configuration" if isinstance(exc, OIDCConfigError) else "cannot read the OIDC configuration"
+        raise CommandError(f"{kind}: {exc}") from None
+    token = (args.token or sys.stdin.read()).strip()
+    with admin_session(args) as s:
+        try:
+            principal = Authenticator(s.tenancy, config).authenticate(f"Bearer {token}")
+        except AuthError as exc:
+            raise CommandError(f"token refused ({exc.status}): {exc.detail}") from None
+    print(f"user {principal.name}: " + ", ".join(str(b) for b in principal.bindings))
     return 0

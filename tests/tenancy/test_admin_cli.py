@@ -124,3 +124,28 @@ def test_users_bindings_tokens(cli: Cli, tmp_path: Path) -> None:
     assert "1 role binding(s) removed" in cli("admin", "workspace", "delete", "shop-team")[0]
     cli("admin", "user", "delete", "alice")
     assert cli.json("admin", "user", "list") == [] and cli.json("admin", "token", "list") == []
+
+
+def test_oidc_check(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from .test_auth import AUDIENCE, ISSUER, ROLES, Issuer
+
+    _org(cli)
+    issuer = Issuer()
+    try:
+        config = tmp_path / "oidc.json"
+        config.write_text(json.dumps({"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": issuer.jwks_url,
+                                      "roles": ROLES}))
+        out, _ = cli("admin", "oidc", "check", "--config", str(config), "--token", issuer.token(groups=["shop-devs"]))
+        assert out == "user user-123: workspace-admin of workspace frontend, project-read-only of project shop\n"
+        _, err = cli("admin", "oidc", "check", "--config", str(config), "--token", issuer.token(aud="x"), code=2)
+        assert err == "netwarden: token refused (401): invalid token: JWT audience is not 'netwarden'\n"
+        _, err = cli("admin", "oidc", "check", "--config", str(config), "--token", issuer.token(groups=[]), code=2)
+        assert "token refused (403)" in err
+        monkeypatch.delenv("NETWARDEN_OIDC_CONFIG", raising=False)
+        _, err = cli("admin", "oidc", "check", "--token", "x", code=2)
+        assert "no OIDC configuration" in err
+        config.write_text(json.dumps({"issuer": ISSUER}))
+        _, err = cli("admin", "oidc", "check", "--config", str(config), "--token", "x", code=2)
+        assert err == "netwarden: OIDC configuration: audience: required (the client id netwarden's tokens are issued for)\n"
+    finally:
+        issuer.close()
