@@ -282,3 +282,40 @@ def test_slow_client_is_told_what_it_missed_while_fast_client_gets_everything(
             assert len(set(slow.uuids)) == len(slow.flows)
 
     asyncio.run(run())
+
+
+@pytest.mark.slow
+def test_scale_mode_api_replica_follows_flows_enriched(tmp_path: Path, tansu: Any, chdb_dsn: str) -> None:
+    """With an external Kafka the worker publishes stored batches to flows.enriched; an API replica in
+    another process would feed its own hub from there (here: a second hub in this process)."""
+    from query_api.live import EnrichedTopicFeed
+
+    async def run() -> None:
+        rig = LiveRig(
+            tmp_path / "data", cluster=CLUSTER + "-scale", kafka=tansu.bootstrap, clickhouse_dsn=chdb_dsn
+        )
+        async with rig:
+            assert rig.server is not None
+            replica = LiveHub()
+            feed = EnrichedTopicFeed(tansu.bootstrap, replica)
+            stop = asyncio.Event()
+            feeding = asyncio.create_task(feed.run(stop))
+            try:
+                await asyncio.wait_for(feed.assigned.wait(), 30)
+                sub = replica.subscribe(lambda row: row if row["cluster"] == CLUSTER + "-scale" else None)
+                entries = DemoTraffic(CLUSTER + "-scale", seed=23).serialized(500)
+                sent = sorted(observer_pb2.GetFlowsResponse.FromString(d).flow.uuid for _, _, d in entries)
+                rig.server.add_serialized(entries)
+                got: list[str] = []
+                while len(got) < len(sent):
+                    batch = await asyncio.wait_for(sub.next_batch(), 60)
+                    assert batch is not None
+                    got += [row_to_jsonpb(r)["flow"]["uuid"] for r in batch if isinstance(r, dict)]
+                assert sorted(got) == sent
+                assert feed.undecodable == 0
+            finally:
+                stop.set()
+                await asyncio.wait_for(feeding, 10)
+                replica.close()
+
+    asyncio.run(run())
