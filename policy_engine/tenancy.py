@@ -69,6 +69,19 @@ TENANCY_MIGRATIONS: tuple[Migration, ...] = (
                 last_used_at TEXT)""",
         ),
     ),
+    # The `netwarden.io/workspace` label of namespaces as last read from their cluster (or seen on
+    # flows); only that one label matters, so only its value is kept.
+    Migration(
+        "tenancy/0002-namespace-labels",
+        (
+            """CREATE TABLE namespace_workspace_labels (
+                cluster TEXT NOT NULL,
+                namespace TEXT NOT NULL,
+                workspace TEXT NOT NULL,
+                observed_at TEXT NOT NULL,
+                PRIMARY KEY (cluster, namespace))""",
+        ),
+    ),
 )
 
 
@@ -364,9 +377,46 @@ class Tenancy:
         return self.check_token(secret).principal
 
     # -- ownership ------------------------------------------------------------------------------
-    def ownership_index(self) -> OwnershipIndex:
+    def record_namespace_labels(
+        self, cluster: str, namespaces: Mapping[str, Mapping[str, str]], *, complete: bool = True
+    ) -> None:
+        """Remember the `netwarden.io/workspace` label of a cluster's namespaces (name -> labels).
+
+        `complete`: `namespaces` is the cluster's whole namespace list, so label observations of
+        namespaces missing from it (deleted) are dropped too; otherwise only the given ones change."""
+        now = _iso(self._clock())
+        with self._lock, self.store.transaction():
+            if complete:
+                self.store.execute("DELETE FROM namespace_workspace_labels WHERE cluster = ?", (cluster,))
+            for namespace, labels in namespaces.items():
+                workspace = (labels.get(WORKSPACE_LABEL) or "").strip()
+                self.store.execute(
+                    "DELETE FROM namespace_workspace_labels WHERE cluster = ? AND namespace = ?", (cluster, namespace)
+                )
+                if workspace:
+                    self.store.execute(
+                        "INSERT INTO namespace_workspace_labels (cluster, namespace, workspace, observed_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        (cluster, namespace, workspace, now),
+                    )
+
+    def namespace_labels(self) -> dict[tuple[str, str], dict[str, str]]:
+        """Recorded labels: (cluster, namespace) -> {netwarden.io/workspace: workspace}."""
         with self._lock:
-            return OwnershipIndex.from_store(self.store)
+            rows = self.store.execute("SELECT cluster, namespace, workspace FROM namespace_workspace_labels")
+        return {(c, n): {WORKSPACE_LABEL: w} for c, n, w in rows}
+
+    def ownership_index(
+        self, namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None
+    ) -> OwnershipIndex:
+        """The store's ownership plus recorded labels, then `namespace_labels` (fresher, e.g. from the
+        flow pipeline) on top."""
+        with self._lock:
+            index = OwnershipIndex.from_store(self.store)
+            recorded = self.namespace_labels()
+        for (cluster, namespace), labels in {**recorded, **(namespace_labels or {})}.items():
+            index.add_label_declared(cluster, namespace, labels)
+        return index
 
     def ownership(
         self, namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None
@@ -375,10 +425,23 @@ class Tenancy:
         request, from any thread), with label-declared namespaces merged in.
 
         `namespace_labels`: (cluster, namespace) -> that namespace's labels, as last seen."""
-        index = self.ownership_index()
-        for (cluster, namespace), labels in (namespace_labels or {}).items():
-            index.add_label_declared(cluster, namespace, labels)
-        return index.merged_ownership()
+        return self.ownership_index(namespace_labels).merged_ownership()
+
+
+# Cilium puts a pod's namespace labels on its endpoint, so flows carry them too.
+CILIUM_NAMESPACE_LABEL_PREFIX = "k8s:io.cilium.k8s.namespace.labels."
+
+
+def namespace_labels_from_endpoint(labels: Iterable[str]) -> dict[str, str]:
+    """Namespace labels from a Hubble endpoint's Cilium labels (`k8s:io.cilium.k8s.namespace.labels.K=V`),
+    so the flow pipeline can feed `OwnershipIndex.add_label_declared` without asking the kube API."""
+    out: dict[str, str] = {}
+    for label in labels:
+        if label.startswith(CILIUM_NAMESPACE_LABEL_PREFIX):
+            key, sep, value = label[len(CILIUM_NAMESPACE_LABEL_PREFIX):].partition("=")
+            if sep and key:
+                out[key] = value
+    return out
 
 
 def _sha256(text: str) -> str:

@@ -6,6 +6,7 @@
     netwarden admin user      create NAME | list | delete NAME
     netwarden admin binding   create USER --role ROLE [--scope NAME] | list [--user U] | delete USER --role ROLE [--scope NAME]
     netwarden admin token     create USER [--expires 30d] [--description TEXT] | list [--user U] | delete ID
+    netwarden admin namespace list [--cluster C] | sync [--cluster C]
     netwarden admin oidc      check [--config FILE] [--token JWT]
 
 Whoever can open the store file already holds every power over it, so these commands act as
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from policy_engine.control_plane import ControlPlane
     from policy_engine.tenancy import Tenancy
 
-RESOURCES = ("cluster", "project", "workspace", "user", "binding", "token", "oidc")
+RESOURCES = ("cluster", "project", "workspace", "user", "binding", "token", "namespace", "oidc")
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
@@ -124,6 +125,15 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p = v.add_parser("delete", parents=[common], help="revoke a token")
     p.add_argument("id")
     p.set_defaults(handler=cmd_token_delete)
+
+    v = verbs("namespace", "namespace ownership: declared by workspaces or by the netwarden.io/workspace label")
+    p = v.add_parser("list", parents=[common, listing], help="owned namespaces, with where the ownership comes from")
+    p.add_argument("--cluster")
+    p.set_defaults(handler=cmd_namespace_list)
+    p = v.add_parser("sync", parents=[common],
+                     help="read namespaces' netwarden.io/workspace labels from the clusters' Kubernetes API")
+    p.add_argument("--cluster", help="only this cluster (default: every cluster with API access configured)")
+    p.set_defaults(handler=cmd_namespace_sync)
 
     v = verbs("oidc", "OIDC sign-in")
     p = v.add_parser("check", parents=[common],
@@ -431,6 +441,83 @@ def cmd_token_delete(args: argparse.Namespace) -> int:
         s.tenancy.revoke_token(args.id)
     print(f"token {args.id} revoked")
     return 0
+
+
+# -- namespaces -----------------------------------------------------------------------------------
+
+
+def cmd_namespace_list(args: argparse.Namespace) -> int:
+    with admin_session(args) as s:
+        index = s.tenancy.ownership_index()
+    entries = sorted((k, e) for k, e in index.entries().items() if args.cluster in (None, k[0]))
+    ignored = sorted((k, why) for k, why in index.ignored_labels.items() if args.cluster in (None, k[0]))
+    _emit(
+        [{"cluster": c, "namespace": n, "project": e.project, "workspace": e.workspace, "source": e.source}
+         for (c, n), e in entries],
+        args.output, ["CLUSTER", "NAMESPACE", "PROJECT", "WORKSPACE", "DECLARED BY"],
+        lambda: [[c, n, e.project, e.workspace, e.source] for (c, n), e in entries],
+    )
+    if args.output == "table":
+        for (c, n), why in ignored:
+            print(f"note: {c}/{n}: {why}", file=sys.stderr)
+    return 0
+
+
+def cmd_namespace_sync(args: argparse.Namespace) -> int:
+    from policy_engine.kube import KubeApiError
+    from policy_engine.tenancy import WORKSPACE_LABEL
+
+    failures = 0
+    with admin_session(args) as s:
+        clusters = s.cp.store.list_clusters()
+        if args.cluster is not None:
+            clusters = [c for c in clusters if c.name == args.cluster]
+            if not clusters:
+                raise CommandError(f"no cluster named {args.cluster!r}")
+        reachable = [c for c in clusters if c.api_server or c.kube_context or c.kubeconfig]
+        if not reachable:
+            raise CommandError("no cluster has API access configured (apiServer, kubeContext or kubeconfig)")
+        for cluster in reachable:
+            try:
+                labels = _namespace_labels(cluster)
+            except KubeApiError as exc:
+                # One unreachable cluster must not stop the others; its old observations stay.
+                print(f"cluster {cluster.name}: cannot list namespaces: {exc}", file=sys.stderr)
+                failures += 1
+                continue
+            s.tenancy.record_namespace_labels(cluster.name, labels)
+            labelled = sorted(n for n, lab in labels.items() if lab.get(WORKSPACE_LABEL))
+            print(f"cluster {cluster.name}: {len(labels)} namespace(s), {len(labelled)} labelled"
+                  + (f" ({', '.join(labelled)})" if labelled else ""))
+        index = s.tenancy.ownership_index()
+    for (c, n), why in sorted(index.ignored_labels.items()):
+        if any(c == cl.name for cl in reachable):
+            print(f"note: {c}/{n}: {why}", file=sys.stderr)
+    if failures:
+        raise CommandError(f"{failures} cluster(s) could not be read")
+    return 0
+
+
+def _namespace_labels(cluster: Any) -> dict[str, dict[str, str]]:
+    """name -> labels of every namespace, through the official client (as `netwarden sync` connects)."""
+    import os
+
+    from kubernetes import client as k8s_client
+
+    from policy_engine.kube import KubeApiError, KubeCluster
+
+    try:
+        if cluster.api_server:
+            kube = KubeCluster.from_url(cluster.api_server, token=os.environ.get("NETWARDEN_KUBE_TOKEN"))
+        else:
+            kube = KubeCluster.from_kubeconfig(cluster.kubeconfig, cluster.kube_context)
+        response = k8s_client.CoreV1Api(kube.api).list_namespace(_preload_content=False, _request_timeout=30)
+        items = json.loads(response.data).get("items") or []
+    except k8s_client.ApiException as exc:
+        raise KubeApiError(exc.status or 0, str(exc.reason), f"{cluster.name}: {exc.reason}") from None
+    except Exception as exc:  # kubeconfig errors, urllib3 connection errors and the like
+        raise KubeApiError(0, "Unreachable", f"{cluster.name}: {exc}") from None
+    return {item["metadata"]["name"]: dict(item["metadata"].get("labels") or {}) for item in items}
 
 
 # -- OIDC -----------------------------------------------------------------------------------------

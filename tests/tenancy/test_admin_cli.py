@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from netwarden.cli import main
+from policy_engine.store import ControlPlaneStore
 from policy_engine.tenancy import Tenancy
 from query_api.auth import Authenticator
 
@@ -149,3 +150,38 @@ def test_oidc_check(cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
         assert err == "netwarden: OIDC configuration: audience: required (the client id netwarden's tokens are issued for)\n"
     finally:
         issuer.close()
+
+
+def test_namespace_sync_reads_workspace_labels(cli: Cli, capsys: pytest.CaptureFixture[str]) -> None:
+    from policy_engine.tenancy import WORKSPACE_LABEL
+    from tests.kube_api_stub import KubeApiStub
+
+    with KubeApiStub(namespaces=("default", "kube-system", "web")) as stub:
+        stub.put({"apiVersion": "v1", "kind": "Namespace",
+                  "metadata": {"name": "payments", "labels": {WORKSPACE_LABEL: "shop-team"}}})
+        stub.put({"apiVersion": "v1", "kind": "Namespace",
+                  "metadata": {"name": "web", "labels": {WORKSPACE_LABEL: "elsewhere"}}})
+        cli("admin", "cluster", "create", "east")
+        _org(cli)
+        # Register the API server of `east` (GitOps would set apiServer; here through the store).
+        from policy_engine.model import Cluster
+
+        with ControlPlaneStore.open(cli.data_dir) as store:
+            store.put_cluster(Cluster("east", "upstream", "cilium", api_server=stub.url))
+        out, err = cli("admin", "namespace", "sync")
+        assert out == "cluster east: 4 namespace(s), 2 labelled (payments, web)\n"
+        assert "east/web: label netwarden.io/workspace=elsewhere ignored" in err
+        rows = cli.json("admin", "namespace", "list", "--cluster", "east")
+        assert {(r["namespace"], r["workspace"], r["source"]) for r in rows} == {
+            ("payments", "shop-team", "label"), ("web", "shop-team", "store"), ("cart", "shop-team", "store")}
+        out, _ = cli("admin", "namespace", "list")
+        assert ["east", "payments", "shop", "shop-team", "label"] in [line.split() for line in out.splitlines()]
+        # The label goes away in the cluster: the next sync forgets it.
+        stub.edit("Namespace", "payments", None, lambda o: o["metadata"].pop("labels"))
+        cli("admin", "namespace", "sync", "--cluster", "east")
+        assert not any(r["namespace"] == "payments" for r in cli.json("admin", "namespace", "list"))
+    # Cluster unreachable now: reported, one-line error, nothing forgotten.
+    _, err = cli("admin", "namespace", "sync", code=2)
+    assert "cluster east: cannot list namespaces" in err and err.endswith("netwarden: 1 cluster(s) could not be read\n")
+    _, err = cli("admin", "namespace", "sync", "--cluster", "nope", code=2)
+    assert "no cluster named 'nope'" in err

@@ -16,6 +16,7 @@ from policy_engine.tenancy import (
     OwnershipIndex,
     Tenancy,
     TenancyError,
+    namespace_labels_from_endpoint,
     parse_binding,
     parse_duration,
     visible_clusters,
@@ -288,3 +289,31 @@ def test_visibility_agrees_with_the_query_api_scope_filter(store: ControlPlaneSt
         theirs = scope.ScopeFilter.for_principal(principal, ownership)
         assert (ours.everything, ours.clusters, {(r.cluster, r.namespace) for r in ours.namespaces}) == (
             theirs.everything, theirs.clusters, theirs.namespaces), principal
+
+
+def test_recorded_namespace_labels(tenancy: Tenancy) -> None:
+    tenancy.record_namespace_labels("east", {"payments": {WORKSPACE_LABEL: "backend"}, "web": {WORKSPACE_LABEL: "backend"},
+                                             "tmp": {"team": "x"}})
+    assert tenancy.namespace_labels() == {("east", "payments"): {WORKSPACE_LABEL: "backend"},
+                                          ("east", "web"): {WORKSPACE_LABEL: "backend"}}
+    index = tenancy.ownership_index()
+    assert index.owner("east", "payments") == ("shop", "backend")
+    assert index.owner("east", "web") == ("shop", "frontend")  # the store wins
+    assert ("east", "web") in index.ignored_labels
+    # Fresher labels given by the caller override recorded ones.
+    assert tenancy.ownership({("east", "payments"): {}}).owner(NamespaceRef("east", "payments")) is None
+    # A complete listing drops namespaces that are gone; a partial one leaves the others alone.
+    tenancy.record_namespace_labels("east", {"cache2": {WORKSPACE_LABEL: "backend"}}, complete=False)
+    assert set(tenancy.namespace_labels()) == {("east", "payments"), ("east", "web"), ("east", "cache2")}
+    tenancy.record_namespace_labels("east", {"payments": {}})
+    assert tenancy.namespace_labels() == {}
+
+
+def test_namespace_labels_from_flow_endpoints() -> None:
+    labels = [
+        "k8s:app=cart",
+        "k8s:io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name=shop",
+        f"k8s:io.cilium.k8s.namespace.labels.{WORKSPACE_LABEL}=frontend",
+        "k8s:io.cilium.k8s.namespace.labels.broken",
+    ]
+    assert namespace_labels_from_endpoint(labels) == {"kubernetes.io/metadata.name": "shop", WORKSPACE_LABEL: "frontend"}
