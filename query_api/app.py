@@ -195,14 +195,21 @@ def create_app(
     authenticator: Any = None,
     ownership: Ownership | Callable[[], Ownership] | None = None,
     metrics_dependency: PrincipalDependency | None = None,
+    live_hub: Any = None,
 ) -> FastAPI:
     """`principal_dependency` (a FastAPI dependency returning a Principal) or `authenticator` (a
-    query_api.auth.Authenticator) authenticates; `ownership` is the tenancy snapshot (or a callable
-    returning a fresh one; the control plane changes while the API runs)."""
-    if principal_dependency is None and authenticator is not None:
-        from query_api.auth import fastapi_dependency
+    query_api.auth.Authenticator; /metrics then needs a token when NETWARDEN_METRICS_AUTH is set)
+    authenticates; `ownership` is the tenancy snapshot (or a callable returning a fresh one: the
+    control plane changes while the API runs). `live_hub` (query_api.live.LiveHub) adds the live
+    stream routes under the same authentication and scope rule."""
+    if authenticator is not None:
+        from query_api import auth
 
-        principal_dependency = fastapi_dependency(authenticator)
+        settings = auth.AuthSettings.from_env()
+        if principal_dependency is None:
+            principal_dependency = auth.fastapi_dependency(authenticator, settings)
+        if metrics_dependency is None:
+            metrics_dependency = auth.metrics_dependency(authenticator, settings)
     current_principal: PrincipalDependency = principal_dependency or _unauthenticated
     tenancy = _ownership_provider(ownership)
 
@@ -431,4 +438,10 @@ def create_app(
             ]
         }
 
+    if live_hub is not None:
+        from query_api.live import live_router
+
+        app.include_router(
+            live_router(live_hub, current_principal, lambda p: ScopeFilter.for_principal(p, tenancy()))
+        )
     return app

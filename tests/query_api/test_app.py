@@ -133,3 +133,13 @@ def test_store_failure_is_503(flow_store: FlowStore) -> None:
         r = client.get("/api/v1/flows")
         assert r.status_code == 503 and r.json() == {"detail": "flow store unavailable"}
         assert "netwarden_api_store_errors_total 1.0" in client.get("/metrics").text
+
+
+def test_live_hub_adds_the_stream_under_the_same_authentication(flow_store: FlowStore) -> None:
+    from query_api.live import STREAM_PATH, LiveHub
+
+    app = create_app(flow_store, principal_dependency=bearer_principals(PRINCIPALS), live_hub=LiveHub())
+    with TestClient(app) as client:
+        # The route exists (not 404) and refuses a request without a token like every other route.
+        assert client.get(STREAM_PATH, headers={"Accept": "text/event-stream"}).status_code == 401
+        assert STREAM_PATH in client.get("/openapi.json", headers=AUTH).json()["paths"]
