@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fastapi import HTTPException, WebSocketException
+from fastapi import Depends, HTTPException, WebSocketException
+from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
+from fastapi.security.base import SecurityBase
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
@@ -373,6 +375,24 @@ def bearer_token(authorization_header: str | None) -> str:
 # -- FastAPI glue ---------------------------------------------------------------------------------
 
 
+class BearerScheme(SecurityBase):
+    """Declares `Authorization: Bearer` in the OpenAPI document (securitySchemes, the docs' Authorize
+    button). Reads nothing itself: `fastapi_dependency` authenticates, for HTTP and WebSocket alike."""
+
+    def __init__(self) -> None:
+        self.model = HTTPBearerModel(
+            bearerFormat="netwarden API token (nw_...) or OIDC JWT",
+            description="`netwarden admin token create USER` prints a token; with OIDC configured, an ID token",
+        )
+        self.scheme_name = "bearer"
+
+    async def __call__(self) -> None:
+        return None
+
+
+BEARER_SCHEME = BearerScheme()
+
+
 @dataclass(frozen=True)
 class AuthSettings:
     # Prometheus scrapers usually sit inside the cluster network without credentials.
@@ -406,7 +426,7 @@ def fastapi_dependency(
     """
     settings = settings or AuthSettings()
 
-    async def require_principal(conn: HTTPConnection) -> Principal:
+    async def require_principal(conn: HTTPConnection, _: None = Depends(BEARER_SCHEME)) -> Principal:
         try:
             # Thread: token lookup hits SQLite and OIDC may fetch the JWKS.
             principal = await run_in_threadpool(authenticator.authenticate, _credentials(conn, settings))

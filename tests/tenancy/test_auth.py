@@ -355,6 +355,10 @@ def test_fastapi_dependency(tmp_path: Path, issuer: Issuer) -> None:
     client = TestClient(_app(auth, AuthSettings(metrics_requires_auth=False)))
 
     assert client.get("/healthz").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/api/v1/whoami"]["get"]["security"] == [{"bearer": []}]
+    assert "security" not in spec["paths"]["/healthz"]["get"]
     r = client.get("/api/v1/whoami")
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
     assert r.json() == {"detail": "missing Authorization header: send 'Authorization: Bearer <token>'"}
