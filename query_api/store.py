@@ -23,7 +23,7 @@ from query_api.scope import ScopeFilter
 from schemas.clickhouse import DEFAULT_RETENTION_DAYS, MIGRATIONS_TABLE_DDL, migrations
 
 CLICKHOUSE_SUBDIR = "clickhouse"
-DEFAULT_ROW_CACHE = 50_000  # DATA_DIR/clickhouse holds chDB's files
+DEFAULT_ROW_CACHE = 10_000  # ~5 KB a row in Python  # DATA_DIR/clickhouse holds chDB's files
 
 
 class DataDirLockedError(RuntimeError):

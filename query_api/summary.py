@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from query_api.scope import ScopeFilter
     from query_api.store import FlowStore
 
-DEFAULT_WINDOW = "1h"
+DEFAULT_WINDOW_NS = 3600 * 1_000_000_000  # without since: the hour before until
 MAX_BUCKETS = 1000
 TARGET_BUCKETS = 60
 DEFAULT_TOP = 10
@@ -86,7 +86,7 @@ def parse_window(
 ) -> SummaryWindow:
     now = time.time_ns() if now_ns is None else now_ns
     until_ns = parse_time_ns("until", until, now) if until is not None else now
-    since_ns = parse_time_ns("since", since if since is not None else DEFAULT_WINDOW, now)
+    since_ns = parse_time_ns("since", since, now) if since is not None else until_ns - DEFAULT_WINDOW_NS
     if since_ns > until_ns:
         raise FilterValueError("since", since, "since is after until")
     span = until_ns - since_ns
