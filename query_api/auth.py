@@ -22,6 +22,7 @@ org admin can grant an SSO user a role with `netwarden admin binding create`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -33,11 +34,14 @@ from typing import Any
 from fastapi import Depends, HTTPException, WebSocketException
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
+from prometheus_client import CollectorRegistry, Counter
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from policy_engine.roles import Principal, RoleBinding
 from policy_engine.tenancy import TOKEN_PREFIX, Tenancy, TenancyError, parse_binding
+
+log = logging.getLogger("netwarden.query_api.auth")
 
 SUPPORTED_ALGORITHMS = ("RS256", "ES256")
 OIDC_CONFIG_ENV = "NETWARDEN_OIDC_CONFIG"
@@ -264,13 +268,39 @@ class JWKSCache:
 
 
 class Authenticator:
-    def __init__(self, tenancy: Tenancy | None, oidc: OIDCConfig | None = None) -> None:
+    """`registry`: where `netwarden_api_authentications_total{method,result}` is exported (a private
+    registry by default, so several authenticators can coexist in tests)."""
+
+    def __init__(
+        self, tenancy: Tenancy | None, oidc: OIDCConfig | None = None, *, registry: CollectorRegistry | None = None
+    ) -> None:
         self.tenancy = tenancy
         self.oidc = oidc
         self._jwks = JWKSCache(oidc) if oidc is not None else None
+        self.authentications = Counter(
+            "netwarden_api_authentications_total",
+            "Authentication attempts by credential type (api-token, oidc, none) and result "
+            "(ok, refused = 401, forbidden = 403, unavailable = 503)",
+            ["method", "result"],
+            registry=registry if registry is not None else CollectorRegistry(),
+        )
 
     def authenticate(self, authorization_header: str | None) -> Principal:
-        token = bearer_token(authorization_header)
+        method = "none"
+        try:
+            token = bearer_token(authorization_header)
+            method = "api-token" if token.startswith(TOKEN_PREFIX + "_") else "oidc"
+            principal = self._authenticate(token)
+        except AuthError as exc:
+            result = {401: "refused", 403: "forbidden"}.get(exc.status, "unavailable")
+            self.authentications.labels(method, result).inc()
+            # The detail never holds the credential, only why it failed.
+            log.info("authentication %s (%s): %s", result, method, exc.detail)
+            raise
+        self.authentications.labels(method, "ok").inc()
+        return principal
+
+    def _authenticate(self, token: str) -> Principal:
         if token.startswith(TOKEN_PREFIX + "_"):
             if self.tenancy is None:
                 raise AuthError("API tokens are not enabled on this server")

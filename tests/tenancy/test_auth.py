@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import Depends, FastAPI, WebSocket
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 from starlette.websockets import WebSocketDisconnect
 
 from policy_engine.roles import Principal, Role, RoleBinding, ScopeKind
@@ -142,7 +143,8 @@ def test_api_token_authenticates(tenancy: Tenancy) -> None:
     tenancy.create_user("alice")
     tenancy.add_binding("alice", "project-admin", "shop")
     token_id, secret = tenancy.create_token("alice")
-    auth = Authenticator(tenancy)
+    registry = CollectorRegistry()
+    auth = Authenticator(tenancy, registry=registry)
     assert auth.authenticate(_bearer(secret)) == Principal(
         "alice", (RoleBinding(Role.PROJECT_ADMIN, ScopeKind.PROJECT, "shop"),))
     assert auth.authenticate(f"bearer   {secret}  ").name == "alice"
@@ -150,6 +152,13 @@ def test_api_token_authenticates(tenancy: Tenancy) -> None:
     with pytest.raises(AuthError, match="revoked") as err:
         auth.authenticate(_bearer(secret))
     assert err.value.status == 401
+    with pytest.raises(AuthError):
+        auth.authenticate(None)
+
+    def count(method: str, result: str) -> float | None:
+        return registry.get_sample_value("netwarden_api_authentications_total", {"method": method, "result": result})
+
+    assert (count("api-token", "ok"), count("api-token", "refused"), count("none", "refused")) == (2, 1, 1)
 
 
 @pytest.mark.parametrize(
