@@ -75,6 +75,7 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
             registry=REGISTRY,  # one /metrics for API, pipeline and broker
             authenticator=Authenticator(tenancy, OIDCConfig.from_env()),
             ownership=tenancy.ownership,
+            live_hub=stack.live_hub,  # GET /api/v1/flows/stream, fed in-process by the pipeline (query_api.live)
         )
         api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
         api_task = asyncio.create_task(api.serve())
