@@ -310,7 +310,8 @@ class Authenticator:
             return check.principal
         if token.count(".") == 2 and self.oidc is not None:
             return self._authenticate_jwt(token)
-        raise AuthError("invalid token: neither a netwarden API token" + (" nor a JWT" if self.oidc else ""))
+        raise AuthError("invalid token: " + ("neither a netwarden API token (nw_...) nor a JWT" if self.oidc
+                                             else "not a netwarden API token (nw_...)"))
 
     def _authenticate_jwt(self, token: str) -> Principal:
         import jwt
