@@ -99,6 +99,8 @@ class User:
 class UserBinding:
     user: str
     binding: RoleBinding
+    # The project/workspace is gone or was re-created since: the binding grants nothing.
+    stale: bool = False
 
     @property
     def scope(self) -> str:
@@ -226,13 +228,41 @@ class Tenancy:
             raise TenancyError(f"user: no user named {name!r}")
 
     # -- role bindings --------------------------------------------------------------------------
+    # A binding names its project or workspace; one whose scope was deleted (say by a GitOps prune)
+    # and later re-created is *stale*: it grants nothing, or the new namesake would inherit the old
+    # grants. Stale means: the scope is missing or was created after the binding.
+    _BINDING_ROWS = """SELECT b.user_name, b.role, b.scope_kind, b.scope_name, b.created_at,
+            CASE b.scope_kind WHEN 'project' THEN p.created_at WHEN 'workspace' THEN w.created_at END
+        FROM role_bindings b
+        LEFT JOIN projects p ON b.scope_kind = 'project' AND p.name = b.scope_name
+        LEFT JOIN workspaces w ON b.scope_kind = 'workspace' AND w.name = b.scope_name"""
+
+    def _binding_rows(self, user: str | None) -> list[UserBinding]:
+        query, params = self._BINDING_ROWS, ()
+        if user is not None:
+            query, params = query + " WHERE b.user_name = ?", (user,)
+        with self._lock:
+            rows = self.store.execute(query + " ORDER BY b.user_name, b.role, b.scope_kind, b.scope_name", params)
+        out = []
+        for name, role, kind, scope_name, bound_at, scope_created in rows:
+            binding = RoleBinding(Role(role), ScopeKind(kind), scope_name)
+            scope_time, bound = _parse_time(scope_created), _parse_time(bound_at)
+            stale = binding.scope_kind is not ScopeKind.ORG and (
+                scope_time is None or (bound is not None and scope_time > bound)
+            )
+            out.append(UserBinding(name, binding, stale))
+        return out
+
     def add_binding(self, user: str, role: str, scope: str | None = None) -> Literal["created", "unchanged"]:
         binding = parse_binding(role, scope)
         with self._lock, self.store.transaction():
             self._require_user(user)
             self._require_scope(binding)
-            if binding in self.bindings(user):
+            held = [b for b in self._binding_rows(user) if b.binding == binding]
+            if held and not held[0].stale:
                 return "unchanged"
+            # A stale row of the same key is replaced: granting again is a fresh decision.
+            self._delete_binding(user, binding)
             self.store.execute(
                 "INSERT INTO role_bindings (user_name, role, scope_kind, scope_name, created_at) VALUES (?, ?, ?, ?, ?)",
                 (user, binding.role.value, binding.scope_kind.value, binding.scope_name, _iso(self._clock())),
@@ -247,18 +277,21 @@ class Tenancy:
                 f"scope: no workspace named {binding.scope_name!r} (role {binding.role} binds to a workspace)"
             )
 
+    def _delete_binding(self, user: str, binding: RoleBinding) -> None:
+        self.store.execute(
+            "DELETE FROM role_bindings WHERE user_name = ? AND role = ? AND scope_kind = ? AND scope_name = ?",
+            (user, binding.role.value, binding.scope_kind.value, binding.scope_name),
+        )
+
     def remove_binding(self, user: str, role: str, scope: str | None = None) -> None:
         binding = parse_binding(role, scope)
         with self._lock:
-            if binding not in self.bindings(user):
+            if not any(b.binding == binding for b in self._binding_rows(user)):
                 raise TenancyError(f"binding: user {user!r} has no binding {binding}")
-            self.store.execute(
-                "DELETE FROM role_bindings WHERE user_name = ? AND role = ? AND scope_kind = ? AND scope_name = ?",
-                (user, binding.role.value, binding.scope_kind.value, binding.scope_name),
-            )
+            self._delete_binding(user, binding)
 
     def remove_scope_bindings(self, scope_kind: ScopeKind, scope_name: str) -> int:
-        """Drop bindings to a deleted project/workspace, so a later namesake does not inherit them."""
+        """Drop bindings to a deleted project/workspace (tidier than leaving them stale)."""
         with self._lock:
             rows = self.store.execute(
                 "SELECT user_name FROM role_bindings WHERE scope_kind = ? AND scope_name = ?",
@@ -270,22 +303,12 @@ class Tenancy:
             return len(rows)
 
     def bindings(self, user: str) -> tuple[RoleBinding, ...]:
-        with self._lock:
-            rows = self.store.execute(
-                "SELECT role, scope_kind, scope_name FROM role_bindings WHERE user_name = ? "
-                "ORDER BY role, scope_kind, scope_name",
-                (user,),
-            )
-        return tuple(RoleBinding(Role(r), ScopeKind(k), n) for r, k, n in rows)
+        """The user's effective bindings (stale ones left out)."""
+        return tuple(b.binding for b in self._binding_rows(user) if not b.stale)
 
     def list_bindings(self, user: str | None = None) -> list[UserBinding]:
-        query = "SELECT user_name, role, scope_kind, scope_name FROM role_bindings"
-        params: tuple[str, ...] = ()
-        if user is not None:
-            query, params = query + " WHERE user_name = ?", (user,)
-        with self._lock:
-            rows = self.store.execute(query + " ORDER BY user_name, role, scope_kind, scope_name", params)
-        return [UserBinding(u, RoleBinding(Role(r), ScopeKind(k), n)) for u, r, k, n in rows]
+        """Every stored binding, stale ones included (flagged) so operators can see and remove them."""
+        return self._binding_rows(user)
 
     def principal_for_user(self, name: str) -> Principal:
         return Principal(name, self.bindings(name))

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from policy_engine.control_plane import ControlPlane
     from policy_engine.tenancy import Tenancy
 
+STALE_NOTE = "stale: its scope was deleted or re-created since; grants nothing"
 RESOURCES = ("cluster", "project", "workspace", "user", "binding", "token", "namespace", "oidc")
 
 
@@ -351,10 +352,12 @@ def cmd_user_list(args: argparse.Namespace) -> int:
     active = {u.name: sum(1 for t in tokens if t.user == u.name and t.status(now) == "active") for u in users}
     _emit(
         [{"name": u.name, "created_at": u.created_at,
-          "roles": [{"role": b.binding.role.value, "scope": b.scope} for b in roles.get(u.name, [])],
+          "roles": [{"role": b.binding.role.value, "scope": b.scope, "stale": b.stale}
+                    for b in roles.get(u.name, [])],
           "active_tokens": active[u.name]} for u in users],
         args.output, ["NAME", "ROLES", "ACTIVE TOKENS", "CREATED"],
-        lambda: [[u.name, ", ".join(f"{b.binding.role.value}@{b.scope}" for b in roles.get(u.name, [])) or "-",
+        lambda: [[u.name, ", ".join(f"{b.binding.role.value}@{b.scope}" + (" (stale)" if b.stale else "")
+                                    for b in roles.get(u.name, [])) or "-",
                   str(active[u.name]), u.created_at] for u in users],
     )
     return 0
@@ -393,10 +396,10 @@ def cmd_binding_list(args: argparse.Namespace) -> int:
             raise CommandError(f"no user named {args.user!r}")
         bindings = s.tenancy.list_bindings(args.user)
     _emit([{"user": b.user, "role": b.binding.role.value, "scope_kind": b.binding.scope_kind.value,
-            "scope": b.scope} for b in bindings],
-          args.output, ["USER", "ROLE", "SCOPE"],
-          lambda: [[b.user, b.binding.role.value, f"{b.binding.scope_kind.value} {b.binding.scope_name}".strip()]
-                   for b in bindings])
+            "scope": b.scope, "stale": b.stale} for b in bindings],
+          args.output, ["USER", "ROLE", "SCOPE", "NOTE"],
+          lambda: [[b.user, b.binding.role.value, f"{b.binding.scope_kind.value} {b.binding.scope_name}".strip(),
+                    STALE_NOTE if b.stale else ""] for b in bindings])
     return 0
 
 

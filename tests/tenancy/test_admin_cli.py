@@ -96,8 +96,8 @@ def test_users_bindings_tokens(cli: Cli, tmp_path: Path) -> None:
     assert "no project named 'shop-team'" in err
     cli("admin", "binding", "create", "alice", "--role", "project-read-only", "--scope", "ops")
     assert cli.json("admin", "binding", "list", "--user", "alice") == [
-        {"user": "alice", "role": "project-read-only", "scope_kind": "project", "scope": "ops"},
-        {"user": "alice", "role": "workspace-admin", "scope_kind": "workspace", "scope": "shop-team"},
+        {"user": "alice", "role": "project-read-only", "scope_kind": "project", "scope": "ops", "stale": False},
+        {"user": "alice", "role": "workspace-admin", "scope_kind": "workspace", "scope": "shop-team", "stale": False},
     ]
     cli("admin", "binding", "delete", "alice", "--role", "project-read-only", "--scope", "ops")
 
@@ -120,7 +120,8 @@ def test_users_bindings_tokens(cli: Cli, tmp_path: Path) -> None:
     assert cli.json("admin", "token", "list")[0]["status"] == "revoked"
 
     [user] = cli.json("admin", "user", "list")
-    assert user["roles"] == [{"role": "workspace-admin", "scope": "shop-team"}] and user["active_tokens"] == 0
+    assert user["roles"] == [{"role": "workspace-admin", "scope": "shop-team", "stale": False}]
+    assert user["active_tokens"] == 0
     # Deleting the workspace drops bindings to it; deleting the user drops everything of it.
     assert "1 role binding(s) removed" in cli("admin", "workspace", "delete", "shop-team")[0]
     cli("admin", "user", "delete", "alice")
@@ -185,3 +186,22 @@ def test_namespace_sync_reads_workspace_labels(cli: Cli, capsys: pytest.CaptureF
     assert "cluster east: cannot list namespaces" in err and err.endswith("netwarden: 1 cluster(s) could not be read\n")
     _, err = cli("admin", "namespace", "sync", "--cluster", "nope", code=2)
     assert "no cluster named 'nope'" in err
+
+
+def test_stale_bindings_are_shown(cli: Cli) -> None:
+    _org(cli)
+    cli("admin", "user", "create", "bob")
+    cli("admin", "binding", "create", "bob", "--role", "project-admin", "--scope", "ops")
+    # The project disappears behind the CLI's back (a GitOps prune) and comes back later.
+    with ControlPlaneStore.open(cli.data_dir) as store:
+        store.delete_project("ops")
+    [row] = cli.json("admin", "binding", "list")
+    assert row["stale"] is True
+    out, _ = cli("admin", "binding", "list")
+    assert "stale: its scope was deleted" in out
+    assert "project-admin@ops (stale)" in cli("admin", "user", "list")[0]
+    cli("admin", "project", "create", "ops", "--cluster", "west")
+    with ControlPlaneStore.open(cli.data_dir) as store:
+        store.execute("UPDATE projects SET created_at = ? WHERE name = 'ops'", ("2999-01-01T00:00:00+00:00",))
+    assert cli.json("admin", "binding", "list")[0]["stale"] is True
+    assert "granted" in cli("admin", "binding", "create", "bob", "--role", "project-admin", "--scope", "ops")[0]

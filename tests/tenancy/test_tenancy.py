@@ -317,3 +317,33 @@ def test_namespace_labels_from_flow_endpoints() -> None:
         "k8s:io.cilium.k8s.namespace.labels.broken",
     ]
     assert namespace_labels_from_endpoint(labels) == {"kubernetes.io/metadata.name": "shop", WORKSPACE_LABEL: "frontend"}
+
+
+def test_bindings_to_a_recreated_namesake_grant_nothing(store: ControlPlaneStore) -> None:
+    from policy_engine.control_plane import ControlPlane
+    from policy_engine.model import Workspace
+
+    tenancy = Tenancy(store)
+    tenancy.create_user("eve")
+    tenancy.add_binding("eve", "workspace-admin", "frontend")
+    tenancy.add_binding("eve", "org-read-only")
+    _, secret = tenancy.create_token("eve")
+    cp = ControlPlane(store, Principal.with_role("org-admin"))
+    # GitOps prune deletes the workspace without touching bindings; a namesake appears later.
+    cp.delete_workspace("frontend")
+    principal = tenancy.principal_for_token(secret)
+    assert principal is not None and principal.bindings == (RoleBinding(Role.ORG_READ_ONLY, ScopeKind.ORG),)
+    cp.put_workspace(Workspace("frontend", "shop", (NamespaceRef("east", "web"),)))
+    store.execute("UPDATE workspaces SET created_at = ? WHERE name = 'frontend'", ("2999-01-01T00:00:00+00:00",))
+    assert tenancy.bindings("eve") == (RoleBinding(Role.ORG_READ_ONLY, ScopeKind.ORG),)
+    stale = [b for b in tenancy.list_bindings("eve") if b.stale]
+    assert [b.binding.scope_name for b in stale] == ["frontend"]
+    # Granting again is a fresh decision and makes it effective; removal works on stale rows too.
+    clock = Clock()
+    clock.now = datetime(3000, 1, 1, tzinfo=UTC)
+    fresh = Tenancy(store, clock=clock)
+    assert fresh.add_binding("eve", "workspace-admin", "frontend") == "created"
+    assert len(fresh.bindings("eve")) == 2
+    store.execute("UPDATE workspaces SET created_at = ? WHERE name = 'frontend'", ("3999-01-01T00:00:00+00:00",))
+    fresh.remove_binding("eve", "workspace-admin", "frontend")
+    assert [b.binding.role for b in fresh.list_bindings("eve")] == [Role.ORG_READ_ONLY]
