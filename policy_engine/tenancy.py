@@ -4,12 +4,15 @@ namespace ownership index the query API scopes flows with.
 - Users are names (local accounts, or the identity an OIDC token maps to).
 - A role binding is (user, role, scope): org roles bind to the organization, infra-admin and
   project roles to a project, workspace roles to a workspace; the project or workspace must exist.
+  A binding outliving its scope (deleted, or deleted and re-created) is stale and grants nothing.
 - API tokens are `nw_<id>_<secret>`: the id finds the row, the stored SHA-256 of the whole token
   is compared in constant time. The secret is random (256 bits), so a fast hash is enough: there
   is nothing to brute-force that a slow KDF would protect. The plain token is returned once.
 - `OwnershipIndex` answers (cluster, namespace) -> (project, workspace) from the store's workspaces
   plus namespaces labelled `netwarden.io/workspace=<workspace>`; the store wins on conflict because
   it is the reviewed declaration, while a label can be set by anyone who can edit the namespace.
+  Labels come from `record_namespace_labels` (`netwarden admin namespace sync` reads the clusters'
+  API) or from the caller (flows carry them: `namespace_labels_from_endpoint`).
 
 Tables come from the `tenancy/...` migrations, applied when `Tenancy` is constructed.
 """
