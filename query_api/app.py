@@ -277,7 +277,7 @@ def create_app(
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def flow_filter(
+    async def flow_filter(  # async: no I/O, so FastAPI need not hop to a worker thread
         cluster: str | None = Query(None, description="cluster the flow was collected from"),
         namespace: str | None = Query(None, description="source or destination namespace"),
         pod: str | None = Query(None, description="[namespace/]pod-name prefix, either side"),
@@ -337,7 +337,8 @@ def create_app(
             next_cursor = None
             if len(rows) > limit:
                 rows = rows[:limit]
-                next_cursor = encode_cursor(row_time_ns(rows[-1]), rows[-1]["uuid"])
+                last = rows[-1]
+                next_cursor = encode_cursor(row_time_ns(last), last["uuid"], str(last["cluster"]))
             return [row_to_jsonpb(row) for row in rows], next_cursor
 
         flows, next_cursor = await in_thread(run)

@@ -19,7 +19,7 @@ Filters mean what they mean to `hubble observe`:
 - `drop_reason` (DropReason name or number, matched against drop_reason_desc), `direction` (INGRESS,
   EGRESS), `l7_type` (REQUEST, RESPONSE, SAMPLE), all case-insensitive.
 - `cursor`: an opaque keyset token (encode_cursor) meaning "strictly older than this flow" in the
-  (time DESC, uuid DESC) order, for stable pagination while new flows arrive.
+  (time DESC, uuid DESC, cluster DESC) order, for stable pagination while new flows arrive.
 - With a `ScopeFilter`, the scope's condition is part of the WHERE clause and endpoint filters see
   redacted values only (filter_conditions); rows are redacted with the scope's Python twin after fetching.
 
@@ -278,24 +278,25 @@ def parse_ip(value: str) -> tuple[ipaddress.IPv6Address, ipaddress.IPv6Address]:
     return ipaddress.IPv6Address(int(net.network_address)), ipaddress.IPv6Address(int(net.broadcast_address))
 
 
-def encode_cursor(time_ns: int, flow_uuid: Any) -> str:
-    """The opaque page token after a flow: url-safe base64 of {"t": ns, "u": uuid}."""
-    raw = json.dumps({"t": int(time_ns), "u": str(flow_uuid)}, separators=(",", ":"))
+def encode_cursor(time_ns: int, flow_uuid: Any, cluster: str = "") -> str:
+    """The opaque page token after a flow: url-safe base64 of {"t": ns, "u": uuid, "c": cluster}.
+    The cluster is part of the key: one capture replayed into two clusters repeats (time, uuid)."""
+    raw = json.dumps({"t": int(time_ns), "u": str(flow_uuid), "c": cluster}, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def decode_cursor(token: str) -> tuple[int, str]:
+def decode_cursor(token: str) -> tuple[int, str, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         obj = json.loads(raw)
-        time_ns, flow_uuid = int(obj["t"]), str(uuidlib.UUID(str(obj["u"])))
-        if not 0 <= time_ns < 2**63:
+        time_ns, flow_uuid, cluster = int(obj["t"]), str(uuidlib.UUID(str(obj["u"]))), obj.get("c", "")
+        if not 0 <= time_ns < 2**63 or not isinstance(cluster, str):
             raise ValueError("time out of range")
-    except (ValueError, TypeError, KeyError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error, UnicodeDecodeError):
         raise FilterValueError(
             "cursor", token, "invalid cursor; use next_cursor of a previous page"
         ) from None
-    return time_ns, flow_uuid
+    return time_ns, flow_uuid, cluster
 
 
 def parse_last(value: int | str | None) -> int | None:
@@ -399,9 +400,10 @@ def filter_conditions(
         params["l7_type"] = parse_l7_type(flt.l7_type)
     if flt.cursor is not None:
         where.append(
-            "(time, uuid) < (fromUnixTimestamp64Nano({cursor_ns:Int64}, 'UTC'), toUUID({cursor_uuid:String}))"
+            "(time, uuid, cluster) < (fromUnixTimestamp64Nano({cursor_ns:Int64}, 'UTC'), "
+            "toUUID({cursor_uuid:String}), {cursor_cluster:String})"
         )
-        params["cursor_ns"], params["cursor_uuid"] = decode_cursor(flt.cursor)
+        params["cursor_ns"], params["cursor_uuid"], params["cursor_cluster"] = decode_cursor(flt.cursor)
 
     ns: str | None = None
     pod_prefix: str | None = None
@@ -485,8 +487,9 @@ def build_flow_query(
         sql = scope.with_clause() + "\n" + sql
     if where:
         sql += "\nWHERE " + "\n  AND ".join(where)
-    # uuid breaks ties between flows of the same nanosecond so pages and repeats are stable.
-    sql += "\nORDER BY time DESC, uuid DESC"
+    # uuid (then cluster: replays) breaks ties between flows of the same nanosecond, so pages and
+    # repeats are stable and the cursor's keyset order is total.
+    sql += "\nORDER BY time DESC, uuid DESC, cluster DESC"
     if last is not None:
         sql += "\nLIMIT {last:UInt64}"
         params["last"] = last

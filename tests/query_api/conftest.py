@@ -274,7 +274,7 @@ def capture_cluster(path: Path) -> str:
 def bearer_principals(principals: dict[str, Principal]) -> Callable[..., Principal]:
     """A FastAPI dependency standing in for query_api.auth: `Authorization: Bearer <key>` -> principals[key]."""
 
-    def principal(authorization: str | None = Header(None)) -> Principal:
+    async def principal(authorization: str | None = Header(None)) -> Principal:
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or token not in principals:
             raise HTTPException(401, "missing or bad bearer token", headers={"WWW-Authenticate": "Bearer"})

@@ -119,7 +119,7 @@ def test_sql_twin_equals_python_twin(flow_store: FlowStore, role: str, name: str
     columns = ["toUnixTimestamp64Nano(f.time) AS time_ns"] + [
         e for e in s.redacted_select() if not e.endswith("AS `time`")
     ]
-    sql = f"SELECT {', '.join(columns)} FROM flows AS f FINAL WHERE {where} ORDER BY f.time DESC, f.uuid DESC"
+    sql = f"SELECT {', '.join(columns)} FROM flows AS f FINAL WHERE {where} ORDER BY f.time DESC, f.uuid DESC, f.cluster DESC"
     got = list(flow_store.client.query(sql, parameters=scope_params).named_results())
     assert got == expected
     assert flow_store.query_flows(FlowFilter(last=None), scope=s) == expected

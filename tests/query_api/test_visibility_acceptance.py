@@ -570,6 +570,7 @@ def test_randomized_flow_queries_match_reference(api: TestClient, seeded: list[F
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_ten_thousand_randomized_flow_queries_match_reference(api: TestClient, seeded: list[Flow]) -> None:
     """The issue's acceptance run: >= 10,000 (user, filter combination) queries."""
     run_flow_queries(api, seeded, N_FLOW_QUERIES, SEED + 2)
@@ -682,6 +683,7 @@ def test_randomized_summaries_match_reference(api: TestClient, seeded: list[Flow
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 def test_many_randomized_summaries_match_reference(api: TestClient, seeded: list[Flow]) -> None:
     run_summary_queries(api, seeded, N_SUMMARY_QUERIES, SEED + 4)
 
