@@ -872,6 +872,7 @@ def live_router(
             return _unprocessable(exc.parameter, exc.value, str(exc))
         del token, token_header  # the token became the Authorization header before the principal ran
         sub = hub.subscribe(accept, queue_flows)
+        _log_opened("sse", principal, filters, hub.subscriber_count)
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -893,6 +894,7 @@ def live_router(
                     yield "".join(parts)
             finally:
                 sub.close()
+                _log_closed("sse", principal, sub)
 
         return StreamingResponse(
             events(),
@@ -920,6 +922,7 @@ def live_router(
         except BaseException:
             sub.close()
             raise
+        _log_opened("websocket", principal, filters, hub.subscriber_count)
         closed_by_client = asyncio.create_task(_wait_disconnect(websocket))
         try:
             while not closed_by_client.done():
@@ -940,10 +943,31 @@ def live_router(
             pass  # the client went away mid-send
         finally:
             sub.close()
+            _log_closed("websocket", principal, sub)
             closed_by_client.cancel()
 
     router.add_api_websocket_route(STREAM_PATH, stream_ws, name="stream_ws")
     return router
+
+
+def _log_opened(transport: str, principal: Any, filters: Mapping[str, Any], subscribers: int) -> None:
+    log.info(
+        "live stream opened transport=%s principal=%s filters=%s subscribers=%d",
+        transport,
+        getattr(principal, "name", principal),
+        json.dumps(dict(filters), default=str, sort_keys=True),
+        subscribers,
+    )
+
+
+def _log_closed(transport: str, principal: Any, sub: LiveSubscription) -> None:
+    log.info(
+        "live stream closed transport=%s principal=%s delivered=%d missed=%d",
+        transport,
+        getattr(principal, "name", principal),
+        sub.delivered,
+        sub.missed_total,
+    )
 
 
 async def _wait_disconnect(websocket: WebSocket) -> None:
