@@ -731,13 +731,13 @@ class EnrichedTopicFeed:
         )
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(self.topic) or set()
+            partitions: set[int] = set()
             for _ in range(50):
+                await consumer.topics()  # refreshes cluster metadata (a remote call)
+                partitions = consumer.partitions_for_topic(self.topic) or set()
                 if partitions:
                     break
                 await asyncio.sleep(0.1)
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(self.topic) or set()
             if not partitions:
                 raise RuntimeError(f"topic {self.topic} has no partitions at {self.bootstrap}")
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
