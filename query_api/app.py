@@ -28,6 +28,7 @@ from typing import Any, Literal
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
@@ -210,7 +211,15 @@ def create_app(
             principal_dependency = auth.fastapi_dependency(authenticator, settings)
         if metrics_dependency is None:
             metrics_dependency = auth.metrics_dependency(authenticator, settings)
-    current_principal: PrincipalDependency = principal_dependency or _unauthenticated
+    authenticate: PrincipalDependency = principal_dependency or _unauthenticated
+    # Declares `Authorization: Bearer` in the OpenAPI document; checking it is authenticate's job.
+    bearer = HTTPBearer(auto_error=False, description="netwarden API token or OIDC JWT")
+
+    async def current_principal(
+        principal: Principal = Depends(authenticate), _: Any = Depends(bearer)
+    ) -> Principal:
+        return principal
+
     tenancy = _ownership_provider(ownership)
 
     app = FastAPI(title="netwarden query API", version="1")

@@ -77,3 +77,10 @@ def test_no_server_errors(app: FastAPI, token: str) -> None:
 
         no_5xx()
     assert time.monotonic() - started < 60
+
+
+def test_openapi_declares_bearer_authentication(app: FastAPI) -> None:
+    doc = TestClient(app).get("/openapi.json").json()
+    assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert doc["paths"]["/api/v1/flows"]["get"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in doc["paths"]["/healthz"]["get"]
