@@ -595,7 +595,9 @@ class LiveHub:
         self.shed_rows = 0
         self._subs: list[LiveSubscription] = []
         self._subs_lock = threading.Lock()
-        self._pending: collections.deque[pa.Table | list[Row]] = collections.deque()
+        # Batches waiting for the dispatcher; an int is a shed batch (a gap of that many rows), kept in
+        # order so every client sees the gap where it happened.
+        self._pending: collections.deque[pa.Table | list[Row] | int] = collections.deque()
         self._pending_rows = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -642,8 +644,11 @@ class LiveHub:
                 # Every subscriber is told about rows it may have missed (an upper bound: unfiltered).
                 self.shed_rows += n
                 HUB_SHED.inc(n)
-                for sub in self._subs:
-                    sub.add_gap(n)
+                if self._pending and isinstance(self._pending[-1], int):
+                    self._pending[-1] += n
+                else:
+                    self._pending.append(n)
+                self._cond.notify()
                 return
             self._pending.append(item)
             self._pending_rows += n
@@ -668,6 +673,10 @@ class LiveHub:
                 subs = self._subs
                 if not subs:
                     continue
+                if isinstance(item, int):
+                    for sub in subs:
+                        sub.add_gap(item)
+                    continue
                 rows = table_rows(item) if isinstance(item, pa.Table) else item
                 for sub in subs:
                     sub.offer(rows)
@@ -675,7 +684,7 @@ class LiveHub:
                 log.exception("live hub: dispatching a batch failed")
             finally:
                 with self._cond:
-                    self._pending_rows -= item.num_rows if isinstance(item, pa.Table) else len(item)
+                    self._pending_rows -= _rows_of(item)
 
     def close(self) -> None:
         """End every subscription (clients see the stream end) and stop the dispatcher."""
@@ -691,6 +700,12 @@ class LiveHub:
         """True when every published row has been offered to the subscribers (tests, benchmarks)."""
         with self._cond:
             return self._pending_rows == 0
+
+
+def _rows_of(item: pa.Table | list[Row] | int) -> int:
+    if isinstance(item, int):
+        return 0  # a gap marker holds no rows
+    return item.num_rows if isinstance(item, pa.Table) else len(item)
 
 
 # ---- scale mode: flows.enriched -> hub ------------------------------------------------------------
