@@ -128,7 +128,10 @@ def jsonpb_to_row(message: Mapping[str, Any]) -> dict[str, Any]:
 
 
 async def follow_stream(url: str, token: str | None, printer: FlowPrinter, err: TextIO) -> None:
-    import websockets
+    try:
+        import websockets
+    except ImportError:
+        raise FollowError("--follow needs the `websockets` package (pip install websockets)") from None
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     delay = 0.5
