@@ -6,7 +6,9 @@ hub, and the API under uvicorn with the live router; the client is a real WebSoc
 clock starts when it is appended to the Hubble server's ring (the moment the collector can read it) and
 stops when its jsonpb message has been received and parsed; flows are matched by Hubble uuid.
 
-Prints one JSON line: {"flows", "p50_ms", "p99_ms", "max_ms", "missed", ...}.
+Prints one JSON line: {"flows", "p50_ms", "p99_ms", "max_ms", "missed", ...}; `stored_*` is the part up to
+the ClickHouse insert (collector linger, Kafka, worker window, insert), `delivery_*` the rest (hub, API,
+WebSocket, client).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import sys
 import tempfile
 import time
+import uuid as uuidlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -204,6 +207,13 @@ async def bench_live(
     traffic = DemoTraffic(BENCH_CLUSTER, seed=3)
     entered: dict[str, int] = {}  # uuid -> ns when appended to the Hubble server
     arrived: dict[str, int] = {}  # uuid -> ns when received by the client
+    stored: dict[bytes, int] = {}  # uuid bytes -> ns when the pipeline had stored it (stage split)
+
+    def on_stored(table: Any) -> None:
+        now = time.perf_counter_ns()
+        for u in table.column("uuid").to_pylist():
+            stored[u] = now
+
     missed = 0
 
     def feed(count: int) -> None:
@@ -217,6 +227,8 @@ async def bench_live(
 
     rig = LiveRig(data_dir, kafka=kafka, clickhouse_dsn=clickhouse_dsn)
     async with rig:
+        assert rig.stack is not None and rig.stack.pipeline is not None
+        rig.stack.pipeline.stored_listeners.insert(0, on_stored)
         async with websockets.connect(rig.ws_url + STREAM_PATH, max_size=None, max_queue=None) as ws:
 
             async def receive() -> None:
@@ -240,6 +252,7 @@ async def bench_live(
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
             entered.clear()
+            stored.clear()
             arrived.clear()
             missed = 0
 
@@ -259,6 +272,15 @@ async def bench_live(
             receiver.cancel()
     _progress("")
     latencies = sorted((arrived[u] - t) / 1e6 for u, t in entered.items() if u in arrived)
+    # Where the time goes: collector + Kafka + worker + ClickHouse, then hub + API + client.
+    to_stored, to_client = [], []
+    for u, t in entered.items():
+        s_ns = stored.get(uuidlib.UUID(u).bytes)
+        if s_ns is not None and u in arrived:
+            to_stored.append((s_ns - t) / 1e6)
+            to_client.append((arrived[u] - s_ns) / 1e6)
+    to_stored.sort()
+    to_client.sort()
     return {
         "flows": n,
         "rate": rate,
@@ -268,4 +290,8 @@ async def bench_live(
         "max_ms": round(latencies[-1], 1) if latencies else None,
         "missed": missed,
         "lost": n - len(latencies) - missed,
+        "stored_p50_ms": round(_percentile(to_stored, 0.50), 1),
+        "stored_p99_ms": round(_percentile(to_stored, 0.99), 1),
+        "delivery_p50_ms": round(_percentile(to_client, 0.50), 1),
+        "delivery_p99_ms": round(_percentile(to_client, 0.99), 1),
     }
