@@ -61,6 +61,7 @@ log = logging.getLogger("netwarden.query_api.live")
 
 STREAM_PATH = "/api/v1/flows/stream"
 DEFAULT_QUEUE_FLOWS = 10_000  # per subscriber; rows are shared between subscribers, so this is pointers
+RENDER_CACHE_ROWS = 10_000  # recent renderings kept for other clients of the same rows
 DEFAULT_BACKLOG_ROWS = 500_000  # rows waiting for the dispatcher before the hub itself sheds load
 SSE_KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 WS_POLICY_VIOLATION = 1008
@@ -502,6 +503,8 @@ class LiveSubscription:
                 if shown is None:
                     continue
                 if self._flows < self.queue_flows:
+                    if shown is not row and shown == row:
+                        shown = row  # unredacted: share the row, and so its rendering (LiveHub.text_of)
                     self._items.append(shown)
                     self._flows += 1
                     added += 1
@@ -602,6 +605,10 @@ class LiveHub:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        # id(row) -> (row, jsonpb text): clients seeing the same unredacted row share one rendering.
+        # The entry holds the row, so its id cannot be reused while cached.
+        self._texts: collections.OrderedDict[int, tuple[Row, str]] = collections.OrderedDict()
+        self._texts_lock = threading.Lock()
 
     @property
     def subscriber_count(self) -> int:
@@ -695,6 +702,20 @@ class LiveHub:
             sub.close()
         with self._cond:
             self._cond.notify_all()
+
+    def text_of(self, row: Row) -> str:
+        """The jsonpb line of a delivered row, rendered once however many clients receive it."""
+        key = id(row)
+        with self._texts_lock:
+            hit = self._texts.get(key)
+            if hit is not None and hit[0] is row:
+                return hit[1]
+        text = _jsonpb_text(row)
+        with self._texts_lock:
+            self._texts[key] = (row, text)
+            while len(self._texts) > RENDER_CACHE_ROWS:
+                self._texts.popitem(last=False)
+        return text
 
     def drained(self) -> bool:
         """True when every published row has been offered to the subscribers (tests, benchmarks)."""
@@ -904,7 +925,7 @@ def live_router(
                         if isinstance(message, Missed):
                             parts.append(f"event: missed\ndata: {message.to_json()}\n\n")
                         else:
-                            parts.append(f"data: {_jsonpb_text(message)}\n\n")
+                            parts.append(f"data: {hub.text_of(message)}\n\n")
                     SENT.labels("sse").inc(len(batch))
                     yield "".join(parts)
             finally:
@@ -951,7 +972,7 @@ def live_router(
                     await websocket.close()
                     break
                 for message in batch:
-                    text = message.to_json() if isinstance(message, Missed) else _jsonpb_text(message)
+                    text = message.to_json() if isinstance(message, Missed) else hub.text_of(message)
                     await websocket.send_text(text)
                 SENT.labels("websocket").inc(len(batch))
         except (WebSocketDisconnect, RuntimeError, OSError):

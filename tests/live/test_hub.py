@@ -95,3 +95,28 @@ async def test_a_failing_filter_skips_the_row_not_the_stream() -> None:
     await wait_drained(hub)
     assert shape(await drain(sub)) == [0, 2]
     hub.close()
+
+
+async def test_clients_seeing_the_same_row_share_one_rendering() -> None:
+    from collectors.traffic import DemoTraffic
+    from query_api.live import _jsonpb_text, table_rows
+    from streams.decode import FlowDecoder
+
+    flows = table_rows(
+        FlowDecoder().decode("c", [d for _, _, d in DemoTraffic("c", seed=1).serialized(20)]).table
+    )
+    hub = LiveHub()
+    copies = [hub.subscribe(lambda r: dict(r)) for _ in range(2)]  # e.g. ScopeFilter.redact of an org role
+    redacting = hub.subscribe(lambda r: {**r, "src_pod": ""})
+    hub.publish_rows(flows)
+    await wait_drained(hub)
+    a, b, c = [await drain(s) for s in (*copies, redacting)]
+    assert all(x is y for x, y in zip(a, b, strict=True))  # the shared row itself
+    assert not any(x is z for x, z in zip(a, c, strict=True))
+    for x, z in zip(a, c, strict=True):
+        assert isinstance(x, dict) and isinstance(z, dict)
+        assert hub.text_of(x) is hub.text_of(x) and hub.text_of(x) == _jsonpb_text(x)
+        assert hub.text_of(z) == _jsonpb_text(z)
+        if x["src_pod"]:
+            assert hub.text_of(z) != hub.text_of(x)
+    hub.close()
