@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 import tempfile
@@ -46,6 +47,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     )
     p.add_argument("--flows", type=int, default=5000, help="flows to measure (default 5000)")
     p.add_argument("--rate", type=float, default=500.0, help="flows per second (default 500)")
+    p.add_argument("--clients", type=int, default=1, help="WebSocket clients, each receiving every flow")
     p.add_argument("--kafka", help="external Kafka bootstrap (default: embedded Tansu)")
     p.add_argument("--data-dir", help="data directory (default: a temporary one)")
     p.set_defaults(handler=cmd_bench_live)
@@ -56,11 +58,15 @@ def cmd_bench_live(args: argparse.Namespace) -> int:
 
     if args.flows < 1:
         raise CommandError(f"--flows: must be >= 1, got {args.flows}")
+    if args.clients < 1:
+        raise CommandError(f"--clients: must be >= 1, got {args.clients}")
     if args.rate <= 0:
         raise CommandError(f"--rate: must be > 0, got {args.rate}")
     with tempfile.TemporaryDirectory(prefix="netwarden-bench-live-") as tmp:
         data_dir = Path(args.data_dir) if args.data_dir else Path(tmp)
-        result = asyncio.run(bench_live(data_dir, args.flows, args.rate, kafka=args.kafka))
+        result = asyncio.run(
+            bench_live(data_dir, args.flows, args.rate, clients=args.clients, kafka=args.kafka)
+        )
     print(json.dumps(result), flush=True)
     return 0
 
@@ -195,7 +201,13 @@ def _progress(text: str) -> None:
 
 
 async def bench_live(
-    data_dir: Path, n: int, rate: float, *, kafka: str | None = None, clickhouse_dsn: str | None = None
+    data_dir: Path,
+    n: int,
+    rate: float,
+    *,
+    clients: int = 1,
+    kafka: str | None = None,
+    clickhouse_dsn: str | None = None,
 ) -> dict[str, Any]:
     import websockets
 
@@ -206,15 +218,14 @@ async def bench_live(
     parse = observer_pb2.GetFlowsResponse.FromString
     traffic = DemoTraffic(BENCH_CLUSTER, seed=3)
     entered: dict[str, int] = {}  # uuid -> ns when appended to the Hubble server
-    arrived: dict[str, int] = {}  # uuid -> ns when received by the client
+    arrived: list[dict[str, int]] = [{} for _ in range(clients)]  # per client: uuid -> ns received
+    missed = [0] * clients
     stored: dict[bytes, int] = {}  # uuid bytes -> ns when the pipeline had stored it (stage split)
 
     def on_stored(table: Any) -> None:
         now = time.perf_counter_ns()
         for u in table.column("uuid").to_pylist():
             stored[u] = now
-
-    missed = 0
 
     def feed(count: int) -> None:
         assert rig.server is not None
@@ -225,36 +236,44 @@ async def bench_live(
             entered[uuid] = now
         rig.server.add_serialized(entries)
 
+    def complete() -> int:
+        return sum(len(a) for a in arrived) + sum(missed)
+
+    async def receive(ws: Any, i: int) -> None:
+        async for text in ws:
+            now = time.perf_counter_ns()
+            message = json.loads(text)
+            if "missed" in message:
+                missed[i] += int(message["missed"])
+            else:
+                arrived[i].setdefault(message["flow"].get("uuid", ""), now)
+
     rig = LiveRig(data_dir, kafka=kafka, clickhouse_dsn=clickhouse_dsn)
-    async with rig:
+    async with rig, contextlib.AsyncExitStack() as connections:
         assert rig.stack is not None and rig.stack.pipeline is not None
         rig.stack.pipeline.stored_listeners.insert(0, on_stored)
-        async with websockets.connect(rig.ws_url + STREAM_PATH, max_size=None, max_queue=None) as ws:
-
-            async def receive() -> None:
-                nonlocal missed
-                async for text in ws:
-                    now = time.perf_counter_ns()
-                    message = json.loads(text)
-                    if "missed" in message:
-                        missed += int(message["missed"])
-                    else:
-                        arrived.setdefault(message["flow"].get("uuid", ""), now)
-
-            receiver = asyncio.create_task(receive())
+        sockets = [
+            await connections.enter_async_context(
+                websockets.connect(rig.ws_url + STREAM_PATH, max_size=None, max_queue=None)
+            )
+            for _ in range(clients)
+        ]
+        receivers = [asyncio.create_task(receive(ws, i)) for i, ws in enumerate(sockets)]
+        try:
             # Warm-up: the first flows wait for the consumer group to form; they are not measured.
             feed(10)
             warm = set(entered)
             deadline = time.monotonic() + WARMUP_TIMEOUT_S
-            while not warm <= arrived.keys():
-                if time.monotonic() > deadline or receiver.done():
-                    raise RuntimeError("warm-up flows never reached the WebSocket client")
+            while not all(warm <= a.keys() for a in arrived):
+                if time.monotonic() > deadline or any(r.done() for r in receivers):
+                    raise RuntimeError("warm-up flows never reached the WebSocket clients")
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
             entered.clear()
             stored.clear()
-            arrived.clear()
-            missed = 0
+            for a in arrived:
+                a.clear()
+            missed[:] = [0] * clients
 
             loop = asyncio.get_running_loop()
             started = loop.time()
@@ -264,32 +283,36 @@ async def bench_live(
                 if due > 0:
                     feed(due)
                     sent += due
-                    _progress(f"bench live: {sent}/{n} flows fed, {len(arrived)} arrived")
+                    _progress(f"bench live: {sent}/{n} flows fed, {len(arrived[0])} arrived")
                 await asyncio.sleep(0.005)
             deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while len(arrived) + missed < n and time.monotonic() < deadline:
+            while complete() < n * clients and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
-            receiver.cancel()
+        finally:
+            for r in receivers:
+                r.cancel()
     _progress("")
-    latencies = sorted((arrived[u] - t) / 1e6 for u, t in entered.items() if u in arrived)
+    latencies = sorted((a[u] - t) / 1e6 for a in arrived for u, t in entered.items() if u in a)
     # Where the time goes: collector + Kafka + worker + ClickHouse, then hub + API + client.
     to_stored, to_client = [], []
     for u, t in entered.items():
         s_ns = stored.get(uuidlib.UUID(u).bytes)
-        if s_ns is not None and u in arrived:
-            to_stored.append((s_ns - t) / 1e6)
-            to_client.append((arrived[u] - s_ns) / 1e6)
+        if s_ns is None:
+            continue
+        to_stored.append((s_ns - t) / 1e6)
+        to_client += [(a[u] - s_ns) / 1e6 for a in arrived if u in a]
     to_stored.sort()
     to_client.sort()
     return {
         "flows": n,
         "rate": rate,
+        "clients": clients,
         "received": len(latencies),
         "p50_ms": round(_percentile(latencies, 0.50), 1),
         "p99_ms": round(_percentile(latencies, 0.99), 1),
         "max_ms": round(latencies[-1], 1) if latencies else None,
-        "missed": missed,
-        "lost": n - len(latencies) - missed,
+        "missed": sum(missed),
+        "lost": n * clients - len(latencies) - sum(missed),
         "stored_p50_ms": round(_percentile(to_stored, 0.50), 1),
         "stored_p99_ms": round(_percentile(to_stored, 0.99), 1),
         "delivery_p50_ms": round(_percentile(to_client, 0.50), 1),
