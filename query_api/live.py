@@ -895,6 +895,13 @@ def live_router(
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}, "description": "jsonpb flows as SSE events"}},
         summary="Live flows as Server-Sent Events",
+        description=(
+            "Flows as they are stored, filtered like /api/v1/flows and limited to the caller's scope (peers "
+            "outside it redacted). Each `data:` event is one jsonpb GetFlowsResponse; an event named "
+            '`missed` carries `{"missed": N}` when this client fell behind and N flows were dropped for it. '
+            "The same path is a WebSocket (one text message per flow or gap). Clients that cannot set "
+            "headers may pass `?token=`."
+        ),
     )
     async def stream_sse(
         token_header: None = Depends(_query_token_as_bearer),
