@@ -77,13 +77,17 @@ def test_env_and_new_filters(
     monkeypatch.setenv("NETWARDEN_SERVER", server)
     monkeypatch.setenv("NETWARDEN_TOKEN", "admin")
     code, out, err = run(
-        capsys, "--label", "k8s:io.kubernetes.pod.namespace=db", "--workload", "statefulset/pg", "-o", "json"
+        capsys, "--cluster", "qa-c3", "--label", "k8s:io.kubernetes.pod.namespace=db",
+        "--workload", "statefulset/pg", "-o", "json",
     )
     assert code == 0, err
     assert uuids(out) == [flow_uuid(8)]
-    code, out, _ = run(capsys, "--drop-reason", "policy_denied", "--direction", "egress", "-o", "json")
+    # Each query names its cluster: the test process's chDB also holds other tests' flows.
+    code, out, _ = run(
+        capsys, "--cluster", "qa-c1", "--drop-reason", "policy_denied", "--direction", "egress", "-o", "json"
+    )
     assert uuids(out) == [flow_uuid(2)]
-    code, out, _ = run(capsys, "--ip", "2001:db8::/64", "-o", "json")
+    code, out, _ = run(capsys, "--cluster", "qa-c3", "--ip", "2001:db8::/64", "-o", "json")
     assert uuids(out) == [flow_uuid(8)]
 
 
