@@ -490,32 +490,37 @@ class LiveSubscription:
 
     def offer(self, rows: Iterable[Row]) -> None:
         """Accepted rows go in while there is room; the rest only bump the gap counter."""
-        added = dropped = 0
+        accepted: list[Row] = []
+        for row in rows:  # filtering runs outside the lock: the client's loop may take meanwhile
+            if self.closed:
+                return
+            try:
+                shown = self.accept(row)
+            except Exception:  # a scope or filter bug must not stop the stream for everyone
+                log.exception("live stream filter failed on a row; row skipped")
+                continue
+            if shown is None:
+                continue
+            if shown is not row and shown == row:
+                shown = row  # unredacted: share the row, and so its rendering (LiveHub.text_of)
+            accepted.append(shown)
+        if not accepted:
+            return
         with self._lock:
             if self.closed:
                 return
-            for row in rows:
-                try:
-                    shown = self.accept(row)
-                except Exception:  # a scope or filter bug must not stop the stream for everyone
-                    log.exception("live stream filter failed on a row; row skipped")
-                    continue
-                if shown is None:
-                    continue
-                if self._flows < self.queue_flows:
-                    if shown is not row and shown == row:
-                        shown = row  # unredacted: share the row, and so its rendering (LiveHub.text_of)
-                    self._items.append(shown)
-                    self._flows += 1
-                    added += 1
-                else:
-                    self._gap(1)
-                    dropped += 1
-            wake = self._wake_if_waiting(added + dropped)
+            room = max(0, self.queue_flows - self._flows)
+            kept = accepted[:room]
+            self._items.extend(kept)
+            self._flows += len(kept)
+            dropped = len(accepted) - len(kept)
+            if dropped:
+                self._gap(dropped)
+            wake = self._wake_if_waiting(len(accepted))
         if dropped:
             MISSED.inc(dropped)
         if wake:
-            self._loop.call_soon_threadsafe(self._wake.set)
+            self._wake_up()
 
     def add_gap(self, count: int) -> None:
         """Record `count` flows this client missed without them being offered (hub overload)."""
@@ -526,6 +531,10 @@ class LiveSubscription:
             wake = self._wake_if_waiting(count)
         MISSED.inc(count)
         if wake:
+            self._wake_up()
+
+    def _wake_up(self) -> None:
+        with contextlib.suppress(RuntimeError):  # the client's loop is already gone
             self._loop.call_soon_threadsafe(self._wake.set)
 
     def _gap(self, count: int) -> None:
@@ -551,8 +560,7 @@ class LiveSubscription:
             wake = self._waiting
         self.hub._remove(self)
         if wake:
-            with contextlib.suppress(RuntimeError):  # the client's loop is already gone
-                self._loop.call_soon_threadsafe(self._wake.set)
+            self._wake_up()
 
     def _take(self, limit: int) -> list[LiveMessage]:
         out: list[LiveMessage] = []
