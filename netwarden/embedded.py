@@ -24,7 +24,7 @@ from collectors.hubble_client import Checkpoint, ClientTLS, HubbleCollector
 from collectors.kafka_out import FlowBatchProducer, new_producer
 from netwarden.broker import TansuBroker, ensure_topics, recreate_topics
 from query_api.live import LiveHub
-from schemas.clickhouse import MIGRATIONS_TABLE_DDL, migrations
+from query_api.store import FlowStore, open_clickhouse
 from schemas.topics import FLOWS_RAW, TopicSpec, pipeline_topics
 from streams.app import FlowPipeline, StreamSettings, build_app
 from streams.sink import ClickHouseSink
@@ -43,25 +43,6 @@ class StackConfig:
     partitions: int = 2
     retention_days: int = 7
     rotate_seconds: float = 300.0  # embedded broker only
-
-
-def open_clickhouse(data_dir: Path, dsn: str | None) -> Any:
-    import clickhouse_connect
-
-    if dsn:
-        return clickhouse_connect.get_client(dsn=dsn)
-    path = (data_dir / "clickhouse").resolve()
-    path.mkdir(parents=True, exist_ok=True)
-    return clickhouse_connect.get_client(dsn=f"chdb://{path}")
-
-
-def apply_migrations(client: Any, retention_days: int) -> None:
-    client.command(MIGRATIONS_TABLE_DDL)
-    done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}
-    for version, statement in migrations(retention_days):
-        if version not in done:
-            client.command(statement)
-            client.insert("schema_migrations", [[version]], column_names=["version"])
 
 
 class GenerationState:
@@ -85,6 +66,7 @@ class PipelineStack:
         self.broker: TansuBroker | None = None
         self.bootstrap = config.kafka or ""
         self.clickhouse: Any = None
+        self.flow_store: FlowStore | None = None  # reads of the same chDB client (the API in embedded mode)
         self.pipeline: FlowPipeline | None = None
         self.app: faust.App | None = None
         self.producer: Any = None
@@ -108,6 +90,11 @@ class PipelineStack:
         return pipeline_topics(self.config.partitions)
 
     async def start(self) -> None:
+        # ClickHouse first: a data dir held by another process (DataDirLockedError) fails before any
+        # broker or worker has started.
+        self.clickhouse = open_clickhouse(str(self.data_dir), self.config.clickhouse_dsn)
+        self.flow_store = FlowStore(self.clickhouse)
+        self.flow_store.ensure_schema(self.config.retention_days)
         if self.embedded_broker:
             self.broker = TansuBroker(log_path=self.data_dir / "broker.log")
             self.broker.start()
@@ -115,8 +102,6 @@ class PipelineStack:
             # Tansu's memory storage starts empty: every start is a new generation.
             self._generation.advance()
         await ensure_topics(self.bootstrap, self._topics())
-        self.clickhouse = open_clickhouse(self.data_dir, self.config.clickhouse_dsn)
-        apply_migrations(self.clickhouse, self.config.retention_days)
         self.pipeline = FlowPipeline(ClickHouseSink(self.clickhouse))
         self.pipeline.stored_listeners.append(self.live_hub.publish_table)
         self.producer = new_producer(self.bootstrap)

@@ -40,7 +40,7 @@ from query_api.scope import PROJECT_ROLES, WORKSPACE_ROLES, ScopeFilter
 from query_api.store import FlowStore
 from query_api.summary import DEFAULT_EDGES, DEFAULT_TOP, MAX_EDGES, MAX_TOP, parse_window, summarize
 from schemas.clickhouse import FLOWS_TABLE
-from schemas.flow_render import row_time_ns, row_to_jsonpb
+from schemas.flow_render import jsonpb_line, row_time_ns, row_to_jsonpb
 
 log = logging.getLogger("netwarden.query_api")
 
@@ -50,11 +50,6 @@ NDJSON = "application/x-ndjson"
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
 
 PrincipalDependency = Callable[..., Any]
-
-
-def jsonpb_line(obj: dict[str, Any]) -> str:
-    """One compact JSON line, like Go's json.Encoder used by `hubble observe -o jsonpb`."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
 
 
 def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -220,3 +221,8 @@ def row_to_jsonpb(row: Mapping[str, Any]) -> dict[str, Any]:
 
 def rows_to_jsonpb(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [row_to_jsonpb(row) for row in rows]
+
+
+def jsonpb_line(obj: dict[str, Any]) -> str:
+    """One compact JSON line, like Go's json.Encoder used by `hubble observe -o jsonpb`."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

@@ -23,11 +23,11 @@ from typing import Any, TextIO
 from urllib.parse import urlencode
 
 from netwarden.cli import CommandError
-from query_api.app import jsonpb_line
+from netwarden.commands.flows_follow import FILTER_PARAMS
 from query_api.flow_query import DEFAULT_LAST, FilterValueError, FlowFilter, parse_last
 from query_api.store import DataDirLockedError, FlowStore, clickhouse_path, open_clickhouse
 from schemas.flow_record import L4_PROTOCOLS, TCP_FLAG_NAMES
-from schemas.flow_render import ip_text, row_time_ns, row_to_jsonpb
+from schemas.flow_render import ip_text, jsonpb_line, row_time_ns, row_to_jsonpb
 from schemas.hubble.flow import flow_pb2
 
 CLICKHOUSE_ENV = "NETWARDEN_CLICKHOUSE"
@@ -130,23 +130,6 @@ def _filter_from_args(args: argparse.Namespace) -> FlowFilter:
     )
 
 
-# FlowFilter field -> API query parameter (and `--flag` for messages).
-_API_PARAMS = {
-    "cluster": "cluster",
-    "namespace": "namespace",
-    "pod": "pod",
-    "labels": "label",
-    "workload": "workload",
-    "ip": "ip",
-    "verdict": "verdict",
-    "drop_reason": "drop_reason",
-    "protocol": "protocol",
-    "port": "port",
-    "direction": "direction",
-    "l7_type": "l7_type",
-    "since": "since",
-    "until": "until",
-}
 
 
 def _api_hint(args: argparse.Namespace) -> str:
@@ -207,8 +190,8 @@ def fetch_from_api(server: str, token: str | None, flt: FlowFilter) -> list[dict
     import httpx
 
     params: dict[str, Any] = {}
-    for field, name in _API_PARAMS.items():
-        value = getattr(flt, field)
+    for field, name in FILTER_PARAMS.items():  # one map for history and --follow
+        value = getattr(flt, field, None)
         if value not in (None, ()):
             params[name] = list(value) if isinstance(value, tuple) else value
     headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -26,7 +26,8 @@ STREAM_PATH = (
     "/api/v1/flows/stream"  # query_api.live.STREAM_PATH (not imported: the CLI needs no server deps)
 )
 RETRY_MAX_S = 10.0
-# argparse attribute -> stream query parameter; flags absent from the parser are simply not sent.
+# argparse attribute or FlowFilter field -> API query parameter, for history (`flows --server`) and
+# the live stream; names absent from the object at hand are simply not sent.
 FILTER_PARAMS = {
     "cluster": "cluster",
     "namespace": "namespace",

@@ -9,10 +9,13 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from netwarden.cli import CommandError
+
+T = TypeVar("T")
 
 # Heavy modules (Faust, gRPC, chDB) are imported inside the commands: every CLI call pays for imports
 # at module level, and a collector restarted after a crash should be streaming within a second.
@@ -72,6 +75,17 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.set_defaults(handler=cmd_worker)
 
 
+def run_stack(main: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run for commands that open the data directory: a directory another process holds
+    (chDB allows one process per data directory) is one clear line, not a traceback."""
+    from query_api.store import DataDirLockedError
+
+    try:
+        return asyncio.run(main)
+    except DataDirLockedError as exc:
+        raise CommandError(f"{exc}: stop the other netwarden process or choose another --data-dir") from None
+
+
 def _stop_on_signals(stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -85,7 +99,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for f in args.files:
         if not Path(f).is_file():
             raise CommandError(f"no such capture file: {f}")
-    summary = asyncio.run(ingest(Path(args.data_dir), args.cluster, args.files, args.kafka, args.timeout))
+    summary = run_stack(ingest(Path(args.data_dir), args.cluster, args.files, args.kafka, args.timeout))
     print(json.dumps(summary))
     return 0
 
@@ -202,5 +216,5 @@ def cmd_worker(args: argparse.Namespace) -> int:
         finally:
             await stack.stop()
 
-    asyncio.run(run())
+    run_stack(run())
     return 0

@@ -9,7 +9,7 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from netwarden.commands.pipeline import add_data_dir
+from netwarden.commands.pipeline import add_data_dir, run_stack
 
 DEMO_CLUSTERS = ("demo-east", "demo-west")
 
@@ -29,7 +29,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
 def cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    asyncio.run(up(Path(args.data_dir), args.host, args.port, args.rate, args.rotate_seconds))
+    run_stack(up(Path(args.data_dir), args.host, args.port, args.rate, args.rotate_seconds))
     return 0
 
 
@@ -45,7 +45,6 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
     from policy_engine.tenancy import Tenancy
     from query_api.app import create_app
     from query_api.auth import Authenticator, OIDCConfig
-    from query_api.store import FlowStore
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -69,7 +68,8 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
         control_plane = ControlPlaneStore.open(data_dir)
         demo_users = seed_demo(control_plane, data_dir)
         tenancy = Tenancy(control_plane)
-        store = FlowStore(stack.clickhouse)
+        assert stack.flow_store is not None
+        store = stack.flow_store
         app = create_app(
             store,
             registry=REGISTRY,  # one /metrics for API, pipeline and broker
