@@ -89,6 +89,51 @@ async def test_mtls_requires_a_client_certificate(pki: Path) -> None:
         await server.stop(0.5)
 
 
+async def test_collector_follows_over_mtls_with_a_server_name_override(pki: Path) -> None:
+    """The collector's TLS options against a Relay-like server: the cert names *.hubble-relay.cilium.io,
+    not the address dialled, so only the server-name override lets the handshake pass."""
+    from collectors.hubble_client import ClientTLS, HubbleCollector
+
+    server = HubbleServer(node_names=["test/node-a"])
+    server.add_flows([make_flow(t) for t in range(5)])
+    tls = ServerTLS.from_files(pki / "server.crt", pki / "server.key", client_ca=pki / "ca.crt")
+    port = await server.start(tls=tls)
+    shipped: list[bytes] = []
+
+    async def ship(node: str, responses: list[bytes]) -> None:
+        shipped.extend(responses)
+
+    async def run(client_tls: ClientTLS, until_flows: int) -> HubbleCollector:
+        collector = HubbleCollector("tls", f"localhost:{port}", ship, tls=client_tls, linger_s=0.05)
+        stop = asyncio.Event()
+        task = asyncio.create_task(collector.run(stop))
+        for _ in range(60):
+            if len(shipped) >= until_flows or collector.stats.last_error:
+                break
+            await asyncio.sleep(0.05)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        return collector
+
+    try:
+        good = ClientTLS.from_files(
+            str(pki / "ca.crt"), str(pki / "client.crt"), str(pki / "client.key"), SERVER_NAME
+        )
+        await run(good, 5)
+        assert len(shipped) == 5
+
+        shipped.clear()
+        no_override = ClientTLS.from_files(str(pki / "ca.crt"), str(pki / "client.crt"), str(pki / "client.key"), None)
+        refused = await run(no_override, 1)
+        assert shipped == [] and refused.stats.last_error  # hostname mismatch: nothing read, error kept
+
+        no_client_cert = ClientTLS.from_files(str(pki / "ca.crt"), None, None, SERVER_NAME)
+        refused = await run(no_client_cert, 1)
+        assert shipped == [] and refused.stats.last_error  # mTLS: the server wants a client certificate
+    finally:
+        await server.stop(0.5)
+
+
 async def test_hubble_serve_command_serves_capture_and_generated_traffic(tmp_path: Path) -> None:
     capture = tmp_path / "capture.jsonl"
     from google.protobuf import json_format
