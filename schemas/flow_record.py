@@ -96,14 +96,68 @@ FLOW_COLUMNS: list[Column] = [
     Column("egress_denied_by", POLICY_CH, pa.list_(POLICY_STRUCT)),
 ]
 
-# Filled by enrichment (ownership, predicted verdict); empty until an enricher is configured.
+# Filled by enrichment in the stream (streams/), once per distinct ENRICHMENT_KEY in a batch, never per flow.
+# Ownership is what the control plane said when the flow was stored. Verdict columns use Hubble's Verdict
+# numbers (0 = not evaluated: no desired set known for the cluster, 1 FORWARDED, 2 DROPPED) and drop reasons
+# (133 POLICY_DENIED, 181 POLICY_DENY). Attribution: "Kind/namespace/name" (namespace empty for clusterwide
+# policies), the rule that decided ("ingress[0]", "egressDeny[1]", "default-deny"), the policy's version.
+_LC = "LowCardinality(String)"
+
+
+def _verdict_columns(prefix: str) -> list[Column]:
+    return [
+        Column(f"{prefix}_revision", "UInt64 CODEC(T64, ZSTD(1))", pa.uint64()),
+        Column(f"{prefix}_verdict", "UInt8", pa.uint8()),
+        Column(f"{prefix}_drop_reason", "UInt16", pa.uint16()),
+        Column(f"{prefix}_egress_verdict", "UInt8", pa.uint8()),
+        Column(f"{prefix}_egress_policy", _LC, pa.string()),
+        Column(f"{prefix}_egress_rule", _LC, pa.string()),
+        Column(f"{prefix}_egress_version", "UInt32", pa.uint32()),
+        Column(f"{prefix}_ingress_verdict", "UInt8", pa.uint8()),
+        Column(f"{prefix}_ingress_policy", _LC, pa.string()),
+        Column(f"{prefix}_ingress_rule", _LC, pa.string()),
+        Column(f"{prefix}_ingress_version", "UInt32", pa.uint32()),
+    ]
+
+
 ENRICHMENT_COLUMNS: list[Column] = [
-    Column("src_project", "LowCardinality(String)", pa.string()),
-    Column("src_workspace", "LowCardinality(String)", pa.string()),
-    Column("dst_project", "LowCardinality(String)", pa.string()),
-    Column("dst_workspace", "LowCardinality(String)", pa.string()),
-    Column("predicted_verdict", "UInt8", pa.uint8()),
+    Column("src_project", _LC, pa.string()),
+    Column("src_workspace", _LC, pa.string()),
+    Column("dst_project", _LC, pa.string()),
+    Column("dst_workspace", _LC, pa.string()),
+    # netwarden's verdict under the cluster's desired policy set (`desired_*`) ...
+    *_verdict_columns("desired"),
+    # ... true when both verdicts are known and Hubble's differs from the desired set's.
+    Column("verdict_mismatch", "Bool", pa.bool_()),
+    # ... and under the staged set (audit mode; filled by the policy-meets-traffic issue).
+    *_verdict_columns("staged"),
 ]
+
+# What the enricher is given per distinct key (one row per key, `ekey` = a hash of the other columns computed
+# in ClickHouse). IPs are kept only for sides that are not pods (world, CIDR, reserved), so pod IPs do not
+# multiply the keys; labels are Cilium's "source:key=value" strings as Hubble sends them.
+ENRICHMENT_KEY_COLUMNS: list[Column] = [
+    Column("ekey", "UInt64", pa.uint64()),
+    Column("cluster", _LC, pa.string()),
+    Column("verdict", "UInt8", pa.uint8()),  # Hubble's, for verdict_mismatch
+    Column("traffic_direction", "UInt8", pa.uint8()),
+    Column("is_reply", "Nullable(Bool)", pa.bool_()),
+    Column("l4_protocol", "UInt8", pa.uint8()),
+    Column("dst_port", "UInt16", pa.uint16()),
+    Column("src_identity", "UInt32", pa.uint32()),
+    Column("src_namespace", _LC, pa.string()),
+    Column("src_labels", "Array(LowCardinality(String))", pa.list_(pa.string())),
+    Column("src_ip", "IPv6", pa.binary(16)),  # '::' for pods
+    Column("dst_identity", "UInt32", pa.uint32()),
+    Column("dst_namespace", _LC, pa.string()),
+    Column("dst_labels", "Array(LowCardinality(String))", pa.list_(pa.string())),
+    Column("dst_ip", "IPv6", pa.binary(16)),  # '::' for pods
+]
+ENRICHMENT_KEY_SCHEMA = pa.schema([pa.field(c.name, c.arrow) for c in ENRICHMENT_KEY_COLUMNS])
+# What the enricher returns per key: ekey plus every enrichment column.
+ENRICHMENT_RESULT_SCHEMA = pa.schema(
+    [pa.field("ekey", pa.uint64())] + [pa.field(c.name, c.arrow) for c in ENRICHMENT_COLUMNS]
+)
 
 RECORD_COLUMNS = FLOW_COLUMNS + ENRICHMENT_COLUMNS
 FLOW_ARROW_SCHEMA = pa.schema([pa.field(c.name, c.arrow) for c in FLOW_COLUMNS])
