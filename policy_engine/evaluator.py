@@ -159,6 +159,37 @@ class PolicyRef:
     def attribution(self, direction: str) -> dict[str, str]:
         return {"kind": self.kind, "namespace": self.namespace, "name": self.name, "direction": direction}
 
+    @property
+    def key(self) -> str:
+        """"Kind/namespace/name" (namespace empty for clusterwide policies): the stored attribution."""
+        return f"{self.kind}/{self.namespace}/{self.name}"
+
+
+# Rule names of decisions no rule of a policy made.
+RULE_DEFAULT_DENY = "default-deny"
+RULE_ALLOW_LOCALHOST = "allow-localhost"
+
+
+@dataclass(frozen=True)
+class DirectionDecision:
+    """What one direction's enforcement point decides, and which policy rule decided it: the first
+    matching deny rule, else the first matching allow rule, else default deny (policy: the first that
+    isolates the endpoint; none under enforcement mode always). No policy and no rule: not isolated."""
+
+    direction: Direction
+    allowed: bool
+    drop_reason: int = 0
+    policy: PolicyRef | None = None
+    rule: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "drop_reason": self.drop_reason,
+            "policy": self.policy.key if self.policy else "",
+            "rule": self.rule,
+        }
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -172,6 +203,9 @@ class Verdict:
     # Policies that put the dropping endpoint into default deny. Hubble attributes nothing for 133
     # drops (only 181 fills *_denied_by), so these are reported separately.
     isolated_by: list[dict[str, str]] = field(default_factory=list)
+    # Per direction, the rule that decided (ingress is None when egress already dropped).
+    egress: DirectionDecision | None = None
+    ingress: DirectionDecision | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -182,6 +216,8 @@ class Verdict:
             "drop_reason": self.drop_reason,
             "isolated_by": self.isolated_by,
             "notes": self.notes,
+            "egress": self.egress.to_dict() if self.egress else None,
+            "ingress": self.ingress.to_dict() if self.ingress else None,
         }
 
 
@@ -340,6 +376,7 @@ class CompiledRule:
     deny: bool
     peers: tuple[PeerMatcher, ...] | None  # None: every peer
     ports: tuple[PortMatcher, ...] | None  # None: every port and protocol
+    label: str = ""  # where the rule sits in its policy: "ingress[0]", "specs[1].egressDeny[0]"
 
     def matches(self, conn: Connection, peer: Endpoint, notes: Notes) -> bool:
         if self.ports is not None and not any(p.matches(conn) for p in self.ports):
@@ -559,7 +596,10 @@ def compile_network_policy(policy: Mapping[str, Any], path: str, engine: Engine)
                 raise EvaluatorInputError(f"{rpath}: expected an object, got {rule!r}")
             rules.append(
                 CompiledRule(
-                    False, _knp_peers(rule, peer_key, rpath, ref.namespace, engine), _knp_ports(rule, rpath)
+                    False,
+                    _knp_peers(rule, peer_key, rpath, ref.namespace, engine),
+                    _knp_ports(rule, rpath),
+                    f"{direction}[{i}]",
                 )
             )
         subjects.append(Subject(ref, direction, selects, True, tuple(rules), notes))  # type: ignore[arg-type]
@@ -641,7 +681,7 @@ def _cilium_ports(rule: Mapping[str, Any], path: str) -> tuple[tuple[PortMatcher
 
 
 def _cilium_rule(
-    rule: Mapping[str, Any], path: str, direction: Direction, namespace: str | None, deny: bool
+    rule: Mapping[str, Any], path: str, direction: Direction, namespace: str | None, deny: bool, label: str = ""
 ) -> tuple[CompiledRule, list[str]]:
     side = "from" if direction == "ingress" else "to"
     peers: list[PeerMatcher] = []
@@ -685,9 +725,9 @@ def _cilium_rule(
         # An empty rule `{}` allows nothing in CNP/CCNP (unlike NetworkPolicy); it only switches
         # the endpoint into default deny.
         notes.append(f"{path}: an empty Cilium rule selects no peer (it only enables default deny)")
-        return CompiledRule(deny, (), None), notes
+        return CompiledRule(deny, (), None, label), notes
     # An L4-only rule (toPorts without from*/to*) applies to every peer, world included.
-    return CompiledRule(deny, tuple(peers) if has_l3 else None, ports), notes
+    return CompiledRule(deny, tuple(peers) if has_l3 else None, ports, label), notes
 
 
 def compile_cilium_policy(policy: Mapping[str, Any], path: str) -> tuple[list[Subject], list[str]]:
@@ -702,6 +742,8 @@ def compile_cilium_policy(policy: Mapping[str, Any], path: str) -> tuple[list[Su
     subjects: list[Subject] = []
     policy_notes: list[str] = []
     for spath, spec in specs:
+        relative = spath[len(path) + 1 :]  # "spec" or "specs[i]"
+        label_prefix = "" if relative == "spec" else f"{relative}."
         if not isinstance(spec, dict):
             raise EvaluatorInputError(f"{spath}: expected an object, got {spec!r}")
         if "nodeSelector" in spec:
@@ -721,7 +763,9 @@ def compile_cilium_policy(policy: Mapping[str, Any], path: str) -> tuple[list[Su
                     rpath = f"{spath}.{key}[{i}]"
                     if not isinstance(rule, dict):
                         raise EvaluatorInputError(f"{rpath}: expected an object, got {rule!r}")
-                    compiled, rule_notes = _cilium_rule(rule, rpath, direction, namespace, deny)  # type: ignore[arg-type]
+                    compiled, rule_notes = _cilium_rule(
+                        rule, rpath, direction, namespace, deny, f"{label_prefix}{key}[{i}]"  # type: ignore[arg-type]
+                    )
                     rules.append(compiled)
                     notes.extend(rule_notes)
             explicit = edd.get(direction)
@@ -749,6 +793,11 @@ class _DirectionVerdict:
     isolated_by: tuple[PolicyRef, ...] = ()
     drop_reason: int = DROP_NONE
     why: str = ""
+    policy: PolicyRef | None = None  # the deciding policy and rule (DirectionDecision)
+    rule: str = ""
+
+    def decision(self, direction: Direction) -> DirectionDecision:
+        return DirectionDecision(direction, self.allowed, self.drop_reason, self.policy, self.rule)
 
 
 def _unique(refs: Iterable[PolicyRef]) -> tuple[PolicyRef, ...]:
@@ -869,20 +918,41 @@ class PolicyEvaluator:
             notes.add("Cilium enforces SCTP only with sctp.enabled=true (v1.16 lists SCTP as unsupported)")
         if self.engine == "cilium" and self.enforcement_mode == "never":
             return Verdict(
-                True, [], [], "allowed: Cilium policy enforcement mode is never", notes=list(notes)
+                True, [], [], "allowed: Cilium policy enforcement mode is never", notes=list(notes),
+                egress=DirectionDecision("egress", True), ingress=DirectionDecision("ingress", True),
             )
         egress = self._direction(conn, "egress", notes)
         if not egress.allowed:
             return self._denied(conn, "egress", egress, notes)
         ingress = self._direction(conn, "ingress", notes)
         if not ingress.allowed:
-            return self._denied(conn, "ingress", ingress, notes)
+            return self._denied(conn, "ingress", ingress, notes, egress)
         allowed_by = [r.attribution("egress") for r in egress.allowed_by]
         allowed_by += [r.attribution("ingress") for r in ingress.allowed_by]
-        return Verdict(True, allowed_by, [], f"allowed: {egress.why}; {ingress.why}", notes=list(notes))
+        return Verdict(
+            True, allowed_by, [], f"allowed: {egress.why}; {ingress.why}", notes=list(notes),
+            egress=egress.decision("egress"), ingress=ingress.decision("ingress"),
+        )
+
+    def decide(self, conn: Connection, direction: Direction) -> DirectionDecision:
+        """One direction's decision on its own (the flow enricher evaluates both directions of every
+        key, where `evaluate` stops at an egress drop). Same rules, no notes."""
+        if conn.protocol not in PROBE_PROTOCOLS:
+            raise EvaluatorInputError(
+                f"protocol: {conn.protocol!r} is not one of {', '.join(PROBE_PROTOCOLS)}"
+            )
+        _port_number(conn.port, "port")
+        if self.engine == "cilium" and self.enforcement_mode == "never":
+            return DirectionDecision(direction, True)
+        return self._direction(conn, direction, Notes()).decision(direction)
 
     def _denied(
-        self, conn: Connection, direction: Direction, result: _DirectionVerdict, notes: Notes
+        self,
+        conn: Connection,
+        direction: Direction,
+        result: _DirectionVerdict,
+        notes: Notes,
+        egress: _DirectionVerdict | None = None,
     ) -> Verdict:
         return Verdict(
             False,
@@ -893,6 +963,8 @@ class PolicyEvaluator:
             list(notes),
             direction,
             [r.attribution(direction) for r in result.isolated_by],
+            egress=(egress or result).decision("egress"),
+            ingress=result.decision("ingress") if direction == "ingress" else None,
         )
 
     def _direction(self, conn: Connection, direction: Direction, notes: Notes) -> _DirectionVerdict:
@@ -907,24 +979,34 @@ class PolicyEvaluator:
         for s in subjects:
             for n in s.notes:
                 notes.add(n)
-        deny = _unique(s.ref for s in subjects for r in s.rules if r.deny and r.matches(conn, peer, notes))
-        if deny:
+        # Every rule is matched (matching adds notes); the first match in policy order is the decider.
+        denying = [(s.ref, r.label) for s in subjects for r in s.rules if r.deny and r.matches(conn, peer, notes)]
+        if denying:
+            deny = _unique(ref for ref, _ in denying)
             return _DirectionVerdict(
                 False,
                 denied_by=deny,
                 drop_reason=DROP_POLICY_DENY,
                 why=f"{what}: {flow} matches a deny rule of {_refs_text(deny)} (drop reason 181 POLICY_DENY)",
+                policy=denying[0][0],
+                rule=denying[0][1],
             )
-        allow = _unique(
-            s.ref for s in subjects for r in s.rules if not r.deny and r.matches(conn, peer, notes)
-        )
-        if allow:
-            return _DirectionVerdict(True, allowed_by=allow, why=f"{what} allowed by {_refs_text(allow)}")
+        allowing = [
+            (s.ref, r.label) for s in subjects for r in s.rules if not r.deny and r.matches(conn, peer, notes)
+        ]
+        if allowing:
+            allow = _unique(ref for ref, _ in allowing)
+            return _DirectionVerdict(
+                True, allowed_by=allow, why=f"{what} allowed by {_refs_text(allow)}",
+                policy=allowing[0][0], rule=allowing[0][1],
+            )
         if self.engine == "cilium" and direction == "ingress" and "host" in peer.entities:
             notes.add(
                 "Cilium allows traffic from the local host to its endpoints by default (--allow-localhost=always)"
             )
-            return _DirectionVerdict(True, why=f"{what}: traffic from the local host is always allowed")
+            return _DirectionVerdict(
+                True, why=f"{what}: traffic from the local host is always allowed", rule=RULE_ALLOW_LOCALHOST
+            )
         isolating = _unique(s.ref for s in subjects if s.default_deny)
         always = self.engine == "cilium" and self.enforcement_mode == "always"
         if isolating or always:
@@ -933,6 +1015,8 @@ class PolicyEvaluator:
                 False,
                 isolated_by=isolating,
                 drop_reason=DROP_POLICY_DENIED,
+                policy=isolating[0] if isolating else None,
+                rule=RULE_DEFAULT_DENY,
                 why=f"{what} is in default deny ({by}) and no rule allows {flow} (drop reason 133 POLICY_DENIED)",
             )
         if subjects:

@@ -16,7 +16,9 @@ joined with `workspaces.project` (see `namespace_owner`, `list_namespace_ownersh
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -40,6 +42,8 @@ from policy_engine.model import (
     Workspace,
 )
 from policy_engine.roles import Ownership
+
+log = logging.getLogger("netwarden.store")
 
 STORE_FILE = "control-plane.sqlite"
 DEFAULT_DATA_DIR = "./netwarden-data"
@@ -143,7 +147,32 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
                 PRIMARY KEY (assignment, cluster, namespace, workspace))""",
         ),
     ),
+    # The outbox of the `inventory` topic (policy_engine.inventory): per cluster, the latest message and
+    # whether it was published. Written in the same transaction as the write it follows from, so the
+    # write never waits for Kafka and no committed change can miss the topic.
+    Migration(
+        "policy-engine/0002-inventory-outbox",
+        (
+            """CREATE TABLE inventory_outbox (
+                cluster TEXT PRIMARY KEY,
+                revision INTEGER NOT NULL,
+                content_hash TEXT NOT NULL,
+                policy_revision INTEGER NOT NULL,
+                policy_hash TEXT NOT NULL,
+                value TEXT,
+                published_revision INTEGER NOT NULL DEFAULT 0,
+                updated_at TEXT NOT NULL)""",
+        ),
+    ),
 )
+
+# Tables the inventory is derived from: a write to any of them re-records it (policy_engine.inventory).
+INVENTORY_SOURCES = frozenset({
+    "clusters", "projects", "project_clusters", "workspaces", "namespace_ownership", "policies",
+    "policy_versions", "blueprints", "blueprint_versions", "assignments", "assignment_clusters",
+    "assignment_targets", "namespace_workspace_labels",
+})
+_MUTATED_TABLE = re.compile(r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+(\w+)", re.IGNORECASE)
 
 
 def resolve_data_dir(flag: str | None = None) -> Path:
@@ -165,6 +194,8 @@ class ControlPlaneStore:
         self._conn = connection
         self._paramstyle = paramstyle
         self._depth = 0
+        self._inventory_dirty = False
+        self._recording = False
         self.apply_migrations(CORE_MIGRATIONS)
 
     @classmethod
@@ -193,9 +224,31 @@ class ControlPlaneStore:
         cur = self._conn.cursor()
         try:
             cur.execute(self._sql(query), tuple(params))
-            return list(cur.fetchall()) if cur.description else []
+            rows = list(cur.fetchall()) if cur.description else []
         finally:
             cur.close()
+        mutated = _MUTATED_TABLE.match(query)
+        if mutated and mutated.group(1).lower() in INVENTORY_SOURCES:
+            self._inventory_dirty = True
+            if not self._depth:  # autocommit: the change is committed already
+                self._record_inventory()
+        return rows
+
+    def _record_inventory(self) -> None:
+        """Bring the inventory outbox up to date after a write (policy_engine.inventory)."""
+        if self._recording:
+            return
+        from policy_engine.inventory import record_inventory  # the inventory reads the whole store
+
+        self._recording = True
+        self._inventory_dirty = False
+        try:
+            with self.transaction():
+                record_inventory(self)
+        except Exception:  # a derived view must never fail the write it follows; the next write retries
+            log.exception("recording the inventory failed")
+        finally:
+            self._recording = False
 
     @contextmanager
     def transaction(self, *, rollback: bool = False) -> Iterator[ControlPlaneStore]:
@@ -211,6 +264,8 @@ class ControlPlaneStore:
         self._depth = 1
         try:
             yield self
+            if self._inventory_dirty and not rollback:
+                self._record_inventory()  # inside the transaction: committed with the write, or not at all
         except BaseException:
             self.execute("ROLLBACK")
             raise
@@ -218,6 +273,7 @@ class ControlPlaneStore:
             self.execute("ROLLBACK" if rollback else "COMMIT")
         finally:
             self._depth = 0
+            self._inventory_dirty = False
 
     def apply_migrations(self, migrations: Sequence[Migration]) -> list[str]:
         """Apply the migrations not yet recorded, in order; returns the ids applied."""

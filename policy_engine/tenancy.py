@@ -429,8 +429,7 @@ class Tenancy:
     def namespace_labels(self) -> dict[tuple[str, str], dict[str, str]]:
         """Recorded labels: (cluster, namespace) -> {netwarden.io/workspace: workspace}."""
         with self._lock:
-            rows = self.store.execute("SELECT cluster, namespace, workspace FROM namespace_workspace_labels")
-        return {(c, n): {WORKSPACE_LABEL: w} for c, n, w in rows}
+            return recorded_namespace_labels(self.store)
 
     def ownership_index(
         self, namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None
@@ -438,11 +437,7 @@ class Tenancy:
         """The store's ownership plus recorded labels, then `namespace_labels` (fresher, e.g. from the
         flow pipeline) on top."""
         with self._lock:
-            index = OwnershipIndex.from_store(self.store)
-            recorded = self.namespace_labels()
-        for (cluster, namespace), labels in {**recorded, **(namespace_labels or {})}.items():
-            index.add_label_declared(cluster, namespace, labels)
-        return index
+            return ownership_index_of(self.store, namespace_labels)
 
     def ownership(
         self, namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None
@@ -452,6 +447,26 @@ class Tenancy:
 
         `namespace_labels`: (cluster, namespace) -> that namespace's labels, as last seen."""
         return self.ownership_index(namespace_labels).merged_ownership()
+
+
+def recorded_namespace_labels(store: ControlPlaneStore) -> dict[tuple[str, str], dict[str, str]]:
+    """(cluster, namespace) -> {netwarden.io/workspace: workspace} as last recorded; {} before the
+    tenancy tables exist (a store no Tenancy has opened yet)."""
+    if "tenancy/0002-namespace-labels" not in store.applied_migrations():
+        return {}
+    rows = store.execute("SELECT cluster, namespace, workspace FROM namespace_workspace_labels")
+    return {(c, n): {WORKSPACE_LABEL: w} for c, n, w in rows}
+
+
+def ownership_index_of(
+    store: ControlPlaneStore, namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None
+) -> OwnershipIndex:
+    """The one answer to "who owns (cluster, namespace)": the store's workspaces, then recorded labels,
+    then `namespace_labels` on top. The query API's scopes and the inventory topic both use it."""
+    index = OwnershipIndex.from_store(store)
+    for (cluster, namespace), labels in {**recorded_namespace_labels(store), **(namespace_labels or {})}.items():
+        index.add_label_declared(cluster, namespace, labels)
+    return index
 
 
 # Cilium puts a pod's namespace labels on its endpoint, so flows carry them too.
