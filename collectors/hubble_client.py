@@ -1,8 +1,9 @@
 """The collector: follows one cluster's Hubble Observer API and ships flows to Kafka in batches.
 
-Flows stay as the bytes Hubble sent (never re-encoded); only time, node and uuid are read, for the
-checkpoint and de-duplication. `since` is inclusive and evaluated per node through Relay, so on resume
-the collector rewinds a little and skips the uuids it already shipped (persisted with the checkpoint).
+Flows stay as the bytes Hubble sent (never re-encoded); only time, node and uuid are read
+(collectors.envelope), for the checkpoint and de-duplication. `since` is inclusive and evaluated per
+node through Relay, so on resume the collector rewinds a little and skips the uuids it already shipped
+(persisted with the checkpoint). gRPC is grpclib with a pass-through codec (collectors.grpc_wire).
 """
 
 from __future__ import annotations
@@ -11,16 +12,20 @@ import asyncio
 import json
 import logging
 import os
-import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import grpc
 from google.protobuf.message import DecodeError
+from grpclib.client import Channel
+from grpclib.config import Configuration
+from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError
 from prometheus_client import Counter, Gauge
 
+from collectors.envelope import parse_envelope
+from collectors.grpc_wire import RawCodec, client_ssl_context, split_target
 from schemas.hubble.flow import flow_pb2
 from schemas.hubble.observer import observer_pb2
 
@@ -60,44 +65,79 @@ class ClientTLS:
 
 
 class Checkpoint:
-    """Per-node watermark plus the uuids shipped in the last `window_ns`, persisted atomically as JSON."""
+    """Per-node watermark plus the uuids shipped in the last `window_ns`, as an append-only journal.
 
-    def __init__(self, path: Path | None, window_ns: int = 5_000_000_000):
+    Each shipped batch appends one JSON line (every node's watermark, the batch's newest time, its
+    uuids): cost per batch, not per flow held (at 30k flows/s the window holds 150k uuids). The file is
+    rewritten with only the batches inside the window every `compact_every` lines. A torn last line
+    (killed mid-write) is ignored: its batch is re-sent and de-duplicated by the store.
+    """
+
+    def __init__(self, path: Path | None, window_ns: int = 5_000_000_000, compact_every: int = 500):
         self.path = path
         self.window_ns = window_ns
+        self.compact_every = compact_every
         self.nodes: dict[str, int] = {}
-        self.recent: deque[tuple[int, str]] = deque()  # (time_ns, uuid), oldest first
-        self._recent_set: set[str] = set()
+        self.batches: deque[tuple[int, list[str]]] = deque()  # (newest time in batch, uuids), oldest first
+        self._lines = 0
+        self._unsaved: tuple[int, list[str]] | None = None
         if path and path.exists():
-            doc = json.loads(path.read_text())
-            self.nodes = {k: int(v) for k, v in doc.get("nodes", {}).items()}
-            for t, u in doc.get("recent", []):
-                self.recent.append((int(t), u))
-                self._recent_set.add(u)
+            for line in path.read_text().splitlines():
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    continue
+                self.nodes = {k: int(v) for k, v in doc.get("nodes", {}).items()}
+                if "recent" in doc:  # the single-document format of earlier versions
+                    for t, u in doc["recent"]:
+                        self.batches.append((int(t), [u]))
+                else:
+                    self.batches.append((int(doc.get("t", 0)), list(doc.get("u", []))))
+                self._lines += 1
+            self._prune()
 
     def since_ns(self) -> int | None:
         # Rewind by the window: Relay merges nodes only within ~1 s, so a node may lag the others.
         return max(0, min(self.nodes.values()) - self.window_ns) if self.nodes else None
 
-    def seen(self, uuid: str) -> bool:
-        return uuid in self._recent_set
+    def recent_uuids(self) -> set[str]:
+        """Uuids shipped within the window (what a resumed stream may send again)."""
+        return {u for _, uuids in self.batches for u in uuids}
 
-    def record(self, node: str, time_ns: int, uuid: str) -> None:
-        if time_ns > self.nodes.get(node, -1):
-            self.nodes[node] = time_ns
-        if uuid:
-            self.recent.append((time_ns, uuid))
-            self._recent_set.add(uuid)
+    def record_batch(self, node_times: dict[str, int], uuids: list[str]) -> None:
+        """A batch Kafka acknowledged: the newest time per node in it, and its uuids."""
+        for node, t in node_times.items():
+            if t > self.nodes.get(node, -1):
+                self.nodes[node] = t
+        newest = max(node_times.values(), default=0)
+        if uuids:
+            self.batches.append((newest, uuids))
+        self._unsaved = (newest, uuids)
+
+    def _prune(self) -> None:
+        horizon = max(self.nodes.values(), default=0) - self.window_ns
+        while self.batches and self.batches[0][0] < horizon:
+            self.batches.popleft()
 
     def save(self) -> None:
-        horizon = max(self.nodes.values(), default=0) - self.window_ns
-        while self.recent and self.recent[0][0] < horizon:
-            self._recent_set.discard(self.recent.popleft()[1])
+        self._prune()
         if not self.path:
             return
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"nodes": self.nodes, "recent": list(self.recent)}))
-        os.replace(tmp, self.path)
+        if self._lines >= self.compact_every or not self.batches:
+            lines = [json.dumps({"nodes": self.nodes, "t": t, "u": u}) for t, u in self.batches] or [
+                json.dumps({"nodes": self.nodes, "t": 0, "u": []})]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("\n".join(lines) + "\n")
+            os.replace(tmp, self.path)
+            self._lines = len(lines)
+            self._unsaved = None
+            return
+        if self._unsaved is None:
+            return
+        (t, uuids), self._unsaved = self._unsaved, None
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"nodes": self.nodes, "t": t, "u": uuids}) + "\n")
+        self._lines += 1
 
 
 # (node, time_ns, uuid, serialized response) as read from the stream.
@@ -143,18 +183,14 @@ class HubbleCollector:
         self.backoff_max_s = backoff_max_s
         self.stats = CollectorStats()
 
-    def _channel(self) -> grpc.aio.Channel:
-        options = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+    def _channel(self) -> Channel:
+        host, port = split_target(self.target)
         if self.tls is None:
-            return grpc.aio.insecure_channel(self.target, options=options)
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=self.tls.ca_cert,
-            private_key=self.tls.client_key,
-            certificate_chain=self.tls.client_cert,
-        )
-        if self.tls.server_name:
-            options.append(("grpc.ssl_target_name_override", self.tls.server_name))
-        return grpc.aio.secure_channel(self.target, creds, options)
+            return Channel(host, port, codec=RawCodec())
+        ctx = client_ssl_context(self.tls.ca_cert, self.tls.client_cert, self.tls.client_key)
+        # The override is the name the certificate is checked against (SNI too), not the address dialled.
+        config = Configuration(ssl_target_name_override=self.tls.server_name) if self.tls.server_name else None
+        return Channel(host, port, ssl=ctx, codec=RawCodec(), config=config)
 
     def _request(self) -> bytes:
         req = observer_pb2.GetFlowsRequest(follow=True)
@@ -170,8 +206,8 @@ class HubbleCollector:
             try:
                 await self._follow_once(stop)
                 backoff = 0.2
-            except (grpc.aio.AioRpcError, OSError) as exc:
-                self.stats.last_error = str(exc.details() if isinstance(exc, grpc.aio.AioRpcError) else exc)
+            except Exception as exc:  # any failure (gRPC, TLS, Kafka): log, keep the error, reconnect
+                self.stats.last_error = _describe(exc)
                 log.warning("cluster %s: stream from %s failed: %s", self.cluster, self.target, self.stats.last_error)
             self.stats.connected.clear()
             if stop.is_set():
@@ -183,86 +219,148 @@ class HubbleCollector:
             backoff = min(backoff * 2, self.backoff_max_s)
 
     async def _follow_once(self, stop: asyncio.Event) -> None:
-        queue: asyncio.Queue[_Item | None] = asyncio.Queue(self.queue_max)
-        async with self._channel() as channel:
-            call = channel.unary_stream(GET_FLOWS, request_serializer=None, response_deserializer=None)(
-                self._request()
-            )
+        buffer = _Buffer(self.batch_max, self.queue_max)
+        channel = self._channel()
+        shipper = asyncio.create_task(self._ship_loop(buffer))
+        reader = asyncio.create_task(self._read(channel, buffer))
+        stopper = asyncio.create_task(stop.wait())
+        try:
+            done, _ = await asyncio.wait({reader, stopper, shipper}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                reader.result()  # re-raise stream errors
+        finally:
+            stopper.cancel()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            channel.close()
+            buffer.close()
+            await shipper  # ships what was read before stopping, then saves the checkpoint; re-raises ship errors
+
+    async def _read(self, channel: Channel, buffer: _Buffer) -> None:
+        parse = parse_envelope
+        stats = self.stats
+        async with channel.request(GET_FLOWS, Cardinality.UNARY_STREAM, None, None) as stream:
+            await stream.send_message(self._request(), end=True)
             RECONNECTS.labels(self.cluster).inc()
-            self.stats.connections += 1
-            shipper = asyncio.create_task(self._ship_loop(queue))
-            stopper = asyncio.create_task(stop.wait())
-            try:
-                reader = asyncio.create_task(self._read(call, queue))
-                done, _ = await asyncio.wait({reader, stopper, shipper}, return_when=asyncio.FIRST_COMPLETED)
-                if reader in done:
-                    reader.result()  # re-raise stream errors
-                else:
-                    call.cancel()
-                    reader.cancel()
-            finally:
-                stopper.cancel()
-                await queue.put(None)
-                await shipper  # ships what was read before stopping, then saves the checkpoint
-
-    async def _read(self, call: grpc.aio.UnaryStreamCall, queue: asyncio.Queue[_Item | None]) -> None:
-        parse = observer_pb2.GetFlowsResponse.FromString
-        async for raw in call:
-            self.stats.connected.set()
-            try:
-                resp = parse(raw)
-            except DecodeError:
-                # Ship it anyway: the stream stage dead-letters it with the reason and counts it.
-                UNDECODABLE.labels(self.cluster).inc()
-                await queue.put(("", 0, "", raw))
-                continue
-            kind = resp.WhichOneof("response_types")
-            if kind == "flow":
-                uuid = resp.flow.uuid
-                if uuid and self.checkpoint.seen(uuid):
-                    self.stats.duplicates += 1
-                    DUPLICATES.labels(self.cluster).inc()
-                    continue
-                flow = resp.flow
-                await queue.put((resp.node_name or flow.node_name, flow.time.ToNanoseconds(), uuid, raw))
-            elif kind == "lost_events":
-                n = resp.lost_events.num_events_lost or 1
-                self.stats.lost_events += n
-                source = flow_pb2.LostEventSource.Name(resp.lost_events.source)
-                LOST.labels(self.cluster, resp.node_name, source).inc(n)
-            # node_status (Relay only) carries no flows; nodes missing from it simply send nothing.
-
-    async def _ship_loop(self, queue: asyncio.Queue[_Item | None]) -> None:
-        done = False
-        while not done:
-            batch: list[_Item] = []
-            deadline = None
-            while len(batch) < self.batch_max:
-                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            stats.connections += 1
+            # A flow newer than its node's watermark at (re)connect was never shipped; only older ones
+            # can be repeats of what the rewind re-sends.
+            replay = dict(self.checkpoint.nodes)
+            seen = self.checkpoint.recent_uuids() if replay else set()
+            async for raw in stream:
+                if not stats.connected.is_set():
+                    stats.connected.set()
                 try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except TimeoutError:
-                    break
-                if item is None:
-                    done = True
-                    break
-                batch.append(item)
-                if deadline is None:
-                    deadline = time.monotonic() + self.linger_s
-            if not batch:
-                continue
+                    env = parse(raw)
+                except DecodeError:
+                    # Ship it anyway: the stream stage dead-letters it with the reason and counts it.
+                    UNDECODABLE.labels(self.cluster).inc()
+                    buffer.add(("", 0, "", raw))
+                    continue
+                if env.HasField("flow"):
+                    flow = env.flow
+                    node = env.node_name or flow.node_name
+                    ts = env.time if env.HasField("time") else flow.time
+                    t = ts.seconds * 1_000_000_000 + ts.nanos
+                    uuid = flow.uuid
+                    if replay and uuid and t <= replay.get(node, -1) and uuid in seen:
+                        stats.duplicates += 1
+                        DUPLICATES.labels(self.cluster).inc()
+                        continue
+                    if buffer.add((node, t, uuid, raw)):
+                        await buffer.room()
+                elif env.HasField("lost_events"):
+                    lost = env.lost_events
+                    n = lost.num_events_lost or 1
+                    stats.lost_events += n
+                    LOST.labels(self.cluster, env.node_name, flow_pb2.LostEventSource.Name(lost.source)).inc(n)
+                # node_status (Relay only) carries no flows; nodes missing from it simply send nothing.
+
+    async def _ship_loop(self, buffer: _Buffer) -> None:
+        while True:
+            batch = await buffer.take(self.linger_s)
+            if batch is None:
+                return
             by_node: dict[str, list[bytes]] = {}
-            for node, _, _, raw in batch:
-                by_node.setdefault(node, []).append(raw)
-            for node, raws in by_node.items():
-                await self.ship(node, raws)
-                self.stats.batches += 1
+            newest: dict[str, int] = {}
+            uuids: list[str] = []
+            for node, t, uuid, raw in batch:
+                raws = by_node.get(node)
+                if raws is None:
+                    raws = by_node[node] = []
+                raws.append(raw)
+                if node and t > newest.get(node, -1):
+                    newest[node] = t
+                if uuid:
+                    uuids.append(uuid)
+            await asyncio.gather(*(self.ship(node, raws) for node, raws in by_node.items()))
+            self.stats.batches += len(by_node)
             # Only what Kafka acknowledged moves the checkpoint.
-            for node, time_ns, uuid, _ in batch:
-                if node:
-                    self.checkpoint.record(node, time_ns, uuid)
+            self.checkpoint.record_batch(newest, uuids)
             self.checkpoint.save()
             self.stats.flows += len(batch)
             FLOWS.labels(self.cluster).inc(len(batch))
             if self.checkpoint.nodes:
                 WATERMARK.labels(self.cluster).set(max(self.checkpoint.nodes.values()) / 1e9)
+
+
+class _Buffer:
+    """Flows read and not yet shipped: the reader appends, the shipper takes up to `batch_max` at a time,
+    waiting up to `linger_s` for a full batch. Past `limit` the reader waits (gRPC flow control then
+    holds the server back)."""
+
+    def __init__(self, batch_max: int, limit: int):
+        self.items: list[_Item] = []
+        self.batch_max = batch_max
+        self.limit = max(limit, batch_max)
+        self.closed = False
+        self._nonempty = asyncio.Event()
+        self._full = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def add(self, item: _Item) -> bool:
+        """Append; True when the reader must `await room()` before the next one."""
+        items = self.items
+        items.append(item)
+        n = len(items)
+        if n == 1:
+            self._nonempty.set()
+        if n >= self.batch_max:
+            self._full.set()
+            if n >= self.limit:
+                self._room.clear()
+                return True
+        return False
+
+    async def room(self) -> None:
+        await self._room.wait()
+
+    def close(self) -> None:
+        self.closed = True
+        self._nonempty.set()
+        self._full.set()
+        self._room.set()
+
+    async def take(self, linger_s: float) -> list[_Item] | None:
+        """The next batch; None once closed and empty."""
+        await self._nonempty.wait()
+        if not self.closed and len(self.items) < self.batch_max:
+            try:
+                await asyncio.wait_for(self._full.wait(), linger_s)
+            except TimeoutError:
+                pass
+        batch, self.items = self.items[: self.batch_max], self.items[self.batch_max:]
+        if not self.closed:
+            if not self.items:
+                self._nonempty.clear()
+            if len(self.items) < self.batch_max:
+                self._full.clear()
+        self._room.set()
+        return batch or None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, GRPCError):
+        return f"{exc.status.name}: {exc.message or ''}".rstrip(": ")
+    return str(exc) or type(exc).__name__

@@ -7,9 +7,11 @@ tails new flows, and a follower lapped by the writer gets a `lost_events` respon
 (HUBBLE_RING_BUFFER) instead of the overwritten flows. Demos and tests use it so the real collector
 talks real gRPC.
 
-Speed: rings hold already-serialized `GetFlowsResponse` bytes plus their time, and GetFlows is
-registered with a pass-through response serializer, so an unfiltered stream never re-encodes and
-appending costs one list store. Responses are decoded only when a filter or field mask asks for it.
+Speed: rings hold already-serialized `GetFlowsResponse` bytes plus their time, GetFlows sends them
+through a pass-through codec, many per HTTP/2 write (collectors.grpc_wire), so an unfiltered stream
+never re-encodes and appending costs one list store. Responses are decoded only when a filter or field
+mask asks for it. The gRPC stack is grpclib (chosen by measurement, see collectors.grpc_wire); grpcio
+clients such as the hubble CLI talk to it as to Relay.
 Everything here runs on the server's event loop: call `add_flows`/`add_serialized` from that loop.
 """
 
@@ -17,15 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import grpc
 from google.protobuf import field_mask_pb2, wrappers_pb2
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server, Stream
 
 from collectors.flow_filter import FlowFilterError, FlowPredicate, compile_filters, node_name_matcher
+from collectors.grpc_wire import RawCodec, send_raw, server_ssl_context
 from schemas.hubble.flow import flow_pb2
 from schemas.hubble.observer import observer_pb2
 from schemas.hubble.relay import relay_pb2
@@ -138,12 +146,8 @@ class ServerTLS:
         return cls(Path(cert).read_bytes(), Path(key).read_bytes(),
                    Path(client_ca).read_bytes() if client_ca else None)
 
-    def credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.private_key, self.cert_chain)],
-            root_certificates=self.client_ca,
-            require_client_auth=self.client_ca is not None,
-        )
+    def ssl_context(self) -> ssl.SSLContext:
+        return server_ssl_context(self.cert_chain, self.private_key, self.client_ca)
 
 
 @dataclass
@@ -245,7 +249,8 @@ class HubbleServer:
         self._new_data = asyncio.Event()
         self._waiting = 0
         self._stopping = False
-        self._server: grpc.aio.Server | None = None
+        self._server: Server | None = None
+        self._streams = 0  # GetFlows calls in progress (stop lets them end before closing)
         self._started_ns = time.monotonic_ns()
         self._tls: ServerTLS | None = None
         self.host = ""
@@ -295,83 +300,92 @@ class HubbleServer:
 
     async def start(self, host: str = "127.0.0.1", port: int = 0, tls: ServerTLS | None = None) -> int:
         """Listen on host:port (0 = any free port) and return the bound port."""
-        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        server.add_generic_rpc_handlers((self._handlers(),))
-        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        bound = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
-        if bound == 0:
-            raise OSError(f"cannot listen on {address}")
-        await server.start()
-        self._server, self._tls, self.host, self.port = server, tls, host, bound
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, address = infos[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(address)
+        except OSError:
+            sock.close()
+            raise
+        server = Server([self], codec=RawCodec())
+        await server.start(sock=sock, ssl=tls.ssl_context() if tls else None)
+        self._server, self._tls, self.host = server, tls, host
+        self.port = int(sock.getsockname()[1])
         self._started_ns = time.monotonic_ns()
         self._stopping = False
-        return bound
+        return self.port
 
     async def stop(self, grace: float = 1.0) -> None:
-        """End follow streams cleanly, then stop the gRPC server."""
+        """End follow streams cleanly (OK status), then close the server."""
         self._stopping = True
         self._new_data.set()
         self._new_data = asyncio.Event()
-        if self._server is not None:
-            await self._server.stop(grace)
-            self._server = None
+        if self._server is None:
+            return
+        deadline = time.monotonic() + grace
+        while self._streams and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        server, self._server = self._server, None
+        server.close()
+        try:
+            await asyncio.wait_for(server.wait_closed(), timeout=max(0.1, deadline - time.monotonic()))
+        except TimeoutError:
+            pass
 
     async def wait_for_termination(self) -> None:
         if self._server is not None:
-            await self._server.wait_for_termination()
+            await self._server.wait_closed()
 
-    def _handlers(self) -> grpc.GenericRpcHandler:
-        unary = grpc.unary_unary_rpc_method_handler
-        return grpc.method_handlers_generic_handler("observer.Observer", {
-            # Pass-through serializer: GetFlows yields bytes that already are GetFlowsResponse.
-            "GetFlows": grpc.unary_stream_rpc_method_handler(
-                self._get_flows, request_deserializer=observer_pb2.GetFlowsRequest.FromString,
-                response_serializer=lambda b: b),
-            "ServerStatus": unary(
-                self._server_status, request_deserializer=observer_pb2.ServerStatusRequest.FromString,
-                response_serializer=observer_pb2.ServerStatusResponse.SerializeToString),
-            "GetNodes": unary(
-                self._get_nodes, request_deserializer=observer_pb2.GetNodesRequest.FromString,
-                response_serializer=observer_pb2.GetNodesResponse.SerializeToString),
-            "GetNamespaces": unary(
-                self._get_namespaces, request_deserializer=observer_pb2.GetNamespacesRequest.FromString,
-                response_serializer=observer_pb2.GetNamespacesResponse.SerializeToString),
-            "GetAgentEvents": grpc.unary_stream_rpc_method_handler(
-                self._unimplemented, request_deserializer=observer_pb2.GetAgentEventsRequest.FromString,
-                response_serializer=observer_pb2.GetAgentEventsResponse.SerializeToString),
-            "GetDebugEvents": grpc.unary_stream_rpc_method_handler(
-                self._unimplemented, request_deserializer=observer_pb2.GetDebugEventsRequest.FromString,
-                response_serializer=observer_pb2.GetDebugEventsResponse.SerializeToString),
-        })
+    def __mapping__(self) -> dict[str, Handler]:
+        """The Observer service for grpclib; GetFlows replies are pre-serialized bytes (type None)."""
+        unary, stream = Cardinality.UNARY_UNARY, Cardinality.UNARY_STREAM
+        o = observer_pb2
+        return {
+            "/observer.Observer/GetFlows": Handler(self._get_flows, stream, o.GetFlowsRequest, None),
+            "/observer.Observer/ServerStatus": Handler(
+                self._server_status, unary, o.ServerStatusRequest, o.ServerStatusResponse),
+            "/observer.Observer/GetNodes": Handler(self._get_nodes, unary, o.GetNodesRequest, o.GetNodesResponse),
+            "/observer.Observer/GetNamespaces": Handler(
+                self._get_namespaces, unary, o.GetNamespacesRequest, o.GetNamespacesResponse),
+            "/observer.Observer/GetAgentEvents": Handler(
+                self._unimplemented, stream, o.GetAgentEventsRequest, o.GetAgentEventsResponse),
+            "/observer.Observer/GetDebugEvents": Handler(
+                self._unimplemented, stream, o.GetDebugEventsRequest, o.GetDebugEventsResponse),
+        }
 
-    async def _send_version(self, context: grpc.aio.ServicerContext) -> None:
-        await context.send_initial_metadata(((VERSION_HEADER, self.version),))
+    async def _send_version(self, stream: Stream[Any, Any]) -> None:
+        await stream.send_initial_metadata(metadata={VERSION_HEADER: self.version})
 
     # -- GetFlows ---------------------------------------------------------------------------------
 
-    async def _get_flows(self, req: observer_pb2.GetFlowsRequest,
-                         context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def _get_flows(self, stream: Stream[observer_pb2.GetFlowsRequest, bytes]) -> None:
+        req = await stream.recv_message()
+        assert req is not None
         try:
             query = _Query(req)
         except FlowFilterError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            return
-        await self._send_version(context)
-        cursors: dict[str, _NodeCursor] = {}
-        for node, ring in self.rings.items():
-            cursors[node] = self._cursor(query, ring)
-        if not req.follow:
-            # Snapshot every node now (synchronously, so nothing is overwritten meanwhile), merge by time.
-            per_node = [self._read(query, node, ring, cursors[node], None)[1]
-                        for node, ring in list(self.rings.items())]
-            if not per_node:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        self._streams += 1
+        try:
+            await self._send_version(stream)
+            cursors: dict[str, _NodeCursor] = {}
+            for node, ring in self.rings.items():
+                cursors[node] = self._cursor(query, ring)
+            if not req.follow:
+                # Snapshot every node now (synchronously, so nothing is overwritten meanwhile), merge by time.
+                per_node = [self._read(query, node, ring, cursors[node], None)[1]
+                            for node, ring in list(self.rings.items())]
+                if not per_node:
+                    return
+                merged = per_node[0] if len(per_node) == 1 else heapq.merge(*per_node, key=lambda e: e[0])
+                await send_raw(stream, [data for _, data in merged])
                 return
-            merged = per_node[0] if len(per_node) == 1 else heapq.merge(*per_node, key=lambda e: e[0])
-            for _, data in merged:
-                yield data
-            return
-        async for data in self._follow(query, cursors):
-            yield data
+            async for batch in self._follow(query, cursors):
+                await send_raw(stream, batch)
+        finally:
+            self._streams -= 1
 
     def _cursor(self, query: _Query, ring: FlowRing, new_ring: bool = False) -> _NodeCursor:
         req = query.req
@@ -424,7 +438,8 @@ class HubbleServer:
             cur.done = True
         return lost, out
 
-    async def _follow(self, query: _Query, cursors: dict[str, _NodeCursor]) -> AsyncIterator[bytes]:
+    async def _follow(self, query: _Query, cursors: dict[str, _NodeCursor]) -> AsyncIterator[list[bytes]]:
+        """Batches of responses to send, in time order across nodes, until `until` or stop."""
         while not self._stopping:
             wake = self._new_data
             lost_events: list[bytes] = []
@@ -440,13 +455,12 @@ class HubbleServer:
                     lost_events.append(_lost_event(node, lost))
                 if entries:
                     batches.append(entries)
-            for data in lost_events:
-                yield data
+            if lost_events:
+                yield lost_events
             if batches:
                 merged = batches[0] if len(batches) == 1 else sorted(
                     (e for b in batches for e in b), key=lambda e: e[0])
-                for _, data in merged:
-                    yield data
+                yield [data for _, data in merged]
                 continue
             if lost_events:
                 continue
@@ -465,11 +479,11 @@ class HubbleServer:
             count += ring.written - ring.times_since(cutoff)
         return count / 60.0
 
-    async def _server_status(self, req: observer_pb2.ServerStatusRequest,
-                             context: grpc.aio.ServicerContext) -> observer_pb2.ServerStatusResponse:
-        await self._send_version(context)
+    async def _server_status(self, stream: Stream[Any, Any]) -> None:
+        await stream.recv_message()
+        await self._send_version(stream)
         rings = list(self.rings.values())
-        return observer_pb2.ServerStatusResponse(
+        await stream.send_message(observer_pb2.ServerStatusResponse(
             num_flows=sum(len(r) for r in rings),
             max_flows=self.ring_capacity * len(rings),
             seen_flows=sum(r.written for r in rings),
@@ -478,25 +492,25 @@ class HubbleServer:
             num_unavailable_nodes=wrappers_pb2.UInt32Value(value=0),
             version=self.version,
             flows_rate=self._flows_rate(),
-        )
+        ))
 
-    async def _get_nodes(self, req: observer_pb2.GetNodesRequest,
-                         context: grpc.aio.ServicerContext) -> observer_pb2.GetNodesResponse:
-        await self._send_version(context)
+    async def _get_nodes(self, stream: Stream[Any, Any]) -> None:
+        await stream.recv_message()
+        await self._send_version(stream)
         uptime = time.monotonic_ns() - self._started_ns
         tls = observer_pb2.TLS(enabled=self._tls is not None)
-        return observer_pb2.GetNodesResponse(nodes=[
+        await stream.send_message(observer_pb2.GetNodesResponse(nodes=[
             observer_pb2.Node(
                 name=node, version=self.version, address=f"{self.host}:{self.port}",
                 state=relay_pb2.NODE_CONNECTED, tls=tls, uptime_ns=uptime,
                 num_flows=len(ring), max_flows=ring.capacity, seen_flows=ring.written)
             for node, ring in sorted(self.rings.items())
-        ])
+        ]))
 
-    async def _get_namespaces(self, req: observer_pb2.GetNamespacesRequest,
-                              context: grpc.aio.ServicerContext) -> observer_pb2.GetNamespacesResponse:
+    async def _get_namespaces(self, stream: Stream[Any, Any]) -> None:
         """Namespaces seen in flows of the last hour (decodes the rings; this call is rare)."""
-        await self._send_version(context)
+        await stream.recv_message()
+        await self._send_version(stream)
         cutoff = time.time_ns() - 3600 * 1_000_000_000
         seen: set[tuple[str, str]] = set()
         for node, ring in self.rings.items():
@@ -509,10 +523,9 @@ class HubbleServer:
                 for ep in (flow.source, flow.destination):
                     if ep.namespace:
                         seen.add((ep.cluster_name or node_cluster, ep.namespace))
-        return observer_pb2.GetNamespacesResponse(namespaces=[
-            observer_pb2.Namespace(cluster=c, namespace=ns) for c, ns in sorted(seen)])
+        await stream.send_message(observer_pb2.GetNamespacesResponse(namespaces=[
+            observer_pb2.Namespace(cluster=c, namespace=ns) for c, ns in sorted(seen)]))
 
-    async def _unimplemented(self, req: object, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+    async def _unimplemented(self, stream: Stream[Any, Any]) -> None:
         # Like Hubble Relay: agent and debug events are not relayed.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "agent and debug events are not served by this server")
-        yield b""  # pragma: no cover - makes this an async generator
+        raise GRPCError(Status.UNIMPLEMENTED, "agent and debug events are not served by this server")
