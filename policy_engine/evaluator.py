@@ -800,6 +800,15 @@ class _DirectionVerdict:
         return DirectionDecision(direction, self.allowed, self.drop_reason, self.policy, self.rule)
 
 
+def _default_deny_owner(subjects: Iterable[Subject]) -> PolicyRef | None:
+    """The policy a default-deny drop is attributed to: one that only isolates (its rules, if any, are
+    empty Cilium rules: a default-deny policy by intent), else the first that isolates."""
+    isolating = [s for s in subjects if s.default_deny]
+    pure = [s for s in isolating if all(r.peers == () and r.ports is None for r in s.rules)]
+    chosen = pure or isolating
+    return chosen[0].ref if chosen else None
+
+
 def _unique(refs: Iterable[PolicyRef]) -> tuple[PolicyRef, ...]:
     return tuple(dict.fromkeys(refs))
 
@@ -1015,7 +1024,7 @@ class PolicyEvaluator:
                 False,
                 isolated_by=isolating,
                 drop_reason=DROP_POLICY_DENIED,
-                policy=isolating[0] if isolating else None,
+                policy=_default_deny_owner(subjects),
                 rule=RULE_DEFAULT_DENY,
                 why=f"{what} is in default deny ({by}) and no rule allows {flow} (drop reason 133 POLICY_DENIED)",
             )

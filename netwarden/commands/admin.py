@@ -177,10 +177,36 @@ def admin_session(args: argparse.Namespace) -> Iterator[AdminSession]:
     try:
         with store.transaction():
             yield AdminSession(ControlPlane(store, Principal.with_role("org-admin", name=user)), Tenancy(store))
+        publish_inventory(store)
     except (StoreError, PermissionDenied) as exc:
         raise CommandError(str(exc)) from None
     finally:
         store.close()
+
+
+def publish_inventory(store: Any) -> None:
+    """After a committed write: send the inventory updates it recorded (policy_engine.inventory) now when
+    NETWARDEN_KAFKA names the brokers (scale mode). Best effort: the write is done either way, and what is
+    not sent here stays in the outbox for the running publisher (`netwarden up` polls it)."""
+    import os
+
+    bootstrap = os.environ.get("NETWARDEN_KAFKA")
+    if not bootstrap:
+        return
+    from netwarden.broker import ensure_topics
+    from policy_engine.inventory import pending_messages
+    from policy_engine.inventory_publisher import publish_pending_now
+    from schemas.topics import INVENTORY, pipeline_topics
+
+    async def ensure_topic(servers: str) -> None:
+        await ensure_topics(servers, [t for t in pipeline_topics(1) if t.name == INVENTORY])
+
+    try:
+        publish_pending_now(store, bootstrap, ensure_topic=ensure_topic)
+    except Exception as exc:  # Kafka down or slow: never fail the committed write
+        pending = len(pending_messages(store))
+        print(f"netwarden: inventory: not published to {bootstrap} ({exc or type(exc).__name__}); "
+              f"{pending} update(s) stay queued for the running publisher", file=sys.stderr)
 
 
 def _split(values: Sequence[str]) -> list[str]:

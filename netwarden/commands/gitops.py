@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from netwarden.cli import CommandError
+from netwarden.commands.admin import publish_inventory
 from policy_engine.blueprints import effective_engine
 from policy_engine.control_plane import ControlPlane, PolicyInvalid
 from policy_engine.gitops import API_VERSION, GitOpsErrors, apply_documents, diff_documents, load_documents
@@ -105,6 +106,7 @@ def control_plane(args: argparse.Namespace) -> Iterator[ControlPlane]:
         raise CommandError(f"cannot open the control-plane store: {exc}") from None
     try:
         yield ControlPlane(store, principal)
+        publish_inventory(store)
     except GitOpsErrors as exc:
         raise CommandError("\nnetwarden: ".join(str(e) for e in exc.errors)) from None
     except (PermissionDenied, StoreError, PolicyInvalid, RenderError) as exc:
