@@ -14,6 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
+from netwarden.supervise import die_with_parent
 from schemas.topics import TopicSpec
 
 log = logging.getLogger("netwarden.broker")
@@ -45,6 +46,9 @@ class TansuBroker:
             [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--storage-engine", "memory://tansu/"],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            # Own session: a Ctrl-C on the terminal reaches only the parent, which stops the broker last
+            # (after collectors and worker); and the broker dies with its parent, even a SIGKILLed one.
+            start_new_session=True, preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -1,6 +1,9 @@
-"""The pipeline stack in one process: broker (Tansu child or external Kafka), collectors, Faust worker, ClickHouse.
+"""The pipeline stack: broker (Tansu child or external Kafka), collectors, stream worker, ClickHouse.
 
 chDB allows one process per data directory, so this process both writes ClickHouse and serves reads.
+Collectors and demo Hubble servers run in supervised child processes (`spawn_collector`,
+`spawn_demo_server`: the second core works on gRPC while this one writes ClickHouse); `add_collector`
+keeps one in this process for `ingest` and tests.
 With the embedded Tansu broker, memory is bounded by generations: every `rotate_seconds` the collectors
 pause, the worker drains what was shipped, flows.raw is deleted and created again (Tansu frees a topic's
 RAM only on deletion; it ignores retention and refuses DeleteRecords) and a fresh Faust app with a new
@@ -10,8 +13,11 @@ consumer group starts on the empty topic. Against a real Kafka (scale mode) rete
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import re
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +28,8 @@ from prometheus_client import Counter, Gauge
 
 from collectors.hubble_client import Checkpoint, ClientTLS, HubbleCollector
 from collectors.kafka_out import FlowBatchProducer, new_producer
-from netwarden.broker import TansuBroker, ensure_topics, recreate_topics
+from netwarden.broker import TansuBroker, ensure_topics, free_port, recreate_topics
+from netwarden.supervise import Child, ChildFailed, python_argv
 from query_api.live import LiveHub
 from query_api.store import FlowStore, open_clickhouse
 from schemas.topics import FLOWS_RAW, TopicSpec, pipeline_topics
@@ -32,6 +39,7 @@ from streams.sink import ClickHouseSink
 log = logging.getLogger("netwarden.embedded")
 
 BROKER_RSS = Gauge("netwarden_broker_rss_bytes", "Resident memory of the embedded Tansu broker")
+CHILD_RSS = Gauge("netwarden_child_rss_bytes", "Resident memory of a child process of the embedded stack", ["child"])
 ROTATIONS = Counter("netwarden_broker_rotations_total", "flows.raw generations retired to free broker memory")
 
 
@@ -71,6 +79,9 @@ class PipelineStack:
         self.app: faust.App | None = None
         self.producer: Any = None
         self.collectors: dict[str, HubbleCollector] = {}
+        self.collector_children: dict[str, CollectorChild] = {}
+        self.server_children: dict[str, Child] = {}
+        self.failed = asyncio.Event()  # a child gave up or the broker died: the owner should stop
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._gate = asyncio.Event()  # open = collectors may ship
@@ -109,6 +120,7 @@ class PipelineStack:
         await self._start_worker()
         if self.embedded_broker:
             self._tasks.append(asyncio.create_task(self._rotate_loop()))
+        self._tasks.append(asyncio.create_task(self._watch_children()))
 
     async def _start_worker(self) -> None:
         assert self.pipeline is not None
@@ -141,17 +153,85 @@ class PipelineStack:
         self._tasks.append(asyncio.create_task(collector.run(self._stop)))
         return collector
 
+    async def spawn_collector(self, cluster: str, target: str, *, checkpoint: bool = True,
+                              tls_args: list[str] | None = None) -> CollectorChild:
+        """A supervised collector process (collectors.child) shipping to this stack's broker."""
+        argv = python_argv("-m", "collectors.child", "--cluster", cluster, "--hubble", target,
+                           "--kafka", self.bootstrap, "--control", *(tls_args or []))
+        if checkpoint:
+            argv += ["--data-dir", str(self.data_dir)]
+        child = CollectorChild(f"collector-{cluster}", argv)
+        await child.start()
+        self.collector_children[cluster] = child
+        return child
+
+    async def spawn_demo_server(self, cluster: str, *, rate: float = 50.0, ring: int = 4095, seed: int = 0,
+                                preload: int = 0, timeout_s: float = 30.0) -> str:
+        """A supervised `netwarden hubble-serve` generating `cluster`'s demo traffic; returns host:port.
+
+        The port is fixed at first start, so a restarted server is found again by its collector."""
+        port = free_port()
+        argv = python_argv("-m", "netwarden", "hubble-serve", "--port", str(port), "--generate", cluster,
+                           "--rate", f"{rate:g}", "--ring", str(ring), "--seed", str(seed))
+        if preload:
+            argv += ["--preload", str(preload)]
+        child = Child(f"hubble-{cluster}", argv)
+        await child.start()
+        self.server_children[cluster] = child
+        target = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + timeout_s
+        while not _listening(port):
+            if child.failed.is_set() or time.monotonic() > deadline:
+                raise ChildFailed(f"hubble-serve for {cluster} did not listen on {target} within {timeout_s:.0f}s")
+            await asyncio.sleep(0.05)
+        return target
+
+    def children(self) -> dict[str, Child]:
+        out: dict[str, Child] = {c.name: c for c in self.collector_children.values()}
+        out.update({c.name: c for c in self.server_children.values()})
+        return out
+
+    async def _watch_children(self) -> None:
+        """Export children's memory; a child that gave up, or a dead broker, fails the stack."""
+        while not self._stop.is_set():
+            for name, child in self.children().items():
+                CHILD_RSS.labels(name).set(child.rss_bytes())
+                if child.failed.is_set() and not self.failed.is_set():
+                    log.error("%s keeps dying: stopping the stack", name)
+                    self.failed.set()
+            if self.broker and self.broker.process and self.broker.process.poll() is not None \
+                    and not self.failed.is_set():
+                log.error("the embedded broker exited with %s (log: %s): stopping the stack",
+                          self.broker.process.returncode, self.broker.log_path)
+                self.failed.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+
+    async def _pause_collectors(self) -> int:
+        """Stop every collector shipping; returns the Kafka messages they shipped this generation."""
+        self._gate.clear()
+        while self._in_flight:
+            await asyncio.sleep(0.05)
+        shipped = self.shipped_messages
+        for child in self.collector_children.values():
+            shipped += await child.pause()
+        return shipped
+
+    async def _resume_collectors(self) -> None:
+        for child in self.collector_children.values():
+            with contextlib.suppress(ChildFailed, TimeoutError):
+                await child.resume()
+        self._gate.set()
+
     def shipper(self, cluster: str) -> FlowBatchProducer:
         return FlowBatchProducer(self.producer, cluster)
 
     async def rotate(self) -> None:
         """Retire the current flows.raw generation (embedded broker only)."""
         assert self.pipeline is not None and self.app is not None
-        self._gate.clear()
+        shipped = await self._pause_collectors()
         try:
-            while self._in_flight:
-                await asyncio.sleep(0.05)
-            while self.pipeline.totals.messages < self.shipped_messages:
+            while self.pipeline.totals.messages < shipped:
                 await asyncio.sleep(0.05)
             await self.app.stop()
             raw = [t for t in self._topics() if t.name == FLOWS_RAW]
@@ -161,7 +241,7 @@ class PipelineStack:
             await self._start_worker()
             ROTATIONS.inc()
         finally:
-            self._gate.set()
+            await self._resume_collectors()
 
     async def _rotate_loop(self) -> None:
         last = time.monotonic()
@@ -178,6 +258,9 @@ class PipelineStack:
 
     async def stop(self) -> None:
         self._stop.set()
+        # Collectors first (they ship what they read and save checkpoints), then what they read from.
+        await asyncio.gather(*(c.stop(timeout=4.0) for c in self.collector_children.values()))
+        await asyncio.gather(*(c.stop(timeout=2.0) for c in self.server_children.values()))
         for task in self._tasks:
             try:
                 await asyncio.wait_for(task, timeout=10)
@@ -190,3 +273,49 @@ class PipelineStack:
         if self.broker is not None:
             self.broker.stop()
         self.live_hub.close()
+
+
+def _listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
+
+
+class CollectorChild(Child):
+    """A collectors.child process and its stdin/stdout control protocol (pause/resume for rotation)."""
+
+    _REPLY = re.compile(r"^\{.*\}$")
+
+    def __init__(self, name: str, argv: list[str]):
+        super().__init__(name, argv, stdin=True, on_line=self._on_line)
+        self._replies: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+
+    def _on_line(self, line: str) -> None:
+        if self._REPLY.match(line):
+            self._replies.put_nowait(json.loads(line))
+
+    async def _ask(self, command: str, key: str, timeout_s: float = 30.0) -> object:
+        await self.send(command)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            reply = await asyncio.wait_for(self._replies.get(), max(0.01, deadline - time.monotonic()))
+            if key in reply:
+                return reply[key]
+
+    async def pause(self) -> int:
+        """Messages shipped since the last resume, once nothing is in flight; 0 if the child is down
+        (a restarted child ships nothing before its gRPC stream is up again, and then into the new
+        generation)."""
+        try:
+            return int(await self._ask("pause", "paused"))  # type: ignore[call-overload]
+        except (ChildFailed, TimeoutError, BrokenPipeError, ConnectionResetError) as exc:
+            log.warning("%s: could not pause (%s)", self.name, exc)
+            return 0
+
+    async def resume(self) -> None:
+        await self._ask("resume", "resumed", timeout_s=5.0)
+
+    async def stats(self) -> dict[str, object]:
+        return await self._ask("stats", "stats", timeout_s=5.0)  # type: ignore[return-value]

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                        help="generate traffic of this demo cluster (repeatable)")
     serve.add_argument("--rate", type=float, default=200.0, help="generated flows per second per cluster (default 200)")
     serve.add_argument("--seed", type=int, default=0, help="topology seed of generated clusters (default 0)")
+    serve.add_argument("--preload", type=int, default=0, metavar="N",
+                       help="generate N flows per --generate cluster up front and serve only those (benchmarks); "
+                            "rings grow to hold them")
     serve.add_argument("--ring", type=int, default=4095, help="ring buffer capacity per node (default 4095)")
     serve.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM); enables TLS")
     serve.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
@@ -61,6 +64,10 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CommandError("nothing to serve: give --capture FILE and/or --generate CLUSTER")
     if args.ring < 1:
         raise CommandError(f"--ring: must be >= 1, got {args.ring}")
+    if args.preload < 0:
+        raise CommandError(f"--preload: must be >= 0, got {args.preload}")
+    if args.preload and not args.generate:
+        raise CommandError("--preload needs --generate CLUSTER")
     if args.generate and args.rate <= 0:
         raise CommandError(f"--rate: must be > 0, got {args.rate:g}")
     if not 0 <= args.port <= 65535:
@@ -82,8 +89,14 @@ async def serve(args: argparse.Namespace, tls: ServerTLS | None) -> None:
     from collectors.traffic import DemoTraffic
 
     generators = [DemoTraffic(cluster, seed=args.seed) for cluster in args.generate]
-    server = HubbleServer(node_names=[n for g in generators for n in g.node_names] or None,
-                          ring_capacity=args.ring)
+    ring = max(args.ring, args.preload + 1)
+    server = HubbleServer(node_names=[n for g in generators for n in g.node_names] or None, ring_capacity=ring)
+    for g in generators:
+        remaining = args.preload
+        while remaining:  # in slices: a 1M-flow preload never holds two copies
+            n = min(remaining, 100_000)
+            server.add_serialized(g.serialized(n))
+            remaining -= n
     loaded, skipped = 0, 0
     per_node: Counter[str] = Counter()
     for path in args.capture:
@@ -106,13 +119,14 @@ async def serve(args: argparse.Namespace, tls: ServerTLS | None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    feeders = [asyncio.create_task(g.run(server, args.rate, stop)) for g in generators]
+    feeders = [] if args.preload else [asyncio.create_task(g.run(server, args.rate, stop)) for g in generators]
     lines = [f"netwarden hubble-serve: Observer API at {args.host}:{port} ({'TLS' if tls else 'plaintext'}"
-             f"{', mTLS' if tls and tls.client_ca else ''}), ring {args.ring} per node"]
+             f"{', mTLS' if tls and tls.client_ca else ''}), ring {ring} per node"]
     if args.capture:
         lines.append(f"  captures   {loaded} responses from {len(args.capture)} file(s), {skipped} bad line(s) skipped")
     for g in generators:
-        lines.append(f"  generating {g.cluster} at {args.rate:g} flows/s on {', '.join(g.node_names)}")
+        what = f"{args.preload} flows preloaded" if args.preload else f"generating at {args.rate:g} flows/s"
+        lines.append(f"  {g.cluster}: {what} on {', '.join(g.node_names)}")
     lines.append("Ctrl-C to stop.")
     print("\n".join(lines), flush=True)
     try:

@@ -1,9 +1,14 @@
-"""`netwarden up`: the whole embedded stack on one machine until Ctrl-C."""
+"""`netwarden up`: the whole embedded stack on one machine until Ctrl-C.
+
+The demo Hubble servers and the collectors are supervised child processes; the broker is a child too;
+the worker and the API share this process with chDB. Ctrl-C or SIGTERM stops everything in order.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from pathlib import Path
@@ -28,17 +33,19 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from netwarden.cli import CommandError
+
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run_stack(up(Path(args.data_dir), args.host, args.port, args.rate, args.rotate_seconds))
+    if not run_stack(up(Path(args.data_dir), args.host, args.port, args.rate, args.rotate_seconds)):
+        raise CommandError("stopped: a part of the stack kept failing (see the log above)")
     return 0
 
 
-async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: float) -> None:
+async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: float) -> bool:
+    """Run until a signal (True) or until a part of the stack gives up (False)."""
     import uvicorn
     from prometheus_client import REGISTRY
 
-    from collectors.hubble_server import HubbleServer
-    from collectors.traffic import DemoTraffic
     from netwarden.demo_seed import format_demo_tokens, seed_demo
     from netwarden.embedded import PipelineStack, StackConfig
     from policy_engine.store import ControlPlaneStore
@@ -52,19 +59,18 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
         loop.add_signal_handler(sig, stop.set)
 
     stack = PipelineStack(StackConfig(data_dir=data_dir, rotate_seconds=rotate_seconds))
-    await stack.start()
-    servers: list[Any] = []
-    feeders: list[asyncio.Task[None]] = []
     api: uvicorn.Server | None = None
+    api_task: asyncio.Task[None] | None = None
+    # Rings hold ~2 s of traffic per node: a collector paused while the broker rotates loses nothing.
+    ring = max(4095, int(rate * 2))
     try:
+        await stack.start()
         lines = [f"netwarden up: data in {data_dir.resolve()}", f"  broker     Tansu at {stack.bootstrap}"]
         for cluster in DEMO_CLUSTERS:
-            server = HubbleServer()
-            hubble_port = await server.start("127.0.0.1", 0)
-            servers.append(server)
-            feeders.append(asyncio.create_task(DemoTraffic(cluster).run(server, rate, stop)))
-            await stack.add_collector(cluster, f"127.0.0.1:{hubble_port}")
-            lines.append(f"  hubble     {cluster}: Hubble-compatible server at 127.0.0.1:{hubble_port} ({rate:g} flows/s)")
+            target = await stack.spawn_demo_server(cluster, rate=rate, ring=ring)
+            collector = await stack.spawn_collector(cluster, target)
+            lines.append(f"  hubble     {cluster}: Hubble-compatible server at {target} ({rate:g} flows/s), "
+                         f"collector pid {collector.pid}")
         control_plane = ControlPlaneStore.open(data_dir)
         demo_users = seed_demo(control_plane, data_dir)
         tenancy = Tenancy(control_plane)
@@ -88,13 +94,16 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
         ]
         print("\n".join(lines), flush=True)
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({api_task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        failed = asyncio.create_task(stack.failed.wait())
+        await asyncio.wait({api_task, stopper, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        failed.cancel()
+        return not stack.failed.is_set()
     finally:
         stop.set()
         if api is not None:
             api.should_exit = True
-        for task in feeders:
-            task.cancel()
+        if api_task is not None:
+            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(api_task, 3.0)
         await stack.stop()
-        for server in servers:
-            await server.stop()
