@@ -40,6 +40,11 @@ SHOP_EGRESS = {  # everything of shop may talk to the shop, the data namespace a
     ],
 }
 
+MONITORING_SCRAPE = {  # prometheus may reach every pod of the cluster
+    "endpointSelector": {},
+    "egress": [{"toEntities": ["cluster"]}],
+}
+
 
 def admin(store: ControlPlaneStore) -> ControlPlane:
     return ControlPlane(store, Principal.with_role("org-admin", name="test"))
@@ -52,13 +57,15 @@ def add_demo_policies(store: ControlPlaneStore) -> None:
         cp = admin(store)
         cp.put_assignment(Assignment("east-day0", blueprint="zero-trust-day0", clusters=("demo-east",)))
         for name, spec in (("cart-allow", CART_ALLOW_V1), ("redis-deny-monitoring", REDIS_DENY_MONITORING),
-                           ("shop-egress", SHOP_EGRESS)):
+                           ("shop-egress", SHOP_EGRESS), ("monitoring-scrape", MONITORING_SCRAPE)):
             cp.put_policy(PolicySpec(name, "namespace", (PolicyRule(name, "cilium", spec),)))
         cp.put_policy(PolicySpec("cart-allow", "namespace", (PolicyRule("cart-allow", "cilium", CART_ALLOW_V2),)))
         cp.put_assignment(Assignment("shop-policies", policy="cart-allow",
                                      targets=(AssignmentTarget(workspace="shop-team"),)))
         cp.put_assignment(Assignment("shop-egress", policy="shop-egress",
                                      targets=(AssignmentTarget(workspace="shop-team"),)))
+        cp.put_assignment(Assignment("scrape", policy="monitoring-scrape",
+                                     targets=(AssignmentTarget(cluster="demo-east", namespace="monitoring"),)))
         cp.put_assignment(Assignment("data-deny", policy="redis-deny-monitoring",
                                      targets=(AssignmentTarget(cluster="demo-east", namespace="data"),)))
 
