@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from schemas.clickhouse import FLOWS_TABLE
+from schemas.clickhouse import FINAL_SETTINGS, FLOWS_TABLE
 from schemas.flow_record import L4_PROTOCOL_NUMBERS, RECORD_COLUMNS
 from schemas.hubble.flow import flow_pb2
 
@@ -57,8 +57,14 @@ SELECT_COLUMNS: list[str] = ["toUnixTimestamp64Nano(time) AS time_ns"] + [
     f"`{c.name}`" for c in RECORD_COLUMNS if c.name != "time"
 ]
 
-# Enough to identify a stored flow (the table's sorting key) and to page on it.
-KEY_COLUMNS: list[str] = ["toUnixTimestamp64Nano(time) AS time_ns", "`uuid`", "`cluster`"]
+# Enough to identify a stored flow and to page on it; the namespaces let the row fetch use the sort key.
+KEY_COLUMNS: list[str] = [
+    "toUnixTimestamp64Nano(time) AS time_ns",
+    "`uuid`",
+    "`cluster`",
+    "`src_namespace`",
+    "`dst_namespace`",
+]
 
 # hubble `--protocol` names -> Layer4 oneof numbers; "icmp" covers both ICMP versions.
 PROTOCOLS: dict[str, tuple[int, ...]] = {
@@ -399,7 +405,9 @@ def filter_conditions(
         where.append("l7_type = {l7_type:UInt8}")
         params["l7_type"] = parse_l7_type(flt.l7_type)
     if flt.cursor is not None:
+        # The plain `time <=` is implied by the tuple comparison; it is there for the sort key.
         where.append(
+            "time <= fromUnixTimestamp64Nano({cursor_ns:Int64}, 'UTC') AND "
             "(time, uuid, cluster) < (fromUnixTimestamp64Nano({cursor_ns:Int64}, 'UTC'), "
             "toUUID({cursor_uuid:String}), {cursor_cluster:String})"
         )
@@ -445,13 +453,16 @@ def filter_conditions(
     return where, params
 
 
-def flow_source(scope: ScopeFilter | None) -> str:
-    """The FROM clause; with a scope the table goes by the alias its SQL fragments use."""
+def flow_source(scope: ScopeFilter | None, final: bool = False) -> str:
+    """The FROM clause; with a scope the table goes by the alias its SQL fragments use. Without FINAL,
+    a redelivered flow not yet merged with its twin is read twice: history queries drop twins by key
+    (query_api.store), summaries count what was stored."""
+    suffix = " FINAL" if final else ""
     if scope is None:
-        return f"{FLOWS_TABLE} FINAL"
+        return f"{FLOWS_TABLE}{suffix}"
     from query_api.scope import TABLE_ALIAS
 
-    return f"{FLOWS_TABLE} AS {TABLE_ALIAS} FINAL"
+    return f"{FLOWS_TABLE} AS {TABLE_ALIAS}{suffix}"
 
 
 def _merge(params: dict[str, Any], extra: Mapping[str, Any], what: str) -> None:
@@ -499,23 +510,29 @@ def build_flow_query(
 def build_rows_query(keys: Sequence[Mapping[str, Any]]) -> tuple[str, dict[str, Any]]:
     """The full rows (SELECT_COLUMNS) of flows named by KEY_COLUMNS rows; any order."""
     times = [int(k["time_ns"]) for k in keys]
-    sql = (
-        f"SELECT {', '.join(SELECT_COLUMNS)}\nFROM {FLOWS_TABLE} FINAL\n"
-        "WHERE cluster IN {key_clusters:Array(String)}\n"
-        "  AND time BETWEEN fromUnixTimestamp64Nano({key_first:Int64}, 'UTC')"
-        " AND fromUnixTimestamp64Nano({key_last:Int64}, 'UTC')\n"
-        "  AND uuid IN {key_uuids:Array(UUID)}"
-    )
-    return sql, {
+    params: dict[str, Any] = {
         "key_clusters": sorted({str(k["cluster"]) for k in keys}),
         "key_first": min(times),
         "key_last": max(times),
         "key_uuids": sorted({str(k["uuid"]) for k in keys}),
     }
+    sql = (
+        f"SELECT {', '.join(SELECT_COLUMNS)}\nFROM {FLOWS_TABLE}\n"
+        "WHERE cluster IN {key_clusters:Array(String)}\n"
+        "  AND time BETWEEN fromUnixTimestamp64Nano({key_first:Int64}, 'UTC')"
+        " AND fromUnixTimestamp64Nano({key_last:Int64}, 'UTC')\n"
+        "  AND uuid IN {key_uuids:Array(UUID)}"
+    )
+    if all("src_namespace" in k and "dst_namespace" in k for k in keys):
+        # Namespace pairs are in the sort key: only the granules of these pairs are read.
+        sql += "\n  AND (src_namespace, dst_namespace) IN {key_places:Array(Tuple(String, String))}"
+        params["key_places"] = sorted({(str(k["src_namespace"]), str(k["dst_namespace"])) for k in keys})
+    return sql, params
 
 
 def build_count_query(cluster: str | None = None) -> tuple[str, dict[str, Any]]:
+    """Distinct stored flows (twins not yet merged counted once)."""
     sql = f"SELECT count() FROM {FLOWS_TABLE} FINAL"
-    if cluster is None:
-        return sql, {}
-    return sql + " WHERE cluster = {cluster:String}", {"cluster": cluster}
+    if cluster is not None:
+        sql += " WHERE cluster = {cluster:String}"
+    return sql + f" SETTINGS {FINAL_SETTINGS}", ({"cluster": cluster} if cluster is not None else {})

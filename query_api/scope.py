@@ -18,12 +18,22 @@ Rule (issue 3, "Visibility rule"):
   namespace; it loses its pod name, endpoint id, other labels and identity, workloads, IP (-> `::`),
   DNS names and service name (a service name is as telling as a DNS name). Ports, verdicts and policy
   attribution stay: they are the flow, and the answer to "why was my traffic dropped?".
+- Enrichment (issue 7): the peer's project and workspace are shown like its namespace (they name where
+  it lives, no more than the namespace does, and "which team do I talk to" is the question a scoped
+  user asks); netwarden's desired/staged verdicts and their attribution are the flow's, like Hubble's
+  verdict and policies, and stay. Nothing else of the peer is derived into them.
+
+Key use (issue 7): the exact rule reads each side's cluster through `if(cluster_name != '', ...)`, which
+hides the table's sort key from ClickHouse. `prefilter()` adds an implied condition on plain key columns
+(`cluster`, `src_namespace`, `dst_namespace`), computed from the flow catalog (which stored cluster has
+seen which (cluster, namespace) places, schemas.clickhouse): every visible flow satisfies it, so ANDing
+it with the exact rule changes no result and lets the engine skip everything else.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,16 +110,48 @@ class ScopeFilter:
 
     def side_in_scope_sql(self, side: str) -> str:
         """SQL: the endpoint `side` ('src'/'dst') of the row lies in the scope (parameters: params())."""
+        a = TABLE_ALIAS
+        cluster = f"if({a}.{side}_cluster_name != '', {a}.{side}_cluster_name, {a}.cluster)"
+        return self.place_in_scope_sql(cluster, f"{a}.{side}_namespace")
+
+    def place_in_scope_sql(self, cluster: str, namespace: str) -> str:
+        """SQL: the place (cluster, namespace), given as two SQL expressions, lies in the scope
+        (parameters: params()). Rollup tables store each side's cluster, so they use it directly."""
         if self.everything:
             return "1"
         if self.empty:
             return "0"
-        a = TABLE_ALIAS
-        cluster = f"if({a}.{side}_cluster_name != '', {a}.{side}_cluster_name, {a}.cluster)"
         return (
             f"(has({{scope_clusters:Array(String)}}, {cluster}) OR "
-            f"has({{scope_namespaces:Array(Tuple(String, String))}}, ({cluster}, {a}.{side}_namespace)))"
+            f"has({{scope_namespaces:Array(Tuple(String, String))}}, ({cluster}, {namespace})))"
         )
+
+    def prefilter(self, places: Iterable[tuple[str, str, str]]) -> tuple[str, dict[str, Any]]:
+        """A condition on plain key columns implied by the scope: `places` are the flow catalog's
+        (stored cluster, endpoint cluster, endpoint namespace) triples. A stored cluster with a side in a
+        wholly visible cluster is read whole; otherwise only its rows with a visible namespace on either
+        side. ('1', {}) for org scope; ('0', {}) when the scope meets no stored flow."""
+        if self.everything:
+            return "1", {}
+        whole: set[str] = set()
+        pairs: set[tuple[str, str]] = set()
+        for stored, cluster, namespace in places:
+            if cluster in self.clusters:
+                whole.add(stored)
+            elif (cluster, namespace) in self.namespaces:
+                pairs.add((stored, namespace))
+        pairs = {p for p in pairs if p[0] not in whole}
+        parts, params = [], {}
+        if whole:
+            parts.append("cluster IN {pf_clusters:Array(String)}")
+            params["pf_clusters"] = sorted(whole)
+        if pairs:
+            parts.append(
+                "(cluster, src_namespace) IN {pf_places:Array(Tuple(String, String))} OR "
+                "(cluster, dst_namespace) IN {pf_places:Array(Tuple(String, String))}"
+            )
+            params["pf_places"] = sorted(pairs)
+        return (f"({' OR '.join(parts)})" if parts else "0"), params
 
     def with_clause(self) -> str:
         """`WITH <src in scope> AS _src_in_scope, <dst in scope> AS _dst_in_scope` ('' for org scope):
