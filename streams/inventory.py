@@ -132,8 +132,8 @@ class InventoryConsumer:
     async def _follow(self, consumer: AIOKafkaConsumer) -> None:
         partitions: set[int] = set()
         while not partitions:  # the topic may not exist yet: wait for it without blocking anyone
-            await consumer.force_metadata_update()
-            partitions = consumer.partitions_for_topic(self.topic) or set()
+            if self.topic in await consumer.topics():  # topics() refreshes the cluster metadata
+                partitions = consumer.partitions_for_topic(self.topic) or set()
             if not partitions:
                 await asyncio.sleep(self.poll_ms / 1000)
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]

@@ -193,6 +193,7 @@ class PolicyEnricher:
         self.evaluations = 0  # evaluator runs (verdict cache misses), for tests and benches
         self.cache_hits = 0  # verdict cache hits (a new key whose connection was judged already)
         self.row_hits = 0  # keys answered whole from the row cache
+        self.evaluators_built = 0
 
     # -- the seam -------------------------------------------------------------------------------
     def enrich_keys(self, keys: pa.Table) -> pa.Table:
@@ -275,6 +276,7 @@ class PolicyEnricher:
         revision, evaluator = self._evaluators.get((cluster, kind), (-1, None))
         if revision == policy_set.revision:
             return evaluator
+        self.evaluators_built += 1
         try:
             evaluator = PolicyEvaluator(
                 policy_set.namespace_labels, [], policy_set.policies, policy_set.engine,  # type: ignore[arg-type]
