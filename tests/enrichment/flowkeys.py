@@ -121,8 +121,8 @@ RESERVED = {1: "host", 2: "world", 3: "unmanaged", 4: "health", 5: "init", 6: "r
 
 
 def _entities(labels: Sequence[str], identity: int) -> list[str]:
-    names = sorted({"world" if l[9:] in ("world-ipv4", "world-ipv6") else l[9:]
-                    for l in labels if l.startswith("reserved:")})
+    names = sorted({"world" if lab[9:] in ("world-ipv4", "world-ipv6") else lab[9:]
+                    for lab in labels if lab.startswith("reserved:")})
     return names or [RESERVED.get(identity, "world")]
 
 
