@@ -1,8 +1,16 @@
-"""The Faust app: flows.raw -> decode -> (enrich) -> ClickHouse, bad records -> flows.dlq.
+"""The stream worker: flows.raw -> ClickHouse (decode, enrich, write), bad entries -> flows.dlq, then commit.
 
-A thin shell: decoding lives in streams.decode, storage in streams.sink. Offsets are committed only after
-rows are in ClickHouse: `take_events` acks a buffer's events only when the body has finished with it, and
-the body never raises on a sink failure (it retries), so an ack never precedes the insert.
+Our own consumer loop (aiokafka, a consumer group, auto-commit off) with explicit stages per batch of
+flows.raw messages, in the spirit of Snuba's Arroyo strategies:
+
+  decode + enrich + write   ClickHouse decodes the raw bytes, enriches once per distinct key and stores
+                            (streams.sink; no per-flow Python). Retriable failures back off and retry the
+                            same batch for ever (never commit, never drop); refused entries become letters.
+  dead letters              delivered to flows.dlq and acknowledged by the broker, retried until they are.
+  commit                    the batch's offsets, explicitly, only after the two stages above.
+
+A cancellation (stop, rotation) anywhere before the commit leaves the batch uncommitted: a restarted worker
+is handed it again, and the flows table (ReplacingMergeTree on Hubble's uuid) collapses the twins.
 """
 
 from __future__ import annotations
@@ -12,129 +20,134 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from itertools import chain
+from typing import Any
 
-import faust
 import pyarrow as pa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.dead_letter import DeadLetter
 from schemas.messages.batch_pb2 import FlowBatch
 from schemas.topics import FLOWS_DLQ, FLOWS_ENRICHED, FLOWS_RAW
-from streams.decode import FlowDecoder
-from streams.sink import ClickHouseSink
+from streams.enrichment import KeyEnricher
+from streams.sink import ClickHouseSink, Part, RetriableError, StoreResult
 
 log = logging.getLogger("netwarden.streams")
 
 STORED = Counter("netwarden_stream_flows_stored_total", "Flows inserted into ClickHouse", ["cluster"])
 DEAD = Counter("netwarden_stream_dead_lettered_total", "Records sent to flows.dlq", ["reason_kind"])
-MESSAGES = Counter("netwarden_stream_messages_total", "flows.raw messages processed")
-LOST = Counter("netwarden_stream_lost_events_total", "Lost-event responses seen in batches", ["cluster"])
-INSERT_SECONDS = Histogram("netwarden_stream_insert_seconds", "ClickHouse insert latency")
-SINK_RETRIES = Counter("netwarden_stream_sink_retries_total", "Failed inserts retried")
+MESSAGES = Counter("netwarden_stream_messages_total", "flows.raw messages committed")
+LOST = Counter("netwarden_stream_lost_events_total", "Events Hubble reported lost (not stored)", ["cluster"])
+RETRIES = Counter("netwarden_stream_retries_total", "Stage attempts that failed and were retried", ["stage"])
+BACKING_OFF = Gauge("netwarden_stream_backing_off", "1 while a stage waits to retry", ["stage"])
+COMMIT_SECONDS = Histogram("netwarden_stream_commit_seconds", "Offset commit latency")
+COMMITS = Counter("netwarden_stream_commits_total", "Offset commits", ["outcome"])
 LAST_INSERT = Gauge("netwarden_stream_last_insert_timestamp_seconds", "When rows were last stored")
+DLQ_SECONDS = Histogram("netwarden_stream_dead_letter_seconds", "Dead-letter delivery latency per batch")
 
-
-class Enricher(Protocol):
-    """The seam for ownership and policy-verdict enrichment: adds columns, never drops rows."""
-
-    def enrich(self, table: pa.Table) -> pa.Table: ...
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+# A dead letter must fit a Kafka request even when its payload was a whole (large) flows.raw value.
+MAX_LETTER_PAYLOAD = 4 * 1024 * 1024
 
 
 @dataclass
 class StreamSettings:
     broker: str  # host:port[,host:port]
     group_id: str = "netwarden-sink"
-    buffer_messages: int = 64  # flush after this many flows.raw messages ...
-    flush_seconds: float = 0.25  # ... or this long after the first one
+    buffer_messages: int = 64  # a batch is at most this many flows.raw messages ...
+    flush_seconds: float = 0.25  # ... gathered for at most this long after the first one
     session_timeout_s: float = 6.0  # Tansu: a group join takes about half of it
     # Live stream hook (query_api.live): publish each stored table to flows.enriched for API replicas in
     # scale mode. Off in embedded mode, where the API reads the pipeline in-process (FlowPipeline hook).
     publish_enriched: bool = False
-    # Live stream latency: how long a fetch may wait at the broker for records (see _shorten_fetch_wait).
+    # Tansu answers a waiting fetch only at its deadline, not when records arrive: this bounds how long a
+    # flow sits in flows.raw before the worker sees it (the live stream's target is 1 s end to end).
     fetch_max_wait_s: float = 0.1
+    dlq_topic: str = FLOWS_DLQ
+    max_backoff_s: float = 10.0
 
 
 @dataclass
 class StreamTotals:
     """Counts for this process, for `netwarden ingest`'s summary and for tests."""
 
-    stored: int = 0
-    dead_lettered: int = 0
-    messages: int = 0
+    stored: int = 0  # flows in ClickHouse
+    dead_lettered: int = 0  # letters acknowledged by the broker
+    messages: int = 0  # flows.raw messages committed
     by_cluster: dict[str, int] = field(default_factory=dict)
 
 
-class FlowPipeline:
-    """Pure-ish core of the agent: one buffer of flows.raw values -> rows inserted + dead letters."""
+@dataclass
+class Outcome:
+    """What one batch of flows.raw messages became."""
 
-    def __init__(self, sink: ClickHouseSink, enrichers: Sequence[Enricher] = ()):
+    result: StoreResult
+    letters: list[DeadLetter]
+
+
+class FlowPipeline:
+    """The core of the worker: flows.raw values -> rows in ClickHouse + dead letters. Synchronous (it runs in
+    a worker thread); raises streams.sink.RetriableError when ClickHouse cannot take the batch now."""
+
+    def __init__(self, sink: ClickHouseSink, enricher: KeyEnricher | None = None):
         self.sink = sink
-        self.enrichers = list(enrichers)
-        self.decoder = FlowDecoder()
+        if enricher is not None:
+            sink.enricher = enricher
         self.totals = StreamTotals()
         # Live stream hook (query_api.live): called with each table right after it is stored. Listeners
         # must not block (LiveHub.publish_table only enqueues); `last_stored` feeds flows.enriched.
         self.stored_listeners: list[Callable[[pa.Table], None]] = []
         self.last_stored: pa.Table | None = None
+        self.want_rows = False  # set by the worker when it publishes flows.enriched
 
-    def process(self, messages: Sequence[tuple[str, bytes]]) -> list[DeadLetter]:
-        """messages: (origin, value) pairs. Inserts what decodes, returns what must be dead-lettered."""
+    @property
+    def enricher(self) -> KeyEnricher | None:
+        return self.sink.enricher
+
+    def process(self, messages: Sequence[tuple[str, bytes]]) -> Outcome:
+        """messages: (origin "flows.raw[p]@offset", value) pairs."""
+        parts: list[Part] = []
         letters: list[DeadLetter] = []
-        tables: list[pa.Table] = []
-        per_cluster: dict[str, int] = {}
-        self.last_stored = None
         for origin, value in messages:
             try:
                 batch = FlowBatch.FromString(value)
             except DecodeError as exc:
-                letters.append(DeadLetter(f"flows.raw value is not a FlowBatch: {exc}", origin, "", value))
+                letters.append(_letter(f"flows.raw value is not a FlowBatch: {exc}", origin, "", value))
                 continue
-            decoded = self.decoder.decode(batch.cluster, batch.responses)
-            for rej in decoded.rejected:
-                where = batch.origins[rej.index] if rej.index < len(batch.origins) else f"{origin}#{rej.index}"
-                letters.append(DeadLetter(rej.reason, where, batch.cluster, rej.payload))
-            if decoded.lost_events:
-                LOST.labels(batch.cluster).inc(decoded.lost_events)
-            if decoded.table.num_rows:
-                tables.append(decoded.table)
-                per_cluster[batch.cluster] = per_cluster.get(batch.cluster, 0) + decoded.table.num_rows
-        if tables:
-            table = pa.concat_tables(tables)
-            for enricher in self.enrichers:
-                table = enricher.enrich(table)
-            self._insert_until_done(table)
-            # Counted only once the rows are in ClickHouse: `ingest` and tests wait on these totals.
-            for cluster, rows in per_cluster.items():
+            if batch.responses:
+                parts.append(Part(batch.cluster, origin, batch.responses, batch.origins))
+        want_rows = self.want_rows or bool(self.stored_listeners)
+        result = self.sink.store(parts, want_rows=want_rows)
+        for entry_origin, cluster, payload, reason in result.refused_entries():
+            letters.append(_letter(reason, entry_origin, cluster, payload))
+        for cluster, lost in result.lost_events.items():
+            LOST.labels(cluster).inc(lost)
+        if result.stored:
+            LAST_INSERT.set(time.time())
+            # Counted once the rows are in ClickHouse: `ingest` and tests wait on these totals.
+            for cluster, rows in result.stored_by_cluster.items():
                 self.totals.by_cluster[cluster] = self.totals.by_cluster.get(cluster, 0) + rows
                 STORED.labels(cluster).inc(rows)
-            self.totals.stored += table.num_rows
-            self.last_stored = table
+            self.totals.stored += result.stored
+        table = pa.concat_tables(result.tables) if len(result.tables) > 1 else (result.tables or [None])[0]
+        self.last_stored = table
+        if table is not None and table.num_rows:
             for listener in self.stored_listeners:
                 try:
                     listener(table)
                 except Exception:  # the live feed is best effort; storage has already succeeded
                     log.exception("stored-table listener failed")
-        self.totals.messages += len(messages)
-        self.totals.dead_lettered += len(letters)
-        MESSAGES.inc(len(messages))
-        return letters
+        return Outcome(result, letters)
 
-    def _insert_until_done(self, table: pa.Table) -> None:
-        # Never give up: raising would let Faust ack events whose rows are not stored.
-        delay = 0.2
-        while True:
-            try:
-                with INSERT_SECONDS.time():
-                    self.sink.insert(table)
-                LAST_INSERT.set(time.time())
-                return
-            except Exception as exc:  # the sink's client raises many kinds; all are retried
-                SINK_RETRIES.inc()
-                log.error("ClickHouse insert of %d rows failed, retrying in %.1fs: %s", table.num_rows, delay, exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
+
+def _letter(reason: str, origin: str, cluster: str, payload: bytes) -> DeadLetter:
+    if len(payload) > MAX_LETTER_PAYLOAD:
+        reason = f"{reason} (payload truncated from {len(payload)} bytes)"
+        payload = payload[:MAX_LETTER_PAYLOAD]
+    return DeadLetter(reason, origin, cluster, payload)
 
 
 ENRICHED_ROWS_PER_MESSAGE = 5000  # keeps a flows.enriched value well under the 16 MiB request limit
@@ -152,76 +165,192 @@ def enriched_values(table: pa.Table) -> list[bytes]:
     return out
 
 
-def _shorten_fetch_wait() -> None:
-    """Let apps choose the consumer's fetch_max_wait (Faust hardcodes 1500 ms).
+class FlowWorker:
+    """The consumer loop around a FlowPipeline. `start()` joins the group; `stop()` leaves it without
+    committing anything that was not stored and dead-lettered."""
 
-    Tansu does not answer a waiting fetch when records arrive, only at its deadline, so with 1500 ms a
-    flow could sit up to 1.5 s in flows.raw before the worker saw it (the live stream's target is 1 s
-    end to end). Against Kafka a shorter wait only adds an empty fetch per interval. Installed once;
-    apps without `netwarden_fetch_max_wait_ms` keep Faust's value.
-    """
-    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+    def __init__(
+        self, settings: StreamSettings, pipeline: FlowPipeline, on_stored: Callable[[], None] | None = None
+    ):
+        self.settings = settings
+        self.pipeline = pipeline
+        self.on_stored = on_stored
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight: asyncio.Future[Outcome] | None = None
+        self.failure: BaseException | None = None
+        pipeline.want_rows = settings.publish_enriched
 
-    original = AIOKafkaConsumerThread._create_worker_consumer
-    if getattr(original, "netwarden_patched", False):
-        return
+    async def start(self) -> None:
+        s = self.settings
+        self.consumer = AIOKafkaConsumer(
+            FLOWS_RAW,
+            bootstrap_servers=s.broker,
+            group_id=s.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=int(s.fetch_max_wait_s * 1000),
+            max_partition_fetch_bytes=MAX_MESSAGE_BYTES,
+            fetch_max_bytes=4 * MAX_MESSAGE_BYTES,
+            session_timeout_ms=int(s.session_timeout_s * 1000),
+            heartbeat_interval_ms=1000,
+        )
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=s.broker, acks="all", linger_ms=5, max_request_size=MAX_MESSAGE_BYTES
+        )
+        await self.producer.start()
+        try:
+            await self.consumer.start()
+        except BaseException:
+            await self.producer.stop()
+            raise
+        self._task = asyncio.create_task(self._run(), name=f"flow-worker-{s.group_id}")
 
-    def create_worker_consumer(self: Any, transport: Any) -> Any:
-        consumer = original(self, transport)
-        wait_ms = getattr(self.app, "netwarden_fetch_max_wait_ms", None)
-        if wait_ms is not None:
-            consumer._fetch_max_wait_ms = wait_ms  # read by aiokafka's Fetcher at consumer.start()
-        return consumer
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._task = None
+        if self._in_flight is not None and not self._in_flight.done():
+            # The insert thread cannot be interrupted; let it finish before ClickHouse may be closed.
+            await asyncio.wait([self._in_flight], timeout=60)
+        if self.consumer is not None:
+            await self.consumer.stop()  # auto-commit is off: leaving commits nothing
+        if self.producer is not None:
+            await self.producer.stop()
 
-    create_worker_consumer.netwarden_patched = True  # type: ignore[attr-defined]
-    AIOKafkaConsumerThread._create_worker_consumer = create_worker_consumer  # type: ignore[method-assign]
+    async def _run(self) -> None:
+        assert self.consumer is not None
+        try:
+            while True:
+                records = await self._gather()
+                if records:
+                    await self.handle(records)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # a bug: make it visible instead of a silently dead loop
+            self.failure = exc
+            log.exception("flow worker stopped")
+            raise
+
+    async def _gather(self) -> list[ConsumerRecord]:
+        assert self.consumer is not None
+        s = self.settings
+        got = await self.consumer.getmany(timeout_ms=1000, max_records=s.buffer_messages)
+        records = list(chain.from_iterable(got.values()))
+        if not records:
+            return records
+        deadline = time.monotonic() + s.flush_seconds
+        while len(records) < s.buffer_messages:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = await self.consumer.getmany(
+                timeout_ms=int(left * 1000), max_records=s.buffer_messages - len(records)
+            )
+            if not more:
+                break
+            records += chain.from_iterable(more.values())
+        return records
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        """decode/enrich/write -> dead letters -> commit, for one batch of records."""
+        messages = [(f"{FLOWS_RAW}[{r.partition}]@{r.offset}", r.value or b"") for r in records]
+        outcome = await self._retrying("write", lambda: self._store(messages))
+        if outcome.letters:
+            await self._retrying("dead_letter", lambda: self._deliver(outcome.letters))
+        if self.settings.publish_enriched and self.pipeline.last_stored is not None:
+            self._publish_enriched(self.pipeline.last_stored)
+        await self._retrying("commit", lambda: self._commit(records))
+        self.pipeline.totals.dead_lettered += len(outcome.letters)
+        self.pipeline.totals.messages += len(records)
+        MESSAGES.inc(len(records))
+        if self.on_stored is not None:
+            self.on_stored()
+
+    async def _store(self, messages: list[tuple[str, bytes]]) -> Outcome:
+        loop = asyncio.get_running_loop()
+        self._in_flight = loop.run_in_executor(None, self.pipeline.process, messages)
+        # Shielded: a cancellation stops this task (no commit) but cannot stop the thread mid-insert.
+        return await asyncio.shield(self._in_flight)
+
+    async def _deliver(self, letters: list[DeadLetter]) -> None:
+        assert self.producer is not None
+        started = time.perf_counter()
+        futures = [
+            await self.producer.send(self.settings.dlq_topic, letter.to_json(), key=letter.cluster.encode())
+            for letter in letters
+        ]
+        await asyncio.gather(*futures)  # acknowledged by the broker before the batch may be committed
+        DLQ_SECONDS.observe(time.perf_counter() - started)
+        for letter in letters:
+            DEAD.labels(letter.reason.split(":", 1)[0][:40]).inc()
+
+    async def _retrying(self, stage: str, attempt: Callable[[], Any]) -> Any:
+        delay = 0.2
+        while True:
+            try:
+                return await attempt()
+            except (RetriableError, KafkaError, OSError) as exc:
+                RETRIES.labels(stage).inc()
+                log.error("%s failed, retrying in %.1fs (nothing committed): %s", stage, delay, exc)
+            BACKING_OFF.labels(stage).set(1)
+            try:
+                await asyncio.sleep(delay)
+            finally:
+                BACKING_OFF.labels(stage).set(0)
+            delay = min(delay * 2, self.settings.max_backoff_s)
+
+    async def _commit(self, records: Sequence[ConsumerRecord]) -> None:
+        assert self.consumer is not None
+        offsets: dict[TopicPartition, int] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        started = time.perf_counter()
+        try:
+            await self.consumer.commit(offsets)
+            COMMITS.labels("ok").inc()
+        except CommitFailedError as exc:
+            # The group moved on (rebalance): the new owner is handed these records again and their
+            # twins collapse in ClickHouse. Nothing is lost.
+            COMMITS.labels("rebalanced").inc()
+            log.warning("commit of %s refused after a rebalance: %s", offsets, exc)
+        finally:
+            COMMIT_SECONDS.observe(time.perf_counter() - started)
+
+    def _publish_enriched(self, table: pa.Table) -> None:
+        assert self.producer is not None
+        # Live stream hook: best effort, not awaited; the history in ClickHouse is the record.
+        for value in enriched_values(table):
+            task = asyncio.ensure_future(self.producer.send(FLOWS_ENRICHED, value))
+            task.add_done_callback(_ignore_result)
+
+
+def _ignore_result(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("flows.enriched publish failed: %s", fut.exception())
 
 
 def build_app(
     settings: StreamSettings,
     pipeline: FlowPipeline,
     on_stored: Callable[[], None] | None = None,
-) -> faust.App:
-    """A fresh Faust app (a new one per broker generation, see netwarden.broker)."""
-    app = faust.App(
-        settings.group_id,
-        broker=[f"kafka://{b}" for b in settings.broker.split(",")],
-        value_serializer="raw",
-        key_serializer="raw",
-        web_enabled=False,
-        store="memory://",
-        topic_allow_declare=False,  # topics are created explicitly: Tansu auto-creates with 4 partitions
-        consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=1.0,
-        broker_commit_every=100,
-        broker_commit_interval=1.0,
-        consumer_max_fetch_size=16 * 1024 * 1024,
-        producer_max_request_size=16 * 1024 * 1024,
-        stream_wait_empty=False,
-    )
-    _shorten_fetch_wait()
-    app.netwarden_fetch_max_wait_ms = int(settings.fetch_max_wait_s * 1000)  # type: ignore[attr-defined]
-    raw_topic = app.topic(FLOWS_RAW, key_type=bytes, value_type=bytes)
-    dlq_topic = app.topic(FLOWS_DLQ, key_type=bytes, value_type=bytes)
-    enriched_topic = app.topic(FLOWS_ENRICHED, key_type=bytes, value_type=bytes)
+) -> FlowWorker:
+    """A fresh worker (a new one per broker generation, see netwarden.embedded)."""
+    return FlowWorker(settings, pipeline, on_stored)
 
-    @app.agent(raw_topic)
-    async def store_flows(stream: Any) -> None:
-        async for events in stream.take_events(settings.buffer_messages, within=settings.flush_seconds):
-            messages = [
-                (f"{FLOWS_RAW}[{e.message.partition}]@{e.message.offset}", e.value) for e in events
-            ]
-            letters = await asyncio.to_thread(pipeline.process, messages)
-            for letter in letters:
-                DEAD.labels(letter.reason.split(":", 1)[0][:40]).inc()
-                fut = await dlq_topic.send(key=letter.cluster.encode(), value=letter.to_json())
-                await fut  # delivered before the events are acked
-            if settings.publish_enriched and pipeline.last_stored is not None:
-                # Live stream hook: best effort, not awaited; the history in ClickHouse is the record.
-                for value in enriched_values(pipeline.last_stored):
-                    await enriched_topic.send(value=value)
-            if on_stored is not None:
-                on_stored()
 
-    return app
+__all__ = [
+    "FlowPipeline",
+    "FlowWorker",
+    "Outcome",
+    "StreamSettings",
+    "StreamTotals",
+    "build_app",
+    "enriched_values",
+]

@@ -1,24 +1,405 @@
-"""The ClickHouse sink: Arrow tables into the `flows` table. Idempotent through the table's dedup key."""
+"""The ClickHouse sink: framed GetFlowsResponse bytes in, enriched rows in the flows table, refused entries out.
+
+No per-flow Python: ClickHouse decodes the protobuf (streams.decode_sql), finds the batch's distinct
+enrichment keys, and joins the enricher's answers back; Python touches each entry only to frame it. A batch
+ClickHouse refuses is bisected until the entries it refuses are isolated (each with ClickHouse's message).
+
+Errors are classified for the consumer loop: `RetriableError` (ClickHouse unreachable, overloaded, or our
+own schema/SQL not in place: nothing is wrong with the data, so back off and retry, never commit) versus a
+refusal of the data (dead-letter and go on). Redelivered batches are not deduplicated on insert: the flows
+table is a ReplacingMergeTree keyed on Hubble's uuid, so twins collapse at merge time and under FINAL.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import tempfile
 import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from itertools import chain, count
 from typing import Any
 
 import pyarrow as pa
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from prometheus_client import Counter, Histogram
 
 from schemas.clickhouse import FLOWS_TABLE
+from schemas.flow_record import ENRICHMENT_RESULT_SCHEMA, RECORD_ARROW_SCHEMA
+from streams import decode_sql
+from streams.enrichment import KeyEnricher
+
+log = logging.getLogger("netwarden.streams.sink")
+
+STAGE_SECONDS = Histogram(
+    "netwarden_sink_stage_seconds",
+    "Time per batch in each sink stage",
+    ["stage"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+STAGE_FLOWS = Counter("netwarden_sink_stage_flows_total", "Flows through each sink stage", ["stage"])
+ENRICH_KEYS = Counter("netwarden_sink_enrichment_keys_total", "Distinct enrichment keys evaluated")
+ENRICH_FAILURES = Counter(
+    "netwarden_sink_enrichment_failures_total", "Batches stored unenriched: the enricher raised"
+)
+BISECTS = Counter(
+    "netwarden_sink_bisect_inserts_total", "Inserts of batch halves while isolating refused entries"
+)
+
+# ClickHouse error codes that say nothing about the data: the server is busy or going away, or our own
+# tables/SQL are not (yet) what we expect. Retried with back-off, never dead-lettered.
+RETRIABLE_CODES = frozenset(
+    {
+        3,
+        16,
+        36,
+        46,
+        47,
+        60,
+        62,
+        81,
+        115,
+        159,
+        160,
+        164,
+        202,
+        203,
+        209,
+        210,
+        236,
+        241,
+        242,
+        252,
+        285,
+        319,
+        394,
+        425,
+        439,
+        497,
+        516,
+        999,
+    }
+)
+
+
+class RetriableError(Exception):
+    """The batch could not be written for reasons outside the data; try again later."""
+
+
+class RefusedError(Exception):
+    """ClickHouse refuses the data (ClickHouse's message in args[0])."""
+
+
+def classify(exc: Exception) -> Exception:
+    """RetriableError or RefusedError for a client exception."""
+    if isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError):
+        code = getattr(exc, "code", None)
+        if code is not None and code not in RETRIABLE_CODES:
+            return RefusedError(_one_line(str(exc)))
+    return RetriableError(_one_line(str(exc)) or type(exc).__name__)
+
+
+def _one_line(message: str) -> str:
+    text = " ".join(message.split())
+    return text[:2000]
+
+
+@dataclass(frozen=True)
+class Part:
+    """The entries of one flows.raw message: serialized GetFlowsResponses of one cluster."""
+
+    cluster: str
+    origin: str  # "flows.raw[p]@offset"
+    payloads: Sequence[bytes]
+    origins: Sequence[str] = ()  # optional, parallel to payloads (capture file:line)
+
+    def origin_of(self, index: int) -> str:
+        return self.origins[index] if index < len(self.origins) else f"{self.origin}#{index}"
+
+
+# A run of entries: (part, start, stop). Bisection splits runs, never copies entries one by one.
+Run = tuple[Part, int, int]
+
+
+@dataclass
+class StoreResult:
+    stored_by_cluster: dict[str, int] = field(default_factory=dict)
+    lost_events: dict[str, int] = field(default_factory=dict)
+    refused: list[tuple[Part, int, str]] = field(
+        default_factory=list
+    )  # (part, entry index, ClickHouse's message)
+    tables: list[pa.Table] = field(default_factory=list)  # stored rows (RECORD_ARROW_SCHEMA) when asked
+
+    @property
+    def stored(self) -> int:
+        return sum(self.stored_by_cluster.values())
+
+    def merge(self, other: StoreResult) -> None:
+        for k, v in other.stored_by_cluster.items():
+            self.stored_by_cluster[k] = self.stored_by_cluster.get(k, 0) + v
+        for k, v in other.lost_events.items():
+            self.lost_events[k] = self.lost_events.get(k, 0) + v
+        self.refused += other.refused
+        self.tables += other.tables
+
+    def refused_entries(self) -> list[tuple[str, str, bytes, str]]:
+        """(origin, cluster, payload, reason) of every refused entry."""
+        return [(p.origin_of(i), p.cluster, bytes(p.payloads[i]), reason) for p, i, reason in self.refused]
+
+
+def frame(payloads: Sequence[bytes]) -> bytes:
+    """Length-delimited messages, as ClickHouse's Protobuf format reads them (iteration stays in C)."""
+    prefixes = map(_varint, map(len, payloads))
+    return b"".join(chain.from_iterable(zip(prefixes, payloads, strict=True)))
+
+
+def frame_runs(runs: Sequence[Run]) -> bytes:
+    return b"".join(frame(part.payloads[start:stop]) for part, start, stop in runs)
+
+
+def _halves(runs: list[Run], first: int) -> tuple[list[Run], list[Run]]:
+    """Split runs after `first` entries."""
+    left: list[Run] = []
+    right: list[Run] = []
+    need = first
+    for part, start, stop in runs:
+        n = stop - start
+        if need >= n:
+            left.append((part, start, stop))
+            need -= n
+        elif need > 0:
+            left.append((part, start, start + need))
+            right.append((part, start + need, stop))
+            need = 0
+        else:
+            right.append((part, start, stop))
+    return left, right
+
+
+def _reason(message: str) -> str:
+    """ClickHouse's message for one refused entry, named as the foundation names undecodable entries."""
+    lowered = message.lower()
+    if "protobuf" in lowered or "cannot read" in lowered or "unexpected end" in lowered:
+        return f"not a GetFlowsResponse: {message}"
+    return f"refused by ClickHouse: {message}"
+
+
+@lru_cache(maxsize=1 << 16)
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def is_embedded(client: Any) -> bool:
+    try:
+        from clickhouse_connect.driver._chdbclient import ChdbClient
+    except ImportError:  # pragma: no cover - clickhouse-connect without chDB support
+        return False
+    return isinstance(client, ChdbClient)
+
+
+_SINK_NUMBERS = count(1)
 
 
 class ClickHouseSink:
-    def __init__(self, client: Any):
+    """One worker's writer: private scratch tables (stage, keys, probe) next to the flows table."""
+
+    def __init__(
+        self,
+        client: Any,
+        enricher: KeyEnricher | None = None,
+        *,
+        flows_table: str = FLOWS_TABLE,
+        name: str | None = None,
+    ):
         self.client = client
-        # chDB allows one connection at a time per process; threads take turns.
-        self._lock = threading.Lock()
+        self.enricher = enricher
+        self.flows_table = flows_table
+        self.embedded = is_embedded(client)
+        # chDB: one process per data directory, so names that repeat across restarts (no scratch tables pile
+        # up) and differ between the sinks of one process. A server is shared: each worker has its own.
+        local = f"embedded{next(_SINK_NUMBERS)}"
+        suffix = name or (local if self.embedded else f"{socket.gethostname()}_{os.getpid()}_{local}")
+        suffix = "".join(ch if ch.isalnum() else "_" for ch in suffix)
+        self.stage = f"_nw_stage_{suffix}"
+        self.keys = f"_nw_keys_{suffix}"
+        shm = "/dev/shm"
+        self._frames_path = os.path.join(
+            shm if os.path.isdir(shm) else tempfile.gettempdir(), f"netwarden-sink-{suffix}.pb"
+        )
+        self._lock = threading.Lock()  # one batch at a time through the scratch tables
+        self._ready = False
 
     def insert(self, table: pa.Table) -> int:
+        """Rows already decoded (e.g. streams.decode's Arrow tables in tests and tools) straight into flows."""
         if table.num_rows == 0:
             return 0
         with self._lock:
-            self.client.insert_arrow(FLOWS_TABLE, table)
+            self.client.insert_arrow(self.flows_table, table, settings={"max_partitions_per_insert_block": 0})
         return table.num_rows
+
+    # -- scratch tables ------------------------------------------------------------------------------------
+
+    def _ensure_tables(self) -> None:
+        if self._ready:
+            return
+        try:
+            self.client.command(decode_sql.stage_ddl(self.stage))
+            self.client.command(decode_sql.keys_ddl(self.keys))
+        except Exception as exc:
+            raise RetriableError(f"cannot create the sink's scratch tables: {_one_line(str(exc))}") from exc
+        self._ready = True
+
+    def close(self) -> None:
+        with self._lock:
+            for table in (self.stage, self.keys):
+                try:
+                    self.client.command(f"DROP TABLE IF EXISTS {table}")
+                except Exception as exc:  # best effort: scratch tables hold no history
+                    log.debug("dropping %s failed: %s", table, exc)
+            self._ready = False
+            try:
+                os.unlink(self._frames_path)
+            except OSError:
+                pass
+
+    # -- the batch path -----------------------------------------------------------------------------------
+
+    def store(self, parts: Sequence[Part], want_rows: bool = False) -> StoreResult:
+        """Write every entry ClickHouse accepts; return the refused ones with ClickHouse's message.
+
+        Raises RetriableError when nothing can be decided about the data (the caller retries the batch)."""
+        runs = [(p, 0, len(p.payloads)) for p in parts if len(p.payloads)]
+        with self._lock:
+            self._ensure_tables()
+            try:
+                return self._store(runs, want_rows)
+            except RefusedError as exc:
+                return self._bisect(runs, str(exc), want_rows)
+
+    def _bisect(self, runs: list[Run], message: str, want_rows: bool) -> StoreResult:
+        total = sum(stop - start for _, start, stop in runs)
+        if total == 1:
+            part, start, _ = runs[0]
+            return StoreResult(refused=[(part, start, _reason(message))])
+        result = StoreResult()
+        for half in _halves(runs, total // 2):
+            BISECTS.inc()
+            try:
+                result.merge(self._store(half, want_rows))
+            except RefusedError as exc:
+                result.merge(self._bisect(half, str(exc), want_rows))
+        return result
+
+    def _store(self, runs: list[Run], want_rows: bool) -> StoreResult:
+        result = StoreResult()
+        if not runs:
+            return result
+        self._run(f"TRUNCATE TABLE {self.stage}")
+        by_cluster: dict[str, list[Run]] = {}
+        for run in runs:
+            by_cluster.setdefault(run[0].cluster, []).append(run)
+        started = time.perf_counter()
+        entries = 0
+        for cluster, cluster_runs in by_cluster.items():
+            self._decode_into_stage(cluster, frame_runs(cluster_runs))
+            entries += sum(stop - start for _, start, stop in cluster_runs)
+        STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
+        STAGE_FLOWS.labels("decode").inc(entries)
+
+        started = time.perf_counter()
+        keys_table = self._enrich()
+        STAGE_SECONDS.labels("enrich").observe(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        self._run(decode_sql.flows_insert(self.flows_table, self.stage, keys_table))
+        if want_rows:
+            result.tables.append(self._stored_rows(keys_table))
+        for cluster, flows, lost in self._query(decode_sql.stage_counts(self.stage)):
+            if flows:
+                result.stored_by_cluster[str(cluster)] = int(flows)
+            if lost:
+                result.lost_events[str(cluster)] = int(lost)
+        STAGE_SECONDS.labels("write").observe(time.perf_counter() - started)
+        STAGE_FLOWS.labels("write").inc(result.stored)
+        self._run(f"TRUNCATE TABLE {self.stage}")
+        return result
+
+    def _decode_into_stage(self, cluster: str, framed: bytes) -> None:
+        params = {"cluster": cluster}
+        if self.embedded:
+            # chDB runs in this process: ClickHouse reads the frames from a file in RAM.
+            with open(self._frames_path, "wb") as fh:
+                fh.write(framed)
+            self._run(decode_sql.stage_insert(self.stage, decode_sql.file_source(self._frames_path)), params)
+        else:
+            # A server reads them from the request body through input().
+            self._run(
+                decode_sql.stage_insert(self.stage, decode_sql.input_source(), with_format=True),
+                params,
+                framed,
+            )
+
+    def _enrich(self) -> str | None:
+        if self.enricher is None:
+            return None
+        self._run(f"TRUNCATE TABLE {self.keys}")
+        keys = self._arrow(decode_sql.keys_select(self.stage))
+        if keys.num_rows == 0:
+            return self.keys
+        ENRICH_KEYS.inc(keys.num_rows)
+        try:
+            answers = self.enricher.enrich_keys(keys)
+            answers = answers.select(ENRICHMENT_RESULT_SCHEMA.names).cast(ENRICHMENT_RESULT_SCHEMA)
+        except Exception:
+            # An enricher bug must not stall storage: these flows keep "not evaluated" (0) columns.
+            ENRICH_FAILURES.inc()
+            log.exception("enricher failed on %d keys; storing the batch unenriched", keys.num_rows)
+            return None
+        try:
+            self.client.insert_arrow(self.keys, answers)
+        except Exception as exc:
+            raise classify(exc) from exc
+        return self.keys
+
+    def _stored_rows(self, keys_table: str | None) -> pa.Table:
+        return to_record_schema(self._arrow(decode_sql.stored_select(self.stage, keys_table)))
+
+    # -- client calls with error classification ---------------------------------------------------------
+
+    def _run(self, sql: str, params: dict[str, Any] | None = None, data: bytes | None = None) -> None:
+        try:
+            self.client.command(sql, parameters=params, data=data)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    def _query(self, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            return [tuple(r) for r in self.client.query(sql).result_rows]
+        except Exception as exc:
+            raise classify(exc) from exc
+
+    def _arrow(self, sql: str) -> pa.Table:
+        try:
+            return self.client.query_arrow(sql)
+        except Exception as exc:
+            raise classify(exc) from exc
+
+
+def to_record_schema(table: pa.Table) -> pa.Table:
+    """ClickHouse's Arrow output as RECORD_ARROW_SCHEMA (uuid extension arrays become their 16 bytes)."""
+    arrays = []
+    for fld in RECORD_ARROW_SCHEMA:
+        col = table.column(fld.name)
+        if isinstance(col.type, pa.ExtensionType):
+            col = pa.chunked_array([c.storage for c in col.chunks], type=col.type.storage_type)
+        arrays.append(col.cast(fld.type))
+    return pa.Table.from_arrays(arrays, schema=RECORD_ARROW_SCHEMA)

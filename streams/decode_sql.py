@@ -1,0 +1,345 @@
+"""SQL that turns framed GetFlowsResponse bytes into stored flow rows inside ClickHouse (no per-flow Python).
+
+ClickHouse's `Protobuf` input format parses length-delimited messages with the reduced schema in
+schemas/hubble/store.proto (Hubble's field numbers, only what the record keeps), sent inline with the query
+(format_schema_source='string'), so a ClickHouse server needs no schema file. The transforms below produce
+exactly the values of the Python decoder (streams.decode, kept as the tests' oracle), with one documented
+difference: a flow without a uuid gets one derived from its decoded content here (from its bytes there).
+
+Per batch, in a per-worker scratch database area (tables named after the worker):
+  stage  <- INSERT ... SELECT <transforms>, ekey FROM <framed bytes>      (one pass over the protobuf)
+  keys   <- enrich_keys(SELECT ekey, any(...) FROM stage GROUP BY ekey)   (once per distinct key)
+  flows  <- INSERT INTO flows (<RECORD_COLUMNS>) SELECT ... FROM stage LEFT JOIN keys USING ekey
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from schemas.flow_record import (
+    ENRICHMENT_COLUMNS,
+    ENRICHMENT_KEY_COLUMNS,
+    FLOW_COLUMNS,
+    RECORD_COLUMNS,
+    TCP_FLAG_NAMES,
+)
+
+PROTO_PATH = Path(__file__).resolve().parents[1] / "schemas" / "hubble" / "store.proto"
+PROTO_TEXT = PROTO_PATH.read_text()
+MESSAGE = "GetFlowsResponse"
+
+# response kind (the `kind` oneof's field numbers)
+KIND_FLOW, KIND_NODE_STATUS, KIND_LOST = 1, 2, 3
+
+
+def _endpoint_inputs(side: str) -> list[str]:
+    p = f"f_{side}"
+    return [
+        f"{p}_ID UInt32",
+        f"{p}_identity UInt32",
+        f"{p}_cluster_name String",
+        f"{p}_namespace String",
+        f"{p}_pod_name String",
+        f"{p}_labels Array(String)",
+        f"{p}_workloads_name Array(String)",
+        f"{p}_workloads_kind Array(String)",
+        f"f_{side}_service_name String",
+        f"f_{side}_service_namespace String",
+        f"f_{side}_names Array(String)",
+    ]
+
+
+_POLICY_INPUT = (
+    "Array(Tuple(kind String, namespace String, name String, revision UInt64, labels Array(String)))"
+)
+
+# The columns ClickHouse reads from each message (names follow the field paths of store.proto).
+INPUT_COLUMNS: list[str] = [
+    "kind UInt8",  # oneof presence: 1 flow, 2 node_status, 3 lost events
+    "r_node_name String",
+    "lost_num_events_lost UInt64",
+    "f_present_time UInt8",
+    "f_time_seconds Int64",
+    "f_time_nanos Int32",
+    "f_uuid String",
+    "f_verdict Int32",
+    "f_drop_reason UInt32",
+    "f_drop_reason_desc Int32",
+    "f_Type Int32",
+    "f_l7_type Int32",
+    "f_event_type_type Int32",
+    "f_event_type_sub_type Int32",
+    "f_traffic_direction Int32",
+    "f_trace_observation_point Int32",
+    "f_trace_reason Int32",
+    "f_present_is_reply UInt8",
+    "f_is_reply_value Bool",
+    "f_reply Bool",
+    "f_node_name String",
+    "f_IP_ipVersion Int32",
+    "f_IP_source String",
+    "f_IP_destination String",
+    "f_IP_encrypted Bool",
+    "f_l4_protocol UInt8",  # oneof presence = Layer4's field number = our l4_protocol number
+    "f_l4_TCP_source_port UInt32",
+    "f_l4_TCP_destination_port UInt32",
+    *[f"f_l4_TCP_flags_{n} Bool" for n in TCP_FLAG_NAMES],
+    "f_l4_UDP_source_port UInt32",
+    "f_l4_UDP_destination_port UInt32",
+    "f_l4_SCTP_source_port UInt32",
+    "f_l4_SCTP_destination_port UInt32",
+    "f_l4_ICMPv4_type UInt32",
+    "f_l4_ICMPv4_code UInt32",
+    "f_l4_ICMPv6_type UInt32",
+    "f_l4_ICMPv6_code UInt32",
+    *_endpoint_inputs("source"),
+    *_endpoint_inputs("destination"),
+    f"f_ingress_allowed_by {_POLICY_INPUT}",
+    f"f_egress_allowed_by {_POLICY_INPUT}",
+    f"f_ingress_denied_by {_POLICY_INPUT}",
+    f"f_egress_denied_by {_POLICY_INPUT}",
+]
+INPUT_STRUCTURE = ", ".join(INPUT_COLUMNS)
+
+
+def _endpoint_exprs(side: str, out: str) -> dict[str, str]:
+    p = f"f_{side}"
+    return {
+        f"{out}_id": f"{p}_ID",
+        f"{out}_identity": f"{p}_identity",
+        f"{out}_cluster_name": f"{p}_cluster_name",
+        f"{out}_namespace": f"{p}_namespace",
+        f"{out}_pod": f"{p}_pod_name",
+        f"{out}_labels": f"{p}_labels",
+        f"{out}_workload_names": f"{p}_workloads_name",
+        f"{out}_workload_kinds": f"{p}_workloads_kind",
+        f"{out}_service": f"f_{side}_service_name",
+        f"{out}_service_namespace": f"f_{side}_service_namespace",
+        f"{out}_names": f"f_{side}_names",
+    }
+
+
+def _checked(parsed: str, given: str, message: str) -> str:
+    """`parsed` (an ...OrNull conversion of a non-empty input) or an error naming the field."""
+    return f"if(throwIf({given} AND isNull({parsed}), '{message}') = 0 AND {given}, assumeNotNull({parsed}), "
+
+
+def _ip(col: str, what: str) -> str:
+    # IPv4 strings become IPv4-mapped IPv6 (as socket.inet_pton in the Python decoder); '' is '::'.
+    return _checked(f"toIPv6OrNull({col})", f"{col} != ''", f"{what} is not an IP address") + "toIPv6('::'))"
+
+
+_UUID_HEX = "replaceAll(f_uuid, '-', '')"
+_UUID_TEXT = (
+    f"concat(substring({_UUID_HEX}, 1, 8), '-', substring({_UUID_HEX}, 9, 4), '-', substring({_UUID_HEX}, 13, 4), "
+    f"'-', substring({_UUID_HEX}, 17, 4), '-', substring({_UUID_HEX}, 21, 12))"
+)
+# A flow without a uuid (older servers) gets one derived from its decoded content, so a re-delivered flow
+# still collapses with its twin in the ReplacingMergeTree.
+_DERIVED_UUID = (
+    "reinterpretAsUUID(sipHash128(r_node_name, f_time_seconds, f_time_nanos, f_node_name, f_verdict, f_Type, "
+    "f_event_type_type, f_event_type_sub_type, f_IP_source, f_IP_destination, f_l4_protocol, f_l4_TCP_source_port, "
+    "f_l4_TCP_destination_port, f_l4_UDP_source_port, f_l4_UDP_destination_port, f_l4_ICMPv4_type, "
+    "f_source_pod_name, f_destination_pod_name, f_source_labels, f_destination_labels, f_source_names, "
+    "f_destination_names, f_traffic_direction, f_trace_observation_point, f_drop_reason_desc, f_is_reply_value))"
+)
+_TCP_FLAGS = " + ".join(f"toUInt16(f_l4_TCP_flags_{n}) * {1 << i}" for i, n in enumerate(TCP_FLAG_NAMES))
+_ICMP_TYPE = "multiIf(f_l4_protocol = 3, f_l4_ICMPv4_type, f_l4_protocol = 4, f_l4_ICMPv6_type, 0)"
+_ICMP_CODE = "multiIf(f_l4_protocol = 3, f_l4_ICMPv4_code, f_l4_protocol = 4, f_l4_ICMPv6_code, 0)"
+
+# Stored column -> expression over INPUT_COLUMNS (flows only: rows of other kinds are filtered first).
+FLOW_EXPRESSIONS: dict[str, str] = {
+    "time": (
+        "fromUnixTimestamp64Nano(if(f_present_time = 0 AND kind = 1, throwIf(1, 'flow.time is missing'), "
+        "f_time_seconds * 1000000000 + f_time_nanos), 'UTC')"
+    ),
+    "cluster": "{cluster:String}",
+    "node_name": "if(r_node_name != '', r_node_name, f_node_name)",
+    "uuid": (
+        # The canonical 36-character form parses directly; other layouts of 32 hex digits are normalized.
+        "if(f_uuid = '', "
+        + _DERIVED_UUID
+        + ", if(isNotNull(toUUIDOrNull(f_uuid)), assumeNotNull(toUUIDOrNull(f_uuid)), "
+        + _checked(
+            f"if(length({_UUID_HEX}) = 32, toUUIDOrNull({_UUID_TEXT}), NULL)", "1", "flow.uuid is not a UUID"
+        )
+        + "toUUID('00000000-0000-0000-0000-000000000000'))))"
+    ),
+    "uuid_given": "f_uuid != ''",
+    "verdict": "toUInt8(f_verdict)",
+    "drop_reason": "f_drop_reason",
+    "drop_reason_desc": "toUInt16(f_drop_reason_desc)",
+    "flow_type": "toUInt8(f_Type)",
+    "l7_type": "toUInt8(f_l7_type)",
+    "event_type": "f_event_type_type",
+    "event_sub_type": "f_event_type_sub_type",
+    "traffic_direction": "toUInt8(f_traffic_direction)",
+    "trace_observation_point": "toUInt8(f_trace_observation_point)",
+    "trace_reason": "toUInt8(f_trace_reason)",
+    "is_reply": "if(f_present_is_reply != 0, f_is_reply_value, NULL)",
+    "reply": "f_reply",
+    "ip_version": "toUInt8(f_IP_ipVersion)",
+    "ip_src": _ip("f_IP_source", "flow.IP.source"),
+    "ip_dst": _ip("f_IP_destination", "flow.IP.destination"),
+    "ip_encrypted": "f_IP_encrypted",
+    "l4_protocol": "f_l4_protocol",
+    "src_port": (
+        "toUInt16(multiIf(f_l4_protocol = 1, f_l4_TCP_source_port, f_l4_protocol = 2, f_l4_UDP_source_port, "
+        "f_l4_protocol = 5, f_l4_SCTP_source_port, 0))"
+    ),
+    "dst_port": (
+        "toUInt16(multiIf(f_l4_protocol = 1, f_l4_TCP_destination_port, f_l4_protocol = 2, "
+        "f_l4_UDP_destination_port, f_l4_protocol = 5, f_l4_SCTP_destination_port, 0))"
+    ),
+    "tcp_flags": f"if(f_l4_protocol = 1, {_TCP_FLAGS}, 0)",
+    "icmp_type": (
+        f"toUInt8(if({_ICMP_TYPE} > 255 OR {_ICMP_CODE} > 255, "
+        "throwIf(1, 'flow.l4 ICMP type/code out of range'), " + _ICMP_TYPE + "))"
+    ),
+    "icmp_code": f"toUInt8({_ICMP_CODE})",
+    **_endpoint_exprs("source", "src"),
+    **_endpoint_exprs("destination", "dst"),
+    "ingress_allowed_by": "f_ingress_allowed_by",
+    "egress_allowed_by": "f_egress_allowed_by",
+    "ingress_denied_by": "f_ingress_denied_by",
+    "egress_denied_by": "f_egress_denied_by",
+}
+assert list(FLOW_EXPRESSIONS) == [c.name for c in FLOW_COLUMNS], "one transform per stored flow column"
+
+# Side IPs only count for sides that are not pods (world, CIDR, reserved): pod IPs would multiply the keys.
+_KEY_EXPRESSIONS: dict[str, str] = {
+    "src_ip": "if(src_namespace = '', ip_src, toIPv6('::'))",
+    "dst_ip": "if(dst_namespace = '', ip_dst, toIPv6('::'))",
+}
+_STAGE_KEY_EXPRESSIONS = {
+    "src_ip": "if(s.src_namespace = '', s.ip_src, toIPv6('::'))",
+    "dst_ip": "if(s.dst_namespace = '', s.ip_dst, toIPv6('::'))",
+}
+KEY_INPUTS = [c.name for c in ENRICHMENT_KEY_COLUMNS if c.name != "ekey"]
+EKEY_EXPRESSION = "sipHash64(" + ", ".join(_KEY_EXPRESSIONS.get(n, n) for n in KEY_INPUTS) + ")"
+
+
+# For inserts into the flows table. A replayed capture may span months: one block may touch any number of
+# daily partitions. optimize_on_insert would run the ReplacingMergeTree's merge over every inserted block
+# (4x the insert's cost, measured); duplicates collapse at merge time and under FINAL anyway.
+INSERT_SETTINGS = "max_partitions_per_insert_block = 0, optimize_on_insert = 0"
+
+
+def stage_ddl(table: str) -> str:
+    """Per-worker scratch table holding one batch's decoded flows (Memory: no parts, no merges)."""
+    cols = [f"`{c.name}` {_plain(c.clickhouse)}" for c in FLOW_COLUMNS]
+    return (
+        f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(cols)}, `ekey` UInt64, `kind` UInt8, `lost` UInt64) "
+        "ENGINE = Memory"
+    )
+
+
+def keys_ddl(table: str) -> str:
+    cols = [f"`{c.name}` {_plain(c.clickhouse)}" for c in ENRICHMENT_COLUMNS]
+    return f"CREATE TABLE IF NOT EXISTS {table} (`ekey` UInt64, {', '.join(cols)}) ENGINE = Memory"
+
+
+def probe_ddl(table: str) -> str:
+    """Same columns as the stage, Null engine: an insert evaluates every transform and keeps nothing."""
+    return stage_ddl(table).replace("ENGINE = Memory", "ENGINE = Null")
+
+
+def _plain(ch_type: str) -> str:
+    # Codecs belong to the stored table, not to scratch tables.
+    return ch_type.split(" CODEC(")[0]
+
+
+def _schema_settings() -> str:
+    escaped = PROTO_TEXT.replace("\\", "\\\\").replace("'", "\\'")
+    return (
+        f"format_schema_source = 'string', format_schema = '{escaped}', "
+        f"format_schema_message_name = '{MESSAGE}', input_format_protobuf_oneof_presence = 1"
+    )
+
+
+SCHEMA_SETTINGS = _schema_settings()
+
+
+def decode_select(source: str, with_ekey: bool = True) -> str:
+    """SELECT of stage rows from `source` (file(...) or input(...)): FLOW_COLUMNS, then (with_ekey) the
+    enrichment key, the response kind and its lost-event count. Rows that are not flows (lost events, node
+    status) keep defaults and are filtered out when stored; without ekey only flows are selected."""
+    exprs = ",\n  ".join(f"{expr} AS `{name}`" for name, expr in FLOW_EXPRESSIONS.items())
+    if not with_ekey:
+        return f"SELECT {exprs}\nFROM {source}\nWHERE kind = {KIND_FLOW}"
+    return (
+        f"SELECT {exprs},\n  {EKEY_EXPRESSION} AS ekey, kind AS kind, "
+        f"if(kind = {KIND_LOST}, greatest(lost_num_events_lost, 1), 0) AS lost\nFROM {source}"
+    )
+
+
+def file_source(path: str) -> str:
+    """chDB (in-process): the framed bytes are a file ClickHouse reads itself."""
+    return f"file('{path}', 'Protobuf', '{INPUT_STRUCTURE}')"
+
+
+def input_source() -> str:
+    """ClickHouse server: the framed bytes are the HTTP request body."""
+    return f"input('{INPUT_STRUCTURE}')"
+
+
+def stage_insert(stage: str, source: str, with_format: bool = False) -> str:
+    cols = ", ".join(f"`{c.name}`" for c in FLOW_COLUMNS) + ", `ekey`, `kind`, `lost`"
+    sql = f"INSERT INTO {stage} ({cols})\n{decode_select(source)}\nSETTINGS {SCHEMA_SETTINGS}"
+    return sql + "\nFORMAT Protobuf" if with_format else sql
+
+
+def direct_insert(table: str, source: str, with_format: bool) -> str:
+    """Framed bytes straight into a flows-like table, no stage and no enrichment: the sink bench's ceiling."""
+    cols = ", ".join(f"`{c.name}`" for c in FLOW_COLUMNS)
+    sql = (
+        f"INSERT INTO {table} ({cols})\n{decode_select(source, with_ekey=False)}\n"
+        f"SETTINGS {SCHEMA_SETTINGS}, {INSERT_SETTINGS}"
+    )
+    return sql + "\nFORMAT Protobuf" if with_format else sql
+
+
+def stage_counts(stage: str) -> str:
+    """(cluster, flows, lost events) of the staged batch."""
+    return f"SELECT cluster, countIf(kind = {KIND_FLOW}), sum(lost) FROM {stage} GROUP BY cluster"
+
+
+def keys_select(stage: str) -> str:
+    """One row per distinct enrichment key of the batch (ENRICHMENT_KEY_COLUMNS order)."""
+    cols = [f"any({_STAGE_KEY_EXPRESSIONS.get(name, 's.' + name)}) AS `{name}`" for name in KEY_INPUTS]
+    return f"SELECT s.ekey AS ekey, {', '.join(cols)} FROM {stage} AS s WHERE s.kind = {KIND_FLOW} GROUP BY s.ekey"
+
+
+def flows_insert(flows_table: str, stage: str, keys: str | None) -> str:
+    """Stage rows plus their key's enrichment into the flows table, columns named (any sort key works).
+
+    keys=None stores the enrichment columns' defaults without a join (no enricher)."""
+    target = ", ".join(f"`{c.name}`" for c in RECORD_COLUMNS)
+    flow_cols = ", ".join(f"s.`{c.name}`" for c in FLOW_COLUMNS)
+    if keys is None:
+        enrich_cols = ", ".join(
+            f"defaultValueOfTypeName('{_plain(c.clickhouse)}')" for c in ENRICHMENT_COLUMNS
+        )
+        source = f"{stage} AS s"
+    else:
+        enrich_cols = ", ".join(f"k.`{c.name}`" for c in ENRICHMENT_COLUMNS)
+        source = f"{stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey"
+    return (
+        f"INSERT INTO {flows_table} ({target}) SELECT {flow_cols}, {enrich_cols} FROM {source} "
+        f"WHERE s.kind = {KIND_FLOW} SETTINGS {INSERT_SETTINGS}"
+    )
+
+
+def stored_select(stage: str, keys: str | None) -> str:
+    """The rows just stored, RECORD_COLUMNS order (for the live stream)."""
+    flow_cols = ", ".join(f"s.`{c.name}` AS `{c.name}`" for c in FLOW_COLUMNS)
+    if keys is None:
+        enrich_cols = ", ".join(
+            f"defaultValueOfTypeName('{_plain(c.clickhouse)}') AS `{c.name}`" for c in ENRICHMENT_COLUMNS
+        )
+        return f"SELECT {flow_cols}, {enrich_cols} FROM {stage} AS s WHERE s.kind = {KIND_FLOW}"
+    enrich_cols = ", ".join(f"k.`{c.name}` AS `{c.name}`" for c in ENRICHMENT_COLUMNS)
+    return (
+        f"SELECT {flow_cols}, {enrich_cols} FROM {stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey "
+        f"WHERE s.kind = {KIND_FLOW}"
+    )
