@@ -51,7 +51,9 @@ def capture_payloads() -> Iterator[tuple[str, list[bytes]]]:
 
 
 @pytest.mark.parametrize("name,payloads", list(capture_payloads()), ids=[c.stem for c in CAPTURES])
-def test_every_reference_capture_decodes_as_the_python_decoder(client: Any, name: str, payloads: list[bytes]) -> None:
+def test_every_reference_capture_decodes_as_the_python_decoder(
+    client: Any, name: str, payloads: list[bytes]
+) -> None:
     cluster = f"dec-{name[-20:]}"
     table, result = stored(client, cluster, payloads)
     expected = FlowDecoder().decode(cluster, payloads)
@@ -60,7 +62,8 @@ def test_every_reference_capture_decodes_as_the_python_decoder(client: Any, name
     assert rows(table) == rows(expected.table)
     # the rows are in the flows table too, enrichment columns at their defaults
     count = client.query(
-        "SELECT count() FROM flows FINAL WHERE cluster = {c:String} AND src_workspace = ''", parameters={"c": cluster}
+        "SELECT count() FROM flows FINAL WHERE cluster = {c:String} AND src_workspace = ''",
+        parameters={"c": cluster},
     ).result_rows[0][0]
     assert count == expected.table.num_rows
 
@@ -88,7 +91,9 @@ def test_demo_traffic_decodes_as_the_python_decoder_and_is_enriched_per_key(clie
 
 def test_lost_events_and_node_status_are_counted_not_stored(client: Any) -> None:
     good = [raw for _, _, raw in DemoTraffic("dec-lost", seed=2).serialized(3)]
-    lost = observer_pb2.GetFlowsResponse(lost_events=flow_pb2.LostEvent(num_events_lost=7)).SerializeToString()
+    lost = observer_pb2.GetFlowsResponse(
+        lost_events=flow_pb2.LostEvent(num_events_lost=7)
+    ).SerializeToString()
     status = observer_pb2.GetFlowsResponse(node_status={"state_change": 1}).SerializeToString()
     table, result = stored(client, "dec-lost", [good[0], lost, status, *good[1:]])
     assert table.num_rows == 3 and result.stored_by_cluster == {"dec-lost": 3}
