@@ -182,6 +182,11 @@ def mark_published(store: ControlPlaneStore, messages: Sequence[OutboxMessage]) 
             )
 
 
+def published_revisions(store: ControlPlaneStore) -> dict[str, int]:
+    """cluster -> the last revision known to be on the topic (0: none yet)."""
+    return {str(c): int(r) for c, r in store.execute("SELECT cluster, published_revision FROM inventory_outbox")}
+
+
 def latest_inventory(store: ControlPlaneStore) -> dict[str, ClusterInventory]:
     """The recorded inventory as a consumer of the topic would hold it (tests, `netwarden` diagnostics)."""
     return {

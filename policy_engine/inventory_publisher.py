@@ -83,10 +83,13 @@ class InventoryPublisher:
         resync_due = 0.0  # republish everything at the first chance
         backoff = self.poll_seconds
         loop = asyncio.get_running_loop()
+        recorded = False
         try:
-            await asyncio.to_thread(self._record, store)
             while not stop.is_set():
                 try:
+                    if not recorded:  # retried like a send: SQLite may be busy with a CLI write
+                        await asyncio.to_thread(self._record, store)
+                        recorded = True
                     if producer is None:
                         if self._ensure_topic is not None:
                             await self._ensure_topic(self.bootstrap)
@@ -103,9 +106,9 @@ class InventoryPublisher:
                         resync_due = loop.time() + self.resync_seconds
                     PENDING.set(len(await asyncio.to_thread(pending_messages, store)))
                     backoff = self.poll_seconds
-                except Exception as exc:  # Kafka unreachable, timeouts: the outbox keeps everything
+                except Exception as exc:  # Kafka unreachable, timeouts, a busy store: the outbox keeps everything
                     PUBLISH_FAILURES.inc()
-                    log.warning("inventory: cannot publish to %s (retrying in %.0fs): %s", self.bootstrap, backoff, exc)
+                    log.warning("inventory: cannot publish to %s (retrying in %.1fs): %s", self.bootstrap, backoff, exc)
                     if producer is not None:
                         await _stop_quietly(producer)
                         producer = None

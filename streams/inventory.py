@@ -7,9 +7,10 @@ assigned to all partitions and sought to the beginning at each (re)start, so a r
 inventory from the topic. Compaction keeps the topic to one message per cluster; a broker that does not
 compact (Tansu) only makes the replay longer, and the last message per key still wins.
 
-"Caught up" (`view.ready`) is the first fetch that returns nothing: records present are returned at once, so
-an empty fetch means the end was reached. This avoids asking for end offsets, which Tansu 0.6 reports wrong
-("latest" = the last batch's start + 1). Until then, and for clusters never published, flows are stored with
+"Caught up" (`view.ready`) is the first fetch that returns nothing once every partition's fetch response has
+told its high watermark and the position is at or past it: records present are returned at once, so an empty
+fetch then means the end was reached. This avoids ListOffsets ("latest"), which Tansu 0.6 answers wrong
+(the last batch's start + 1). Until then, and for clusters never published, flows are stored with
 empty ownership and verdict 0 (not evaluated), never held back.
 """
 
@@ -142,7 +143,8 @@ class InventoryConsumer:
         while True:
             batches = await consumer.getmany(*tps, timeout_ms=self.poll_ms)
             if not any(batches.values()):
-                self.view.ready.set()
+                if not self.view.ready.is_set() and await _caught_up(consumer, tps):
+                    self.view.ready.set()
                 continue
             for records in batches.values():
                 for record in records:
@@ -152,6 +154,16 @@ class InventoryConsumer:
                     except InventoryFormatError as exc:
                         REJECTED.inc()
                         log.error("inventory: %s[%d]@%d refused: %s", record.topic, record.partition, record.offset, exc)
+
+
+async def _caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
+    """An empty fetch only counts once a fetch response arrived for every partition (its high watermark is
+    known) and we are at or past it (Tansu's watermark may lag the true end; never ahead of it)."""
+    for tp in tps:
+        highwater = consumer.highwater(tp)
+        if highwater is None or await consumer.position(tp) < highwater:
+            return False
+    return True
 
 
 class InventoryFeed:

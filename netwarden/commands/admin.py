@@ -8,6 +8,7 @@
     netwarden admin token     create USER [--expires 30d] [--description TEXT] | list [--user U] | delete ID
     netwarden admin namespace list [--cluster C] | sync [--cluster C]
     netwarden admin oidc      check [--config FILE] [--token JWT]
+    netwarden admin inventory show [--cluster C] | publish [--kafka HOST:PORT] [--follow]
 
 Whoever can open the store file already holds every power over it, so these commands act as
 org-admin (projects and workspaces still go through the engine API's validation). `token create`
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
     from policy_engine.tenancy import Tenancy
 
 STALE_NOTE = "stale: its scope was deleted or re-created since; grants nothing"
-RESOURCES = ("cluster", "project", "workspace", "user", "binding", "token", "namespace", "oidc")
+RESOURCES = ("cluster", "project", "workspace", "user", "binding", "token", "namespace", "oidc", "inventory")
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
@@ -142,6 +143,16 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--config", metavar="FILE", help="OIDC configuration, JSON or YAML (default: env NETWARDEN_OIDC_CONFIG)")
     p.add_argument("--token", help="the JWT (default: read from stdin)")
     p.set_defaults(handler=cmd_oidc_check)
+
+    v = verbs("inventory", "what the flow enricher knows of each cluster (the compacted `inventory` topic)")
+    p = v.add_parser("show", parents=[common, listing], help="the recorded inventory: ownership and desired policy sets")
+    p.add_argument("--cluster")
+    p.set_defaults(handler=cmd_inventory_show)
+    p = v.add_parser("publish", parents=[common],
+                     help="send the whole inventory to Kafka; --follow keeps publishing every change (scale mode)")
+    p.add_argument("--kafka", default=None, metavar="HOST:PORT[,...]", help="brokers (env NETWARDEN_KAFKA)")
+    p.add_argument("--follow", action="store_true", help="run the publisher until interrupted")
+    p.set_defaults(handler=cmd_inventory_publish)
 
 
 def _role_ids() -> list[str]:
@@ -577,4 +588,91 @@ def cmd_oidc_check(args: argparse.Namespace) -> int:
         except AuthError as exc:
             raise CommandError(f"token refused ({exc.status}): {exc.detail}") from None
     print(f"user {principal.name}: " + ", ".join(str(b) for b in principal.bindings))
+    return 0
+
+
+# -- inventory ------------------------------------------------------------------------------------
+
+
+def cmd_inventory_show(args: argparse.Namespace) -> int:
+    from policy_engine.inventory import latest_inventory, published_revisions
+
+    with admin_session(args) as s:
+        inventory = latest_inventory(s.cp.store)
+        published = published_revisions(s.cp.store)
+    clusters = sorted(c for c in inventory if args.cluster in (None, c))
+    if args.cluster is not None and not clusters:
+        raise CommandError(f"no inventory for cluster {args.cluster!r}")
+
+    def policy_text(c: str) -> tuple[str, str, str]:
+        desired = inventory[c].desired
+        if desired is None:
+            return "-", "-", "-"
+        if desired.error:
+            return str(desired.revision), desired.engine, f"error: {desired.error}"
+        return str(desired.revision), desired.engine, str(len(desired.policies))
+
+    _emit([{**inventory[c].to_dict(), "publishedRevision": published.get(c, 0)} for c in clusters], args.output,
+          ["CLUSTER", "REVISION", "PUBLISHED", "PROJECTS", "NAMESPACES OWNED", "POLICY REVISION", "ENGINE", "POLICIES"],
+          lambda: [[c, str(inventory[c].revision), str(published.get(c, 0)), inventory[c].project or "-",
+                    ",".join(f"{ns}={o.workspace}" for ns, o in sorted(inventory[c].namespaces.items())) or "-",
+                    *policy_text(c)] for c in clusters])
+    return 0
+
+
+def cmd_inventory_publish(args: argparse.Namespace) -> int:
+    import asyncio
+    import os
+    import signal
+
+    from netwarden.broker import ensure_topics
+    from policy_engine.inventory import all_messages, mark_published, record_inventory
+    from policy_engine.inventory_publisher import InventoryPublisher, new_inventory_producer, send_messages
+    from policy_engine.store import ControlPlaneStore, resolve_data_dir
+    from schemas.topics import INVENTORY, pipeline_topics
+
+    bootstrap = args.kafka or os.environ.get("NETWARDEN_KAFKA")
+    if not bootstrap:
+        raise CommandError("--kafka: no brokers given (or set NETWARDEN_KAFKA)")
+    data_dir = resolve_data_dir(args.data_dir)
+
+    async def ensure_topic(servers: str) -> None:
+        await ensure_topics(servers, [t for t in pipeline_topics(1) if t.name == INVENTORY])
+
+    async def once() -> int:
+        with ControlPlaneStore.open(data_dir) as store:
+            with store.transaction():
+                record_inventory(store)
+            messages = all_messages(store)
+            await ensure_topic(bootstrap)
+            producer = new_inventory_producer(bootstrap)
+            await producer.start()
+            try:
+                await send_messages(producer, messages)
+            finally:
+                await producer.stop()
+            mark_published(store, messages)
+        return len(messages)
+
+    async def follow() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        publisher = InventoryPublisher(lambda: ControlPlaneStore.open(data_dir), bootstrap, ensure_topic=ensure_topic)
+        print(f"publishing the inventory of {data_dir} to {bootstrap} (Ctrl-C to stop)", file=sys.stderr)
+        await publisher.run(stop)
+
+    try:
+        if args.follow:
+            asyncio.run(follow())
+            return 0
+        sent = asyncio.run(asyncio.wait_for(once(), 30))
+    except (OSError, TimeoutError, ConnectionError) as exc:
+        raise CommandError(f"cannot publish the inventory to {bootstrap}: {exc or type(exc).__name__}") from None
+    except Exception as exc:  # aiokafka's errors
+        if type(exc).__module__.startswith("aiokafka"):
+            raise CommandError(f"cannot publish the inventory to {bootstrap}: {exc}") from None
+        raise
+    print(f"{sent} inventory message(s) sent to {bootstrap}")
     return 0

@@ -5,6 +5,7 @@ being down never fails a write; an ownership change published mid-stream applies
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,3 +148,25 @@ async def test_an_ownership_change_mid_stream_applies_to_later_keys_only(running
     # Same policy set (no blueprint on the demo clusters): ownership re-read, verdicts from the cache.
     assert enricher.evaluations == evaluations
     assert [r["desired_verdict"] for r in after] == [r["desired_verdict"] for r in before]
+
+
+async def test_admin_inventory_show_and_one_shot_publish(
+    tansu: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bootstrap = tansu.bootstrap  # type: ignore[attr-defined]
+    data = seeded_data_dir(tmp_path)
+    assert await cli("admin", "inventory", "show", "--data-dir", str(data)) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["CLUSTER", "REVISION", "PUBLISHED"]
+    assert any(line.startswith("demo-east") and "shop=shop-team" in line for line in table)
+    assert await cli("admin", "inventory", "publish", "--kafka", bootstrap, "--data-dir", str(data)) == 0
+    assert "2 inventory message(s) sent" in capsys.readouterr().out
+    feed = await start_inventory(bootstrap)
+    try:
+        await asyncio.wait_for(feed.view.ready.wait(), TIMEOUT)
+        assert set(feed.view.snapshot()) == {"demo-east", "demo-west"}
+    finally:
+        await feed.stop()
+    assert await cli("admin", "inventory", "show", "-o", "json", "--cluster", "demo-west", "--data-dir", str(data)) == 0
+    [west] = json.loads(capsys.readouterr().out)
+    assert west["cluster"] == "demo-west" and west["publishedRevision"] == west["revision"]
