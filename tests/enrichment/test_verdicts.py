@@ -194,3 +194,27 @@ def test_addition_of_demo_policies_to_a_fresh_store(tmp_path: Path) -> None:
         after = latest_inventory(store)["demo-east"]
         assert after.revision > before.revision and after.desired.revision > before.desired.revision
         assert latest_inventory(store)["demo-west"].revision == 1  # untouched cluster, untouched message
+
+
+def test_the_policy_check_cli_answers_the_same_for_demo_keys(
+    demo_store: ControlPlaneStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The comparisons above call the CLI's own function; here the command itself, on a file, once."""
+    import json
+
+    from netwarden.cli import main
+
+    inventory = RecordedInventory(demo_store)
+    keys = demo_keys(1500)
+    rows = dict(zip(keys, enrich_flows(PolicyEnricher(inventory), keys), strict=True))
+    doc, asked = policy_check_document(inventory.clusters["demo-east"], [k for k in keys if k.cluster == "demo-east"])
+    path = tmp_path / "check.json"
+    path.write_text(json.dumps(doc))
+    capsys.readouterr()
+    assert main(["policy", "check", str(path)]) == 0
+    probes = json.loads(capsys.readouterr().out)["probes"]
+    assert len(probes) == len(asked) > 10
+    for key, probe in zip(asked, probes, strict=True):
+        row = rows[key]
+        assert probe["allowed"] == (row["desired_egress_verdict"] == 1 and row["desired_ingress_verdict"] == 1)
+        assert probe["egress"]["rule"] == row["desired_egress_rule"]
