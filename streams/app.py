@@ -68,6 +68,7 @@ class StreamSettings:
     fetch_max_wait_s: float = 0.1
     dlq_topic: str = FLOWS_DLQ
     max_backoff_s: float = 10.0
+    request_timeout_s: float = 30.0  # a dead-letter send not acknowledged by then is retried
 
 
 @dataclass
@@ -197,7 +198,11 @@ class FlowWorker:
             heartbeat_interval_ms=1000,
         )
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.broker, acks="all", linger_ms=5, max_request_size=MAX_MESSAGE_BYTES
+            bootstrap_servers=s.broker,
+            acks="all",
+            linger_ms=5,
+            max_request_size=MAX_MESSAGE_BYTES,
+            request_timeout_ms=int(s.request_timeout_s * 1000),
         )
         await self.producer.start()
         try:
