@@ -25,7 +25,7 @@ Loopback (a pod connecting to itself) is evaluated like any other connection; im
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -116,6 +116,9 @@ class Endpoint:
     namespace_labels: Mapping[str, str] = field(default_factory=dict)
     entities: frozenset[str] = frozenset()  # for non-pod IPs: world, host, remote-node, ...
     cilium_labels: Mapping[str, str] = field(default_factory=dict)
+    # Set by callers that judge many connections of the same endpoints (the flow enricher): equal keys
+    # promise equal endpoints, so which policies select the endpoint is worked out once per key.
+    memo_key: Hashable | None = field(default=None, compare=False)
 
     @property
     def is_world(self) -> bool:
@@ -863,6 +866,7 @@ class PolicyEvaluator:
                     )
             self.ip_entities[ip] = frozenset(names)
         self.subjects: list[Subject] = []
+        self._selection_memo: dict[tuple[Hashable, str], list[Subject]] = {}
         self.global_notes: list[str] = []
         ignored: list[PolicyRef] = []
         for i, policy in enumerate(policies):
@@ -976,6 +980,19 @@ class PolicyEvaluator:
             ingress=result.decision("ingress") if direction == "ingress" else None,
         )
 
+    def _selecting(self, endpoint: Endpoint, direction: Direction) -> list[Subject]:
+        """The policy sections that select `endpoint` for `direction` (memoized by its memo_key)."""
+        if endpoint.memo_key is None:
+            return [s for s in self.subjects if s.direction == direction and s.selects(endpoint)]
+        key = (endpoint.memo_key, direction)
+        subjects = self._selection_memo.get(key)
+        if subjects is None:
+            if len(self._selection_memo) > 100_000:
+                self._selection_memo.clear()
+            subjects = [s for s in self.subjects if s.direction == direction and s.selects(endpoint)]
+            self._selection_memo[key] = subjects
+        return subjects
+
     def _direction(self, conn: Connection, direction: Direction, notes: Notes) -> _DirectionVerdict:
         subject_ep, peer = (
             (conn.source, conn.destination) if direction == "egress" else (conn.destination, conn.source)
@@ -984,7 +1001,7 @@ class PolicyEvaluator:
         flow = f"{conn.protocol}/{conn.port} {'to' if direction == 'egress' else 'from'} {peer.describe()}"
         if subject_ep.pod is None:
             return _DirectionVerdict(True, why=f"{what}: not a pod, no {direction} policy applies")
-        subjects = [s for s in self.subjects if s.direction == direction and s.selects(subject_ep)]
+        subjects = self._selecting(subject_ep, direction)
         for s in subjects:
             for n in s.notes:
                 notes.add(n)

@@ -87,8 +87,16 @@ NOT_EVALUATED, FORWARDED, DROPPED = 0, 1, 2
 TRAFFIC_INGRESS, TRAFFIC_EGRESS = 1, 2
 L4_EVALUATED = {1: "TCP", 2: "UDP", 5: "SCTP"}  # schemas.flow_record.L4_PROTOCOLS numbers
 RESERVED_IDENTITIES = {
-    1: "host", 2: "world", 3: "unmanaged", 4: "health", 5: "init", 6: "remote-node", 7: "kube-apiserver",
-    8: "ingress", 9: "world", 10: "world",
+    1: "host",
+    2: "world",
+    3: "unmanaged",
+    4: "health",
+    5: "init",
+    6: "remote-node",
+    7: "kube-apiserver",
+    8: "ingress",
+    9: "world",
+    10: "world",
 }
 # Reserved entities of the cluster itself (they share its project); world does not.
 CLUSTER_ENDPOINT_ENTITIES = frozenset(IP_ENTITIES - {"world"})
@@ -149,12 +157,20 @@ def side_endpoint(side: KeySide, known_namespace_labels: Mapping[str, Mapping[st
     if namespace:
         labels = {NAMESPACE_NAME_LABEL: namespace, **known_namespace_labels.get(namespace, {}), **ns_labels}
         pod = Pod(namespace, "", pod_labels, None)
-        return Endpoint(pod, None, labels, frozenset(), {**other, **pod_cilium_labels(pod, labels)})
+        return Endpoint(
+            pod, None, labels, frozenset(), {**other, **pod_cilium_labels(pod, labels)}, memo_key=side
+        )
     entities = {"world" if e in ("world-ipv4", "world-ipv6") else e for e in reserved}
     entities &= IP_ENTITIES
     if not entities:
         entities = {RESERVED_IDENTITIES.get(side.identity, "world")}
-    return Endpoint(None, _ip(side.ip), entities=frozenset(entities), cilium_labels={f"reserved:{e}": "" for e in entities})
+    return Endpoint(
+        None,
+        _ip(side.ip),
+        entities=frozenset(entities),
+        cilium_labels={f"reserved:{e}": "" for e in entities},
+        memo_key=side,
+    )
 
 
 @dataclass(frozen=True)
@@ -188,6 +204,8 @@ class PolicyEnricher:
         self.inventory = inventory
         self._evaluators: dict[tuple[str, str], tuple[int, PolicyEvaluator | None]] = {}
         self._verdicts: dict[tuple[str, str], tuple[int, dict[Any, SetColumns]]] = {}
+        # Endpoints of key sides, per evaluator (they depend on its policy set's namespace labels).
+        self._endpoints: dict[int, dict[KeySide, Endpoint]] = {}
         # ekey -> (cluster inventory revision, guard columns, row): whole rows of keys seen before
         self._rows: dict[int, tuple[int, tuple[Any, ...], tuple[Any, ...]]] = {}
         self.evaluations = 0  # evaluator runs (verdict cache misses), for tests and benches
@@ -237,20 +255,30 @@ class PolicyEnricher:
     def _row(self, inventory: ClusterInventory | None, key: Mapping[str, Any]) -> tuple[Any, ...]:
         """One key's enrichment columns, in ENRICHMENT_COLUMNS order."""
         cluster = key["cluster"]
-        src = KeySide(key["src_identity"], key["src_namespace"], tuple(key["src_labels"] or ()), key["src_ip"])
-        dst = KeySide(key["dst_identity"], key["dst_namespace"], tuple(key["dst_labels"] or ()), key["dst_ip"])
-        conn = key_connection(src, dst, key["l4_protocol"], key["dst_port"], key["is_reply"], key["traffic_direction"])
+        src = KeySide(
+            key["src_identity"], key["src_namespace"], tuple(key["src_labels"] or ()), key["src_ip"]
+        )
+        dst = KeySide(
+            key["dst_identity"], key["dst_namespace"], tuple(key["dst_labels"] or ()), key["dst_ip"]
+        )
+        conn = key_connection(
+            src, dst, key["l4_protocol"], key["dst_port"], key["is_reply"], key["traffic_direction"]
+        )
         desired = self._set_columns(cluster, inventory, "desired", conn)
         staged = self._set_columns(cluster, inventory, "staged", conn)
         hubble = key["verdict"]
-        mismatch = hubble in (FORWARDED, DROPPED) and desired[1] in (FORWARDED, DROPPED) and hubble != desired[1]
+        mismatch = (
+            hubble in (FORWARDED, DROPPED) and desired[1] in (FORWARDED, DROPPED) and hubble != desired[1]
+        )
         return (*_owner(inventory, src), *_owner(inventory, dst), *desired, mismatch, *staged)
 
     # -- verdicts -------------------------------------------------------------------------------
     def _set_columns(
         self, cluster: str, inventory: ClusterInventory | None, kind: str, conn: KeyConnection | None
     ) -> SetColumns:
-        policy_set = None if inventory is None else (inventory.desired if kind == "desired" else inventory.staged)
+        policy_set = (
+            None if inventory is None else (inventory.desired if kind == "desired" else inventory.staged)
+        )
         if policy_set is None:
             return _EMPTY_SET
         if conn is None or policy_set.error:
@@ -279,22 +307,38 @@ class PolicyEnricher:
         self.evaluators_built += 1
         try:
             evaluator = PolicyEvaluator(
-                policy_set.namespace_labels, [], policy_set.policies, policy_set.engine,  # type: ignore[arg-type]
+                policy_set.namespace_labels,
+                [],
+                policy_set.policies,
+                policy_set.engine,  # type: ignore[arg-type]
                 enforcement_mode=policy_set.enforcement_mode,  # type: ignore[arg-type]
             )
         except EvaluatorInputError as exc:
-            log.error("cluster %s: %s policy set revision %d cannot be evaluated: %s", cluster, kind,
-                      policy_set.revision, exc)
+            log.error(
+                "cluster %s: %s policy set revision %d cannot be evaluated: %s",
+                cluster,
+                kind,
+                policy_set.revision,
+                exc,
+            )
             evaluator = None
+        old = self._evaluators.get((cluster, kind))
+        if old is not None:
+            self._endpoints.pop(id(old[1]), None)
         self._evaluators[(cluster, kind)] = (policy_set.revision, evaluator)
         return evaluator
 
-    @staticmethod
-    def _evaluate(evaluator: PolicyEvaluator, policy_set: PolicySet, conn: KeyConnection) -> SetColumns:
-        labels = policy_set.namespace_labels
-        connection = Connection(
-            side_endpoint(conn.source, labels), side_endpoint(conn.destination, labels), conn.port, conn.protocol
-        )
+    def _evaluate(self, evaluator: PolicyEvaluator, policy_set: PolicySet, conn: KeyConnection) -> SetColumns:
+        endpoints = self._endpoints.setdefault(id(evaluator), {})
+        if len(endpoints) > CACHE_LIMIT:
+            endpoints.clear()
+        sides = []
+        for side in (conn.source, conn.destination):
+            endpoint = endpoints.get(side)
+            if endpoint is None:
+                endpoint = endpoints[side] = side_endpoint(side, policy_set.namespace_labels)
+            sides.append(endpoint)
+        connection = Connection(sides[0], sides[1], conn.port, conn.protocol)
         egress = evaluator.decide(connection, "egress")
         ingress = evaluator.decide(connection, "ingress")
         if not conn.reply and conn.traffic_direction == TRAFFIC_EGRESS:
@@ -313,7 +357,12 @@ class PolicyEnricher:
 def _direction_columns(decision: DirectionDecision, policy_set: PolicySet) -> tuple[int, str, str, int]:
     policy = decision.policy.key if decision.policy else ""
     origin = policy_set.rendered_from.get(policy)
-    return (FORWARDED if decision.allowed else DROPPED, policy, decision.rule, origin.version if origin else 0)
+    return (
+        FORWARDED if decision.allowed else DROPPED,
+        policy,
+        decision.rule,
+        origin.version if origin else 0,
+    )
 
 
 def _owner(inventory: ClusterInventory | None, side: KeySide) -> tuple[str, str]:
@@ -329,7 +378,9 @@ def _owner(inventory: ClusterInventory | None, side: KeySide) -> tuple[str, str]
 
 
 def _is_cluster_endpoint(labels: Sequence[str], identity: int) -> bool:
-    reserved = {label.partition("=")[0][len("reserved:") :] for label in labels if label.startswith("reserved:")}
+    reserved = {
+        label.partition("=")[0][len("reserved:") :] for label in labels if label.startswith("reserved:")
+    }
     if reserved:
         return bool(reserved & CLUSTER_ENDPOINT_ENTITIES)
     return RESERVED_IDENTITIES.get(identity, "world") in CLUSTER_ENDPOINT_ENTITIES
