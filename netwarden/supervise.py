@@ -68,7 +68,7 @@ class ChildFailed(RuntimeError):
 class Child:
     """One supervised child process.
 
-    A child that exits while the stack runs is restarted after a backoff (0.5 s doubling to 30 s),
+    A child that exits while the stack runs is restarted after a backoff (`backoff_s` doubling to 30 s),
     and logged with its exit code and last stderr lines; after `max_restarts` deaths within
     `window_s` the child is given up and `failed` is set, for the owner to stop the whole stack.
     stdout lines go to `on_line` (e.g. replies of a control protocol), stderr to the log.
@@ -76,7 +76,7 @@ class Child:
 
     def __init__(self, name: str, argv: Sequence[str], *, cwd: Path | None = None,
                  env: dict[str, str] | None = None, on_line: Callable[[str], None] | None = None,
-                 stdin: bool = False, max_restarts: int = 5, window_s: float = 120.0):
+                 stdin: bool = False, max_restarts: int = 5, window_s: float = 120.0, backoff_s: float = 0.5):
         self.name = name
         self.argv = list(argv)
         self.cwd = cwd
@@ -85,6 +85,7 @@ class Child:
         self.stdin = stdin
         self.max_restarts = max_restarts
         self.window_s = window_s
+        self.backoff_s = backoff_s
         self.process: asyncio.subprocess.Process | None = None
         self.restarts = 0
         self.failed = asyncio.Event()
@@ -144,7 +145,7 @@ class Child:
                 log.debug("%s: %s", self.name, line)
 
     async def _supervise(self) -> None:
-        backoff = 0.5
+        backoff = self.backoff_s
         while True:
             proc = self.process
             assert proc is not None
@@ -162,7 +163,7 @@ class Child:
                 return
             now = time.monotonic()
             if now - alive_since > 60:
-                backoff = 0.5  # it ran fine for a while: this death is a fresh one
+                backoff = self.backoff_s  # it ran fine for a while: this death is a fresh one
             self._deaths.append(now)
             while self._deaths and self._deaths[0] < now - self.window_s:
                 self._deaths.popleft()

@@ -1,11 +1,15 @@
-"""`netwarden up` serves flows of both demo clusters soon after start, and stops cleanly on Ctrl-C."""
+"""`netwarden up` serves flows of both demo clusters soon after start, restarts a child that dies, and stops
+cleanly (and quickly) on Ctrl-C to its process group."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -15,13 +19,45 @@ from netwarden.broker import free_port
 from tests.conftest import REPO_ROOT
 
 
+def _descendants(pid: int) -> dict[int, str]:
+    """pid -> command line of every process whose parent chain leads to `pid`."""
+    parents: dict[int, int] = {}
+    cmdlines: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdlines[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    out = {}
+    for child, parent in parents.items():
+        p = parent
+        while p > 1 and p != pid:
+            p = parents.get(p, 0)
+        if p == pid:
+            out[child] = cmdlines.get(child, "")
+    return out
+
+
+def _newest(port: int, data_dir: Path, cluster: str) -> datetime | None:
+    r = httpx.get(f"http://127.0.0.1:{port}/api/v1/flows", params={"cluster": cluster, "limit": 1},
+                  headers=_auth(data_dir), timeout=5)
+    flows = r.json()["flows"] if r.status_code == 200 else []
+    return datetime.fromisoformat(flows[0]["flow"]["time"][:26].rstrip("Z")) if flows else None
+
+
 @pytest.mark.slow
 def test_up_serves_both_demo_clusters_within_60s(tmp_path: Path) -> None:
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "netwarden", "up", "--data-dir", str(tmp_path), "--port", str(port)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group, as in a terminal
     )
+    stopped_in = None
     started = time.monotonic()
     clusters: set[str] = set()
     try:
@@ -37,15 +73,40 @@ def test_up_serves_both_demo_clusters_within_60s(tmp_path: Path) -> None:
                 pass
             time.sleep(1)
         assert clusters == {"demo-east", "demo-west"}, f"after {time.monotonic() - started:.0f}s: {clusters}"
+
+        # Demo servers, collectors and the broker are child processes; a collector that dies is restarted
+        # and the flows of its cluster keep arriving.
+        children = _descendants(proc.pid)
+        assert sum("collectors.child" in c for c in children.values()) == 2, children
+        assert sum("hubble-serve" in c for c in children.values()) == 2, children
+        (victim,) = [pid for pid, c in children.items() if "collectors.child" in c and "demo-east" in c]
+        os.kill(victim, signal.SIGKILL)
+        killed_at = datetime.utcnow()
+        deadline = time.monotonic() + 60
+        while (newest := _newest(port, tmp_path, "demo-east")) is None or newest <= killed_at:
+            assert time.monotonic() < deadline, f"no demo-east flow after the collector was killed (newest {newest})"
+            assert proc.poll() is None
+            time.sleep(1)
+        assert victim not in _descendants(proc.pid)
+        children = _descendants(proc.pid)
+
+        # Ctrl-C reaches the whole process group: `up` stops everything in order, within 10 s.
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=30)
+        stopped_in = time.monotonic() - t0
     finally:
-        proc.send_signal(signal.SIGINT)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
         try:
             out, _ = proc.communicate(timeout=30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
     assert proc.returncode == 0, out
     assert "api        http://" in out
+    assert stopped_in is not None and stopped_in < 10, stopped_in
+    assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "children outlived `up`"
 
 
 def _auth(data_dir: Path) -> dict[str, str]:
@@ -59,3 +120,23 @@ def _auth(data_dir: Path) -> dict[str, str]:
         if user["role"] == "org-admin":
             return {"Authorization": f"Bearer {user['token']}"}
     return {}
+
+
+async def test_supervised_child_is_restarted_then_given_up_and_stopped_for_good() -> None:
+    from netwarden.supervise import Child
+
+    lines: list[str] = []
+    # Prints, then dies: restarted with backoff until it died more than max_restarts times in the window.
+    child = Child("flaky", [sys.executable, "-c", "print('up', flush=True); raise SystemExit(3)"],
+                  on_line=lines.append, max_restarts=2, backoff_s=0.05)
+    await child.start()
+    await asyncio.wait_for(child.failed.wait(), 30)
+    assert child.restarts == 2 and lines == ["up"] * 3
+    await child.stop()
+
+    steady = Child("steady", [sys.executable, "-c", "import time; time.sleep(60)"], backoff_s=0.05)
+    await steady.start()
+    pid = steady.pid
+    assert pid is not None and Path(f"/proc/{pid}").exists()
+    await asyncio.wait_for(steady.stop(timeout=5), 10)
+    assert steady.process is not None and steady.process.returncode is not None and steady.restarts == 0
