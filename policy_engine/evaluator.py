@@ -20,6 +20,12 @@ The enforcement engine decides the few places where semantics differ:
 
 Loopback (a pod connecting to itself) is evaluated like any other connection; implementations differ
 (kubernetes#95879) and the verdict carries a note.
+
+Each direction also reports the rule that decided (`DirectionDecision`): the first matching deny rule,
+else the first matching allow rule, named by its place in the policy ("ingress[0]", "egressDeny[1]",
+"specs[1].egress[0]"), else "default-deny" (attributed to a policy that only isolates, such as an empty
+`{}` rule or a rule-less NetworkPolicy, else to the first that isolates) or "allow-localhost". The flow
+enricher (streams.verdicts) stores these per flow; `policy check` prints them as `egress` and `ingress`.
 """
 
 from __future__ import annotations

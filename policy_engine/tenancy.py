@@ -429,7 +429,7 @@ class Tenancy:
     def namespace_labels(self) -> dict[tuple[str, str], dict[str, str]]:
         """Recorded labels: (cluster, namespace) -> {netwarden.io/workspace: workspace}."""
         with self._lock:
-            return recorded_namespace_labels(self.store)
+            return _read_namespace_labels(self.store)
 
     def ownership_index(
         self, namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None
@@ -437,7 +437,7 @@ class Tenancy:
         """The store's ownership plus recorded labels, then `namespace_labels` (fresher, e.g. from the
         flow pipeline) on top."""
         with self._lock:
-            return ownership_index_of(self.store, namespace_labels)
+            return ownership_index_of(self.store, namespace_labels, recorded=_read_namespace_labels(self.store))
 
     def ownership(
         self, namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None
@@ -454,17 +454,27 @@ def recorded_namespace_labels(store: ControlPlaneStore) -> dict[tuple[str, str],
     tenancy tables exist (a store no Tenancy has opened yet)."""
     if "tenancy/0002-namespace-labels" not in store.applied_migrations():
         return {}
+    return _read_namespace_labels(store)
+
+
+def _read_namespace_labels(store: ControlPlaneStore) -> dict[tuple[str, str], dict[str, str]]:
     rows = store.execute("SELECT cluster, namespace, workspace FROM namespace_workspace_labels")
     return {(c, n): {WORKSPACE_LABEL: w} for c, n, w in rows}
 
 
 def ownership_index_of(
-    store: ControlPlaneStore, namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None
+    store: ControlPlaneStore,
+    namespace_labels: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
+    *,
+    recorded: Mapping[tuple[str, str], Mapping[str, str]] | None = None,
 ) -> OwnershipIndex:
-    """The one answer to "who owns (cluster, namespace)": the store's workspaces, then recorded labels,
-    then `namespace_labels` on top. The query API's scopes and the inventory topic both use it."""
+    """The one answer to "who owns (cluster, namespace)": the store's workspaces, then recorded labels
+    (`recorded`, read from the store when not given), then `namespace_labels` on top. The query API's
+    scopes and the inventory topic both use it."""
     index = OwnershipIndex.from_store(store)
-    for (cluster, namespace), labels in {**recorded_namespace_labels(store), **(namespace_labels or {})}.items():
+    if recorded is None:
+        recorded = recorded_namespace_labels(store)
+    for (cluster, namespace), labels in {**recorded, **(namespace_labels or {})}.items():
         index.add_label_declared(cluster, namespace, labels)
     return index
 
