@@ -4,9 +4,10 @@ topic (policy_engine.inventory is the pure side).
 - `InventoryPublisher.run(stop)`: the long-running loop (`netwarden up`, and in scale mode next to the
   control-plane store). At start it records the inventory once (a data dir from before the outbox existed)
   and republishes everything: an embedded Tansu starts empty, and on a compacted topic a republish is
-  harmless. Then it sends pending messages every `poll_seconds` and republishes everything every
-  `resync_seconds` (a broker that lost its data heals). Kafka down: the outbox keeps the messages, the loop
-  backs off and retries; writes are never affected.
+  harmless. Then it sends pending messages every `poll_seconds`, and everything again after a failed send
+  (the broker may have restarted empty) and every `resync_seconds` (hourly: a broker that silently lost its
+  data heals). Kafka down: the outbox keeps the messages, the loop backs off and retries; writes are never
+  affected.
 - `publish_pending_now(store, bootstrap)`: a CLI write's best-effort immediate send (scale mode,
   NETWARDEN_KAFKA); whatever it cannot send the running publisher sends.
 
@@ -41,7 +42,12 @@ PENDING = Gauge("netwarden_inventory_pending_messages", "Inventory messages reco
 
 def new_inventory_producer(bootstrap: str) -> AIOKafkaProducer:
     # Not idempotent: Tansu refuses aiokafka's idempotent producer. Duplicates are harmless here.
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000)
+    # gzip: a cluster's message is JSON policy objects (10x smaller compressed); Kafka's default 1 MB message
+    # limit then holds thousands of rendered objects.
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", request_timeout_ms=10_000, compression_type="gzip",
+        max_request_size=16 * 1024 * 1024,
+    )
 
 
 async def send_messages(producer: AIOKafkaProducer, messages: Sequence[OutboxMessage], topic: str = INVENTORY) -> None:
@@ -64,7 +70,7 @@ class InventoryPublisher:
         bootstrap: str,
         *,
         poll_seconds: float = 1.0,
-        resync_seconds: float = 300.0,
+        resync_seconds: float = 3600.0,
         topic: str = INVENTORY,
         ensure_topic: EnsureTopic | None = None,
     ) -> None:

@@ -32,7 +32,9 @@ from schemas.topics import INVENTORY
 log = logging.getLogger("netwarden.streams.inventory")
 
 APPLIED = Counter("netwarden_inventory_messages_applied_total", "Inventory messages applied by the worker")
-REJECTED = Counter("netwarden_inventory_messages_rejected_total", "Inventory messages the worker could not read")
+REJECTED = Counter(
+    "netwarden_inventory_messages_rejected_total", "Inventory messages the worker could not read"
+)
 CLUSTERS = Gauge("netwarden_inventory_clusters", "Clusters the worker's inventory knows")
 
 
@@ -76,7 +78,9 @@ class InventoryView:
             listener()
         return inventory
 
-    async def wait_for(self, predicate: Callable[[Mapping[str, ClusterInventory]], bool], timeout: float) -> None:
+    async def wait_for(
+        self, predicate: Callable[[Mapping[str, ClusterInventory]], bool], timeout: float
+    ) -> None:
         """Until `predicate(snapshot)` holds (tests, start-up diagnostics); never used on the batch path."""
         changed = asyncio.Event()
         self._listeners.append(changed.set)
@@ -92,7 +96,9 @@ class InventoryView:
 class InventoryConsumer:
     """Reads the inventory topic from the beginning into `view`, then follows it."""
 
-    def __init__(self, bootstrap: str, view: InventoryView, *, topic: str = INVENTORY, poll_ms: int = 500) -> None:
+    def __init__(
+        self, bootstrap: str, view: InventoryView, *, topic: str = INVENTORY, poll_ms: int = 500
+    ) -> None:
         self.bootstrap = bootstrap
         self.view = view
         self.topic = topic
@@ -114,8 +120,12 @@ class InventoryConsumer:
         backoff = 0.5
         while True:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                auto_offset_reset="earliest", fetch_max_wait_ms=self.poll_ms,
+                bootstrap_servers=self.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=self.poll_ms,
+                max_partition_fetch_bytes=16 * 1024 * 1024,  # one cluster's message may be large
             )
             try:
                 await consumer.start()
@@ -153,7 +163,13 @@ class InventoryConsumer:
                         APPLIED.inc()
                     except InventoryFormatError as exc:
                         REJECTED.inc()
-                        log.error("inventory: %s[%d]@%d refused: %s", record.topic, record.partition, record.offset, exc)
+                        log.error(
+                            "inventory: %s[%d]@%d refused: %s",
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                            exc,
+                        )
 
 
 async def _caught_up(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> bool:
