@@ -170,3 +170,30 @@ async def test_admin_inventory_show_and_one_shot_publish(
     assert await cli("admin", "inventory", "show", "-o", "json", "--cluster", "demo-west", "--data-dir", str(data)) == 0
     [west] = json.loads(capsys.readouterr().out)
     assert west["cluster"] == "demo-west" and west["publishedRevision"] == west["revision"]
+
+
+async def test_the_publisher_waits_out_a_broker_that_is_not_up_yet(tmp_path: Path) -> None:
+    from netwarden.broker import TansuBroker
+
+    data = seeded_data_dir(tmp_path)
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    stop = asyncio.Event()
+    publisher = InventoryPublisher(lambda: ControlPlaneStore.open(data), bootstrap, poll_seconds=0.1,
+                                   ensure_topic=ensure_inventory_topic)
+    task = asyncio.create_task(publisher.run(stop))
+    # Writes go on while there is no broker at all.
+    assert await cli("admin", "project", "create", "lab", "--cluster", "demo-west", "--data-dir", str(data)) == 0
+    broker = TansuBroker(port=port, log_path=tmp_path / "late-tansu.log")
+    await asyncio.to_thread(broker.start)
+    try:
+        await asyncio.wait_for(publisher.sent_event.wait(), TIMEOUT)
+        feed = await start_inventory(bootstrap)
+        try:
+            await feed.view.wait_for(lambda s: "lab" in getattr(s.get("demo-west"), "projects", ()), TIMEOUT)
+        finally:
+            await feed.stop()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, TIMEOUT)
+        broker.stop()
