@@ -10,20 +10,13 @@ import pytest
 
 from collectors.traffic import DemoTraffic
 from policy_engine.inventory import all_messages
-from policy_engine.model import NamespaceRef, PolicyRule, PolicySpec, Workspace
+from policy_engine.model import PolicyRule, PolicySpec
 from policy_engine.store import ControlPlaneStore
 from schemas.inventory import InventoryFormatError, cluster_key
-from streams.inventory import InventoryView
 from streams.verdicts import PolicyEnricher
 from tests.enrichment.conftest import CART_ALLOW_V2, admin
 from tests.enrichment.flowkeys import enrich_flows, flow_key, key_table
-
-
-def view_of(store: ControlPlaneStore, view: InventoryView | None = None) -> InventoryView:
-    view = view or InventoryView()
-    for message in all_messages(store):
-        view.apply(message.key, message.value)
-    return view
+from tests.enrichment.inventory_helpers import inventory_view, move_namespace
 
 
 def east_keys(n: int = 3000) -> list:
@@ -31,7 +24,7 @@ def east_keys(n: int = 3000) -> list:
 
 
 def test_a_seen_key_is_not_evaluated_again_at_the_same_revision(demo_store: ControlPlaneStore) -> None:
-    enricher = PolicyEnricher(view_of(demo_store))
+    enricher = PolicyEnricher(inventory_view(demo_store))
     keys = east_keys()
     table = key_table(keys)
     first = enricher.enrich_keys(table)
@@ -49,18 +42,15 @@ def test_a_seen_key_is_not_evaluated_again_at_the_same_revision(demo_store: Cont
 
 
 def test_a_new_policy_revision_re_evaluates_and_an_ownership_change_does_not(demo_store: ControlPlaneStore) -> None:
-    view = view_of(demo_store)
+    view = inventory_view(demo_store)
     enricher = PolicyEnricher(view)
     keys = east_keys()
     before = enrich_flows(enricher, keys)
     evaluations = enricher.evaluations
     policy_revision = view.get("demo-east").desired.revision  # type: ignore[union-attr]
     # Ownership only: data moves to another workspace; the desired set keeps its revision.
-    with demo_store.transaction():
-        cp = admin(demo_store)
-        cp.delete_workspace("data-team")
-        cp.put_workspace(Workspace("storage-team", "storefront", (NamespaceRef("demo-east", "data"),)))
-    view_of(demo_store, view)
+    move_namespace(demo_store, "demo-east", "data", "storage-team", "storefront")
+    inventory_view(demo_store, view)
     assert view.get("demo-east").desired.revision == policy_revision  # type: ignore[union-attr]
     moved = enrich_flows(enricher, keys)
     assert enricher.evaluations == evaluations
@@ -71,7 +61,7 @@ def test_a_new_policy_revision_re_evaluates_and_an_ownership_change_does_not(dem
         cp = admin(demo_store)
         spec = {**CART_ALLOW_V2, "ingress": CART_ALLOW_V2["ingress"][:1]}
         cp.put_policy(PolicySpec("cart-allow", "namespace", (PolicyRule("cart-allow", "cilium", spec),)))
-    view_of(demo_store, view)
+    inventory_view(demo_store, view)
     assert view.get("demo-east").desired.revision == policy_revision + 1  # type: ignore[union-attr]
     after = enrich_flows(enricher, keys)
     assert enricher.evaluators_built == 2 and enricher.evaluations > evaluations
@@ -81,7 +71,7 @@ def test_a_new_policy_revision_re_evaluates_and_an_ownership_change_does_not(dem
 
 
 def test_the_view_keeps_the_newest_state_per_cluster_and_refuses_bad_records(demo_store: ControlPlaneStore) -> None:
-    view = view_of(demo_store)
+    view = inventory_view(demo_store)
     east = view.get("demo-east")
     assert east is not None
     [message] = [m for m in all_messages(demo_store) if m.cluster == "demo-east"]
