@@ -100,7 +100,6 @@ RESERVED_IDENTITIES = {
 }
 # Reserved entities of the cluster itself (they share its project); world does not.
 CLUSTER_ENDPOINT_ENTITIES = frozenset(IP_ENTITIES - {"world"})
-SETS = ("desired", "staged")
 CACHE_LIMIT = 200_000  # verdicts kept per (cluster, set) before the cache starts over
 
 _ZERO_IP = bytes(16)
