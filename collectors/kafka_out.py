@@ -21,6 +21,10 @@ def new_producer(bootstrap: str) -> AIOKafkaProducer:
         linger_ms=5,
         max_request_size=MAX_MESSAGE_BYTES,
         request_timeout_ms=30_000,
+        # Flows compress ~18x: measured per flow, the producer pays +0.8 us, the broker saves ~5.5 us
+        # (produce + fetch), consumers ~1.5 us; Tansu's memory storage holds ~7x less. Consumers
+        # decompress transparently.
+        compression_type="zstd",
     )
 
 
