@@ -181,6 +181,7 @@ class FlowWorker:
         self._task: asyncio.Task[None] | None = None
         self._in_flight: asyncio.Future[Outcome] | None = None
         self.failure: BaseException | None = None
+        self.on_batch_start: Callable[[], object] | None = None  # benches: when work on a batch begins
         pipeline.want_rows = settings.publish_enriched
 
     async def start(self) -> None:
@@ -264,6 +265,8 @@ class FlowWorker:
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         """decode/enrich/write -> dead letters -> commit, for one batch of records."""
+        if self.on_batch_start is not None:
+            self.on_batch_start()
         messages = [(f"{FLOWS_RAW}[{r.partition}]@{r.offset}", r.value or b"") for r in records]
         outcome = await self._retrying("write", lambda: self._store(messages))
         if outcome.letters:

@@ -18,9 +18,8 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from itertools import chain, count
 from typing import Any
 
@@ -153,8 +152,11 @@ class StoreResult:
 
 def frame(payloads: Sequence[bytes]) -> bytes:
     """Length-delimited messages, as ClickHouse's Protobuf format reads them (iteration stays in C)."""
-    prefixes = map(_varint, map(len, payloads))
-    return b"".join(chain.from_iterable(zip(prefixes, payloads, strict=True)))
+    try:
+        prefixes = map(_VARINTS.__getitem__, map(len, payloads))
+        return b"".join(chain.from_iterable(zip(prefixes, payloads, strict=True)))
+    except IndexError:  # an entry of 64 KiB or more
+        return b"".join(chain.from_iterable(zip(map(_varint, map(len, payloads)), payloads, strict=True)))
 
 
 def frame_runs(runs: Sequence[Run]) -> bytes:
@@ -188,7 +190,6 @@ def _reason(message: str) -> str:
     return f"refused by ClickHouse: {message}"
 
 
-@lru_cache(maxsize=1 << 16)
 def _varint(n: int) -> bytes:
     out = bytearray()
     while n > 0x7F:
@@ -196,6 +197,9 @@ def _varint(n: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+_VARINTS = [_varint(n) for n in range(1 << 16)]
 
 
 def is_embedded(client: Any) -> bool:
@@ -334,19 +338,27 @@ class ClickHouseSink:
         return result
 
     def _decode_into_stage(self, cluster: str, framed: bytes) -> None:
+        self._send_frames(
+            lambda source, fmt: decode_sql.stage_insert(self.stage, source, fmt), cluster, framed
+        )
+
+    def insert_framed(self, table: str, cluster: str, framed: bytes) -> None:
+        """Framed bytes straight into a flows-like table, no stage and no enrichment (the bench's ceiling)."""
+        with self._lock:
+            self._send_frames(
+                lambda source, fmt: decode_sql.direct_insert(table, source, fmt), cluster, framed
+            )
+
+    def _send_frames(self, sql: Callable[[str, bool], str], cluster: str, framed: bytes) -> None:
         params = {"cluster": cluster}
         if self.embedded:
             # chDB runs in this process: ClickHouse reads the frames from a file in RAM.
             with open(self._frames_path, "wb") as fh:
                 fh.write(framed)
-            self._run(decode_sql.stage_insert(self.stage, decode_sql.file_source(self._frames_path)), params)
+            self._run(sql(decode_sql.file_source(self._frames_path), False), params)
         else:
             # A server reads them from the request body through input().
-            self._run(
-                decode_sql.stage_insert(self.stage, decode_sql.input_source(), with_format=True),
-                params,
-                framed,
-            )
+            self._run(sql(decode_sql.input_source(), True), params, framed)
 
     def _enrich(self) -> str | None:
         if self.enricher is None:
