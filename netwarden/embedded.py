@@ -4,7 +4,8 @@ chDB allows one process per data directory, so this process both writes ClickHou
 Collectors and demo Hubble servers run in supervised child processes (`spawn_collector`,
 `spawn_demo_server`: the second core works on gRPC while this one writes ClickHouse); `add_collector`
 keeps one in this process for `ingest` and tests.
-With the embedded Tansu broker, memory is bounded by generations: every `rotate_seconds` the collectors
+With the embedded Tansu broker, memory is bounded by generations: every `rotate_seconds`, or as soon as
+the broker's RSS passes `broker_memory_bytes` (checked every 5 s), the collectors
 pause, the worker drains what was shipped, flows.raw is deleted and created again (Tansu frees a topic's
 RAM only on deletion; it ignores retention and refuses DeleteRecords) and a fresh Faust app with a new
 consumer group starts on the empty topic. Against a real Kafka (scale mode) retention does this job.
@@ -40,6 +41,11 @@ log = logging.getLogger("netwarden.embedded")
 
 BROKER_RSS = Gauge("netwarden_broker_rss_bytes", "Resident memory of the embedded Tansu broker")
 CHILD_RSS = Gauge("netwarden_child_rss_bytes", "Resident memory of a child process of the embedded stack", ["child"])
+CHILD_CPU = Gauge("netwarden_child_cpu_seconds", "CPU (user + system) used by a child process of the embedded stack",
+                  ["child"])
+# Collector children count in their own process; their totals are re-exported here, on the one /metrics.
+CHILD_COLLECTOR = Gauge("netwarden_collector_child_total", "Totals reported by a collector child process",
+                        ["cluster", "what"])
 ROTATIONS = Counter("netwarden_broker_rotations_total", "flows.raw generations retired to free broker memory")
 
 
@@ -51,6 +57,7 @@ class StackConfig:
     partitions: int = 2
     retention_days: int = 7
     rotate_seconds: float = 300.0  # embedded broker only
+    broker_memory_bytes: int = 256 << 20  # embedded broker only: rotate early once its RSS passes this
 
 
 class GenerationState:
@@ -193,9 +200,12 @@ class PipelineStack:
 
     async def _watch_children(self) -> None:
         """Export children's memory; a child that gave up, or a dead broker, fails the stack."""
+        ticks = 0
         while not self._stop.is_set():
+            ticks += 1
             for name, child in self.children().items():
                 CHILD_RSS.labels(name).set(child.rss_bytes())
+                CHILD_CPU.labels(name).set(child.cpu_seconds())
                 if child.failed.is_set() and not self.failed.is_set():
                     log.error("%s keeps dying: stopping the stack", name)
                     self.failed.set()
@@ -204,6 +214,12 @@ class PipelineStack:
                 log.error("the embedded broker exited with %s (log: %s): stopping the stack",
                           self.broker.process.returncode, self.broker.log_path)
                 self.failed.set()
+            if ticks % 5 == 0:
+                for cluster, collector in self.collector_children.items():
+                    with contextlib.suppress(ChildFailed, TimeoutError, BrokenPipeError, ConnectionResetError):
+                        stats = await collector.stats()
+                        for what in ("flows", "lost_events", "duplicates", "connections"):
+                            CHILD_COLLECTOR.labels(cluster, what).set(float(stats.get(what, 0)))  # type: ignore[arg-type]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
 
@@ -250,9 +266,12 @@ class PipelineStack:
                 await asyncio.wait_for(self._stop.wait(), timeout=5.0)
             except TimeoutError:
                 pass
-            if self.broker:
-                BROKER_RSS.set(self.broker.rss_bytes())
-            if time.monotonic() - last >= self.config.rotate_seconds and not self._stop.is_set():
+            rss = self.broker.rss_bytes() if self.broker else 0
+            BROKER_RSS.set(rss)
+            due = time.monotonic() - last >= self.config.rotate_seconds
+            # The broker's RAM grows with what was shipped since the last rotation, whatever the rate.
+            full = rss > self.config.broker_memory_bytes and time.monotonic() - last >= 10
+            if (due or full) and not self._stop.is_set():
                 await self.rotate()
                 last = time.monotonic()
 
@@ -291,18 +310,22 @@ class CollectorChild(Child):
     def __init__(self, name: str, argv: list[str]):
         super().__init__(name, argv, stdin=True, on_line=self._on_line)
         self._replies: asyncio.Queue[dict[str, object]] = asyncio.Queue()
+        self._asking = asyncio.Lock()
 
     def _on_line(self, line: str) -> None:
         if self._REPLY.match(line):
             self._replies.put_nowait(json.loads(line))
 
     async def _ask(self, command: str, key: str, timeout_s: float = 30.0) -> object:
-        await self.send(command)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            reply = await asyncio.wait_for(self._replies.get(), max(0.01, deadline - time.monotonic()))
-            if key in reply:
-                return reply[key]
+        async with self._asking:  # one question at a time: replies carry no id
+            while not self._replies.empty():  # a late reply to a question that timed out
+                self._replies.get_nowait()
+            await self.send(command)
+            deadline = time.monotonic() + timeout_s
+            while True:
+                reply = await asyncio.wait_for(self._replies.get(), max(0.01, deadline - time.monotonic()))
+                if key in reply:
+                    return reply[key]
 
     async def pause(self) -> int:
         """Messages shipped since the last resume, once nothing is in flight; 0 if the child is down

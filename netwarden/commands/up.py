@@ -61,8 +61,9 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
     stack = PipelineStack(StackConfig(data_dir=data_dir, rotate_seconds=rotate_seconds))
     api: uvicorn.Server | None = None
     api_task: asyncio.Task[None] | None = None
-    # Rings hold ~2 s of traffic per node: a collector paused while the broker rotates loses nothing.
-    ring = max(4095, int(rate * 2))
+    # A ring per node holds >= 1 s of the cluster's traffic (~3 s of its node's): with the collector's own
+    # buffer, a collector paused while the broker rotates loses nothing.
+    ring = max(4095, int(rate))
     try:
         await stack.start()
         lines = [f"netwarden up: data in {data_dir.resolve()}", f"  broker     Tansu at {stack.bootstrap}"]
