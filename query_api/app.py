@@ -39,7 +39,7 @@ from query_api.metrics import QueryApiMetrics
 from query_api.scope import PROJECT_ROLES, WORKSPACE_ROLES, ScopeFilter
 from query_api.store import FlowStore
 from query_api.summary import DEFAULT_EDGES, DEFAULT_TOP, MAX_EDGES, MAX_TOP, parse_window, summarize
-from schemas.clickhouse import FLOWS_TABLE
+from schemas.clickhouse import CATALOG_TABLE
 from schemas.flow_render import jsonpb_line, row_time_ns, row_to_jsonpb
 
 log = logging.getLogger("netwarden.query_api")
@@ -117,6 +117,21 @@ class ServiceEdge(BaseModel):
     verdicts: dict[str, int]
 
 
+class VerdictMismatch(BaseModel):
+    source: SummaryEndpoint
+    destination: SummaryEndpoint
+    port: int
+    protocol: str
+    verdict: str = Field(description="Hubble's verdict")
+    desired_verdict: str = Field(description="netwarden's verdict under the cluster's desired policy set")
+    desired_drop_reason: str
+    egress_policy: str = Field(description="Kind/namespace/name of the policy that decided egress")
+    egress_rule: str
+    ingress_policy: str
+    ingress_rule: str
+    flows: int
+
+
 class FlowSummary(BaseModel):
     since: str
     until: str
@@ -126,8 +141,14 @@ class FlowSummary(BaseModel):
     top_talkers: list[TopTalker]
     drops_by_reason: list[DropReasonCount]
     drops_by_policy: list[DropPolicyCount]
-    edges: list[ServiceEdge]
+    edges: list[ServiceEdge] = Field(
+        description="requests only (replies would add the clients' ephemeral ports)"
+    )
     edges_truncated: bool
+    verdict_mismatches: list[VerdictMismatch] = Field(
+        [], description="requests where Hubble's verdict differs from netwarden's desired one, biggest first"
+    )
+    rollup_minutes: int = Field(0, description="whole minutes of the window read from the per-minute rollups")
 
 
 class NamespaceInfo(BaseModel):
@@ -373,14 +394,17 @@ def create_app(
         body = await in_thread(lambda: summarize(store, flt, window, scope, top, max_edges))
         return JSONResponse(body)
 
-    def stored_places() -> tuple[set[str], set[tuple[str, str]]]:
-        sql = (
-            "SELECT DISTINCT if(c != '', c, cluster) AS cl, ns FROM ("
-            f"SELECT cluster, src_cluster_name AS c, src_namespace AS ns FROM {FLOWS_TABLE} "
-            f"UNION ALL SELECT cluster, dst_cluster_name AS c, dst_namespace AS ns FROM {FLOWS_TABLE})"
+    def stored_places(scope: ScopeFilter) -> set[tuple[str, str]]:
+        """(cluster, namespace) of every endpoint ever stored that the scope may see (namespace '' for
+        reserved identities): from the flow catalog, scoped in SQL."""
+        where, params = "1", {}
+        if not scope.everything:
+            where, params = scope.place_in_scope_sql("namespace_cluster", "namespace"), scope.params()
+        rows = store.run(
+            f"SELECT DISTINCT namespace_cluster AS cl, namespace AS ns FROM {CATALOG_TABLE} WHERE {where}",
+            params,
         )
-        rows = store.run(sql, {})
-        return {r["cl"] for r in rows}, {(r["cl"], r["ns"]) for r in rows if r["ns"]}
+        return {(str(r["cl"]), str(r["ns"])) for r in rows}
 
     @app.get("/api/v1/namespaces", response_model=NamespaceList, responses=AUTH_RESPONSES)
     async def list_namespaces(principal: Principal = Depends(current_principal)) -> dict[str, Any]:
@@ -392,8 +416,8 @@ def create_app(
             for ws, refs in own.workspace_namespaces.items()
             for ref in refs
         }
-        _, seen = await in_thread(stored_places)
-        places = sorted(p for p in set(owner) | seen if scope.can_see_namespace(*p))
+        seen = {p for p in await in_thread(lambda: stored_places(scope)) if p[1]}
+        places = sorted({p for p in owner if scope.can_see_namespace(*p)} | seen)
         return {
             "namespaces": [
                 {
@@ -432,10 +456,11 @@ def create_app(
         """Clusters the caller sees a namespace of: declared in projects/workspaces or seen in flows."""
         scope = reader_scope(principal, "list clusters")
         own = tenancy()
-        seen, _ = await in_thread(stored_places)
+        # A cluster is seen when a place in it is (a project scope sees its clusters' reserved places).
+        seen = {c for c, _ in await in_thread(lambda: stored_places(scope))}
         declared = set().union(*own.project_clusters.values()) if own.project_clusters else set()
         declared |= {r.cluster for refs in own.workspace_namespaces.values() for r in refs}
-        names = sorted(c for c in declared | seen if scope.can_see_cluster(c))
+        names = sorted({c for c in declared if scope.can_see_cluster(c)} | seen)
         return {
             "clusters": [
                 {"name": c, "projects": sorted(p for p, cs in own.project_clusters.items() if c in cs)}

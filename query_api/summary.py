@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +27,9 @@ from query_api.flow_query import (
     flow_source,
     parse_duration_ns,
     parse_time_ns,
+    parse_verdict,
 )
+from schemas.clickhouse import EDGES_1M, MISMATCHES_1M, POLICY_DROPS_1M, TALKERS_1M, VERDICTS_1M
 from schemas.flow_record import L4_PROTOCOLS
 from schemas.hubble.flow import flow_pb2
 
@@ -45,6 +47,17 @@ MAX_EDGES = 10_000
 DROPPED = flow_pb2.Verdict.DROPPED
 _NICE_BUCKETS_S = (1, 5, 10, 15, 30, 60, 300, 600, 900, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86_400)
 _S = 1_000_000_000
+# Service-map edges and mismatches count requests: a reply's destination port is the client's ephemeral one.
+REQUESTS = "NOT ifNull(is_reply, false)"
+MISMATCH_NAMES = (
+    "desired_verdict",
+    "desired_drop_reason",
+    "desired_egress_policy",
+    "desired_egress_rule",
+    "desired_ingress_policy",
+    "desired_ingress_rule",
+)
+MISMATCH_COLUMNS = ", ".join(MISMATCH_NAMES)
 
 
 def _column(name: str) -> str:
@@ -120,60 +133,300 @@ def _enum_name(enum: Any, number: int) -> str:
     return value.name if value is not None else str(number)
 
 
-def build_summary_queries(
-    flt: FlowFilter, window: SummaryWindow, scope: ScopeFilter | None, top: int, now_ns: int | None = None
-) -> dict[str, tuple[str, dict[str, Any]]]:
-    """name -> (SQL, parameters) of each aggregate. The window replaces the filter's since/until."""
+# Every aggregate comes back from one UNION ALL query (one parse and plan instead of a dozen: on chDB the
+# fixed cost of a query is the larger part of a summary), as rows of these columns; `kind` says which.
+UNIFIED: tuple[tuple[str, str], ...] = (
+    ("b", "toInt64({})"),
+    ("sc", "toString({})"),
+    ("sn", "toString({})"),
+    ("sw", "toString({})"),
+    ("dc", "toString({})"),
+    ("dn", "toString({})"),
+    ("dw", "toString({})"),
+    ("port", "toUInt16({})"),
+    ("proto", "toUInt8({})"),
+    ("verdict", "toUInt8({})"),
+    ("reason", "toUInt32({})"),
+    ("kind_", "toString({})"),
+    ("namespace_", "toString({})"),
+    ("name_", "toString({})"),
+    ("desired_verdict", "toUInt8({})"),
+    ("desired_drop_reason", "toUInt32({})"),
+    ("desired_egress_policy", "toString({})"),
+    ("desired_egress_rule", "toString({})"),
+    ("desired_ingress_policy", "toString({})"),
+    ("desired_ingress_rule", "toString({})"),
+)
+_DEFAULTS = {name: ("''" if "String" in cast else "0") for name, cast in UNIFIED}
+
+
+def _branch(kind: str, values: Mapping[str, str], count: str, source: str, where: str) -> str:
+    """One aggregate as a UNION ALL branch: grouped by the columns it sets, the others their zero. Output
+    names carry a `u_` prefix: ClickHouse lets an alias shadow a column in WHERE (`0 AS verdict`)."""
+    cols = [f"'{kind}' AS u_kind"]
+    for name, cast in UNIFIED:
+        cols.append(f"{cast.format(values.get(name, _DEFAULTS[name]))} AS u_{name}")
+    cols.append(f"toUInt64({count}) AS u_n")
+    group = ", ".join(f"u_{name}" for name, _ in UNIFIED if name in values)
+    return f"SELECT {', '.join(cols)}\nFROM {source}\nWHERE {where}" + (
+        f"\nGROUP BY {group}" if group else ""
+    )
+
+
+def _pair_values(sc: str, sn: str, sw: str, dc: str, dn: str, dw: str) -> dict[str, str]:
+    return {"sc": sc, "sn": sn, "sw": sw, "dc": dc, "dn": dn, "dw": dw}
+
+
+def _flow_branches(
+    flt: FlowFilter,
+    window: SummaryWindow,
+    scope: ScopeFilter | None,
+    now_ns: int | None,
+    extra_where: Sequence[tuple[str, Mapping[str, Any]]],
+    ranges: Sequence[tuple[int, int]] | None,
+) -> tuple[list[str], dict[str, Any]]:
+    """The aggregates over `flows` for the window (or only its `ranges`, inclusive ns pairs: the partial
+    minutes a rollup cannot answer), with the filter's conditions and the scope's (aliased: the query
+    starts with scope.with_clause())."""
     flt = dataclasses.replace(flt, since=None, until=None, cursor=None, last=None)
     where, params = filter_conditions(flt, now_ns, scope)
-    source = flow_source(scope)
     col = (lambda name: scope.column_sql(name, aliased=True)) if scope is not None else _column
-    with_clause = (scope.with_clause() + "\n") if scope is not None and scope.with_clause() else ""
     where.append("time >= fromUnixTimestamp64Nano({since_ns:Int64}, 'UTC')")
     where.append("time <= fromUnixTimestamp64Nano({until_ns:Int64}, 'UTC')")
-    params.update(since_ns=window.since_ns, until_ns=window.until_ns, bucket_ns=window.bucket_ns, top=top)
+    params.update(since_ns=window.since_ns, until_ns=window.until_ns, bucket_ns=window.bucket_ns)
+    if ranges is not None:
+        spans = []
+        for i, (lo, hi) in enumerate(ranges):
+            spans.append(
+                f"time BETWEEN fromUnixTimestamp64Nano({{range_lo_{i}:Int64}}, 'UTC') "
+                f"AND fromUnixTimestamp64Nano({{range_hi_{i}:Int64}}, 'UTC')"
+            )
+            params[f"range_lo_{i}"], params[f"range_hi_{i}"] = lo, hi
+        where.append("(" + (" OR ".join(spans) or "0") + ")")
+    for fragment, extra in extra_where:
+        params.update(extra)
+        where.append(f"({fragment})")
     cond = " AND ".join(where)
-    sc, sn, sw = endpoint_sql("src", col)
-    dc, dn, dw = endpoint_sql("dst", col)
-    pair = f"{sc} AS sc, {sn} AS sn, {sw} AS sw, {dc} AS dc, {dn} AS dn, {dw} AS dw"
+    source = flow_source(scope)
+    pair = _pair_values(*endpoint_sql("src", col), *endpoint_sql("dst", col))
     denied = (
         "arrayDistinct(arrayMap(p -> (tupleElement(p, 'kind'), tupleElement(p, 'namespace'), "
         "tupleElement(p, 'name')), arrayConcat(ingress_denied_by, egress_denied_by)))"
     )
-    base = f"FROM {source}\nWHERE {cond}"
-    queries = {
-        "buckets": (
-            f"SELECT intDiv(toUnixTimestamp64Nano(time), {{bucket_ns:Int64}}) AS b, verdict, count() AS n\n{base}\n"
-            "GROUP BY b, verdict",
-            params,
+    edge = {**pair, "port": "dst_port", "proto": "l4_protocol", "verdict": "verdict"}
+    mismatch = {**edge, **{m: m for m in MISMATCH_NAMES}}
+    branches = [
+        _branch(
+            "buckets",
+            {"b": "intDiv(toUnixTimestamp64Nano(time), {bucket_ns:Int64})", "verdict": "verdict"},
+            "count()",
+            source,
+            cond,
         ),
-        "talkers": (
-            f"SELECT {pair}, count() AS n\n{base}\nGROUP BY sc, sn, sw, dc, dn, dw\n"
-            "ORDER BY n DESC, sc, sn, sw, dc, dn, dw\nLIMIT {top:UInt32}",
-            params,
+        _branch("talkers", pair, "count()", source, cond),
+        _branch(
+            "drop_reasons",
+            {"reason": "drop_reason_desc"},
+            "count()",
+            source,
+            f"{cond} AND verdict = {int(DROPPED)}",
         ),
-        "drop_reasons": (
-            f"SELECT drop_reason_desc AS reason, count() AS n\n{base} AND verdict = {int(DROPPED)}\n"
-            "GROUP BY reason ORDER BY n DESC, reason",
-            params,
+        _branch(
+            "drop_policies",
+            {
+                "kind_": "tupleElement(p, 1)",
+                "namespace_": "tupleElement(p, 2)",
+                "name_": "tupleElement(p, 3)",
+            },
+            "count()",
+            f"{source}\nARRAY JOIN {denied} AS p",
+            f"{cond} AND verdict = {int(DROPPED)}",
         ),
-        "drop_policies": (
-            f"SELECT tupleElement(p, 1) AS kind, tupleElement(p, 2) AS namespace, tupleElement(p, 3) AS name, "
-            f"count() AS n\nFROM {source}\nARRAY JOIN {denied} AS p\nWHERE {cond} AND verdict = {int(DROPPED)}\n"
-            "GROUP BY kind, namespace, name ORDER BY n DESC, kind, namespace, name",
-            params,
-        ),
-        "edges": (
-            f"SELECT {pair}, dst_port AS port, l4_protocol AS proto, verdict, count() AS n\n{base}\n"
-            "GROUP BY sc, sn, sw, dc, dn, dw, port, proto, verdict",
-            params,
-        ),
+        _branch("edges", edge, "count()", source, f"{cond} AND {REQUESTS}"),
+        _branch("mismatches", mismatch, "count()", source, f"{cond} AND verdict_mismatch AND {REQUESTS}"),
+    ]
+    return branches, params
+
+
+# ---- rollups -------------------------------------------------------------------------------------------
+
+# FlowFilter fields the rollups keep (every other filter reads flows); the window must hold whole minutes.
+ROLLUP_FILTERS = frozenset({"cluster", "namespace", "verdict", "since", "until", "last", "cursor"})
+MINUTE_NS = 60 * _S
+LONG_WINDOW_NS = 3600 * _S
+
+
+def minute_window(window: SummaryWindow) -> SummaryWindow:
+    """Windows of an hour or more with whole-minute buckets are answered at minute resolution: since
+    down to its minute, until up to the end of its minute (the document states the window used). The
+    rollups then answer all of it; flows would otherwise be read for the partial minutes at both ends,
+    which costs a key range of the sort key's 10-minute buckets each."""
+    if window.until_ns - window.since_ns < LONG_WINDOW_NS or window.bucket_ns % MINUTE_NS:
+        return window
+    since = window.since_ns // MINUTE_NS * MINUTE_NS
+    until = window.until_ns // MINUTE_NS * MINUTE_NS + MINUTE_NS - 1
+    return SummaryWindow(since, until, window.bucket_ns)
+
+
+def rollup_span(flt: FlowFilter, window: SummaryWindow) -> tuple[int, int] | None:
+    """[first, end) of the whole minutes the rollups answer for this summary (ns), or None when they
+    cannot: a filter they do not keep, buckets that are not whole minutes, or no whole minute inside."""
+    for f in dataclasses.fields(flt):
+        if f.name not in ROLLUP_FILTERS and getattr(flt, f.name) not in (None, ()):
+            return None
+    if window.bucket_ns % MINUTE_NS:
+        return None
+    first = -(-window.since_ns // MINUTE_NS) * MINUTE_NS
+    end = (window.until_ns + 1) // MINUTE_NS * MINUTE_NS
+    return (first, end) if first < end else None
+
+
+def _rollup_branches(
+    flt: FlowFilter,
+    window: SummaryWindow,
+    scope: ScopeFilter | None,
+    span: tuple[int, int],
+    extra_where: Sequence[tuple[str, Mapping[str, Any]]],
+) -> tuple[list[str], dict[str, Any]]:
+    """The aggregates over the rollup tables for the whole minutes in `span`: the filter (cluster,
+    namespace, verdict) and the scope as plain column conditions; a side outside the scope shows its
+    reserved label as workload, like the redacted flow would."""
+    where = ["minute >= toDateTime({r_first:Int64}) AND minute < toDateTime({r_end:Int64})"]
+    params: dict[str, Any] = {
+        "r_first": span[0] // _S,
+        "r_end": span[1] // _S,
+        "bucket_s": window.bucket_ns // _S,
     }
-    return {name: (with_clause + sql, p) for name, (sql, p) in queries.items()}
+    if flt.cluster is not None:
+        where.append("cluster = {cluster:String}")
+        params["cluster"] = flt.cluster
+    if flt.verdict is not None:
+        where.append("verdict = {verdict:UInt8}")
+        params["verdict"] = parse_verdict(flt.verdict)
+    if flt.namespace is not None:
+        if not flt.namespace or "/" in flt.namespace:
+            raise FilterValueError("namespace", flt.namespace, f"invalid namespace {flt.namespace!r}")
+        where.append("(src_namespace = {ns:String} OR dst_namespace = {ns:String})")
+        params["ns"] = flt.namespace
+    inside = {"src": "1", "dst": "1"}
+    if scope is not None and not scope.everything:
+        inside = {
+            side: scope.place_in_scope_sql(f"{side}_cluster", f"{side}_namespace") for side in ("src", "dst")
+        }
+        where.append(f"({inside['src']} OR {inside['dst']})")
+        params.update(scope.params())
+    for fragment, extra in extra_where:
+        params.update(extra)
+        where.append(f"({fragment})")
+    cond = " AND ".join(where)
+
+    def workload(side: str) -> str:
+        if inside[side] == "1":
+            return f"{side}_workload"
+        return f"if({inside[side]}, {side}_workload, {side}_reserved)"
+
+    pair = _pair_values(
+        "src_cluster", "src_namespace", workload("src"), "dst_cluster", "dst_namespace", workload("dst")
+    )
+    edge = {**pair, "port": "dst_port", "proto": "l4_protocol", "verdict": "verdict"}
+    branches = [
+        _branch(
+            "buckets",
+            {"b": "intDiv(toUnixTimestamp(minute), {bucket_s:Int64})", "verdict": "verdict"},
+            "sum(flows)",
+            VERDICTS_1M,
+            cond,
+        ),
+        _branch("talkers", pair, "sum(flows)", TALKERS_1M, cond),
+        _branch(
+            "drop_reasons",
+            {"reason": "drop_reason_desc"},
+            "sum(flows)",
+            VERDICTS_1M,
+            f"{cond} AND verdict = {int(DROPPED)}",
+        ),
+        _branch(
+            "drop_policies",
+            {"kind_": "policy_kind", "namespace_": "policy_namespace", "name_": "policy_name"},
+            "sum(flows)",
+            POLICY_DROPS_1M,
+            cond,
+        ),
+        _branch("edges", edge, "sum(flows)", EDGES_1M, cond),
+        _branch("mismatches", {**edge, **{m: m for m in MISMATCH_NAMES}}, "sum(flows)", MISMATCHES_1M, cond),
+    ]
+    return branches, params
+
+
+def build_summary_query(
+    flt: FlowFilter,
+    window: SummaryWindow,
+    scope: ScopeFilter | None,
+    now_ns: int | None = None,
+    extra_where: Sequence[tuple[str, Mapping[str, Any]]] = (),
+) -> tuple[str, dict[str, Any], tuple[int, int] | None]:
+    """The one query of a summary (rows of UNIFIED, tagged by `kind`), its parameters, and the whole
+    minutes read from rollups (None: all from flows). `extra_where`: the scope's key prefilter."""
+    span = rollup_span(flt, window)
+    if span is None:
+        branches, params = _flow_branches(flt, window, scope, now_ns, extra_where, None)
+    else:
+        branches, params = _rollup_branches(flt, window, scope, span, extra_where)
+        ranges = [r for r in ((window.since_ns, span[0] - 1), (span[1], window.until_ns)) if r[0] <= r[1]]
+        if ranges:
+            more, flow_params = _flow_branches(flt, window, scope, now_ns, extra_where, ranges)
+            branches += more
+            params.update(flow_params)
+    with_clause = (scope.with_clause() + "\n") if scope is not None and scope.with_clause() else ""
+    sql = with_clause + "SELECT * FROM (\n" + "\nUNION ALL\n".join(branches) + "\n)"
+    return sql, params, span
 
 
 def _endpoint(c: str, n: str, w: str) -> dict[str, str]:
     return {"cluster": c, "namespace": n, "workload": w}
+
+
+def _enum_label(enum: Any, number: int) -> str:
+    return _enum_name(enum, number) if number else ""
+
+
+def _mismatch_doc(key: tuple[Any, ...], n: int) -> dict[str, Any]:
+    sc, sn, sw, dc, dn, dw, port, proto, verdict, desired, reason, e_pol, e_rule, i_pol, i_rule = key
+    return {
+        "source": _endpoint(sc, sn, sw),
+        "destination": _endpoint(dc, dn, dw),
+        "port": port,
+        "protocol": L4_PROTOCOLS.get(proto, str(proto) if proto else ""),
+        "verdict": _enum_name(flow_pb2.Verdict, verdict),
+        "desired_verdict": _enum_name(flow_pb2.Verdict, desired),
+        "desired_drop_reason": _enum_label(flow_pb2.DropReason, reason),
+        "egress_policy": e_pol,
+        "egress_rule": e_rule,
+        "ingress_policy": i_pol,
+        "ingress_rule": i_rule,
+        "flows": n,
+    }
+
+
+_PAIR = ("sc", "sn", "sw", "dc", "dn", "dw")
+_KEYS: dict[str, tuple[str, ...]] = {
+    "buckets": ("b", "verdict"),
+    "talkers": _PAIR,
+    "drop_reasons": ("reason",),
+    "drop_policies": ("kind_", "namespace_", "name_"),
+    "edges": (*_PAIR, "port", "proto", "verdict"),
+    "mismatches": (*_PAIR, "port", "proto", "verdict", *MISMATCH_NAMES),
+}
+
+
+def _merge_counts(name: str, row_sets: Sequence[list[dict[str, Any]]]) -> dict[tuple[Any, ...], int]:
+    """Rows of one aggregate from several sources (rollup minutes, partial minutes) summed per key."""
+    out: dict[tuple[Any, ...], int] = {}
+    for rows in row_sets:
+        for r in rows:
+            key = tuple(r[k] for k in _KEYS[name])
+            out[key] = out.get(key, 0) + int(r["n"])
+    return out
 
 
 def summarize(
@@ -184,9 +437,23 @@ def summarize(
     top: int = DEFAULT_TOP,
     max_edges: int = DEFAULT_EDGES,
 ) -> dict[str, Any]:
-    """The summary document (query_api.app.FlowSummary)."""
-    queries = build_summary_queries(flt, window, scope, top)
-    rows = {name: store.run(sql, params) for name, (sql, params) in queries.items()}
+    """The summary document (query_api.app.FlowSummary). Whole minutes come from the rollups when the
+    filter allows it (rollup_span), the rest of the window from flows; both read through the scope."""
+    extra: list[tuple[str, Mapping[str, Any]]] = []
+    if scope is not None and not scope.everything:
+        places = [
+            (c.cluster, c.namespace_cluster, c.namespace)
+            for c in store.catalog()
+            if scope.can_see_namespace(c.namespace_cluster, c.namespace)
+        ]
+        extra.append(scope.prefilter(places))
+    if rollup_span(flt, window) is not None:
+        window = minute_window(window)
+    sql, params, span = build_summary_query(flt, window, scope, extra_where=extra)
+    sources: dict[str, list[list[dict[str, Any]]]] = {name: [[]] for name in _KEYS}
+    for row in store.run(sql, params):
+        sources[row["u_kind"]][0].append({k[2:]: v for k, v in row.items()})
+    counts = {name: _merge_counts(name, rows) for name, rows in sources.items()}
 
     first = _bucket_start(window.since_ns, window.bucket_ns)
     last = _bucket_start(window.until_ns, window.bucket_ns)
@@ -194,32 +461,36 @@ def summarize(
         start: {} for start in range(first, last + window.bucket_ns, window.bucket_ns)
     }
     total = 0
-    for r in rows["buckets"]:
-        start = int(r["b"]) * window.bucket_ns
-        verdicts = per_bucket.setdefault(start, {})
-        name = _enum_name(flow_pb2.Verdict, int(r["verdict"]))
-        verdicts[name] = verdicts.get(name, 0) + int(r["n"])
-        total += int(r["n"])
+    for (b, verdict), n in counts["buckets"].items():
+        verdicts = per_bucket.setdefault(int(b) * window.bucket_ns, {})
+        name = _enum_name(flow_pb2.Verdict, int(verdict))
+        verdicts[name] = verdicts.get(name, 0) + n
+        total += n
+    for start in per_bucket:  # verdict names in a stable order
+        per_bucket[start] = dict(sorted(per_bucket[start].items()))
 
     edges: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for r in rows["edges"]:
-        proto = int(r["proto"])
-        key = (r["sc"], r["sn"], r["sw"], r["dc"], r["dn"], r["dw"], int(r["port"]), proto)
+    for (sc, sn, sw, dc, dn, dw, port, proto, verdict), n in counts["edges"].items():
+        key = (sc, sn, sw, dc, dn, dw, int(port), int(proto))
         edge = edges.get(key)
         if edge is None:
             edge = edges[key] = {
-                "source": _endpoint(r["sc"], r["sn"], r["sw"]),
-                "destination": _endpoint(r["dc"], r["dn"], r["dw"]),
-                "port": int(r["port"]),
-                "protocol": L4_PROTOCOLS.get(proto, str(proto) if proto else ""),
+                "source": _endpoint(sc, sn, sw),
+                "destination": _endpoint(dc, dn, dw),
+                "port": int(port),
+                "protocol": L4_PROTOCOLS.get(int(proto), str(proto) if proto else ""),
                 "flows": 0,
                 "verdicts": {},
             }
-        name = _enum_name(flow_pb2.Verdict, int(r["verdict"]))
-        edge["verdicts"][name] = edge["verdicts"].get(name, 0) + int(r["n"])
-        edge["flows"] += int(r["n"])
-    # Biggest edges first; the key breaks ties so the order (and the cut at max_edges) is stable.
+        name = _enum_name(flow_pb2.Verdict, int(verdict))
+        edge["verdicts"][name] = edge["verdicts"].get(name, 0) + n
+        edge["flows"] += n
+    # Biggest first; the key breaks ties so the order (and the cut at max_edges) is stable.
     ordered = [edges[k] for k in sorted(edges, key=lambda k: (-edges[k]["flows"], k))]
+    talkers = sorted(counts["talkers"].items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+    reasons = sorted(counts["drop_reasons"].items(), key=lambda kv: (-kv[1], kv[0]))
+    policies = sorted(counts["drop_policies"].items(), key=lambda kv: (-kv[1], kv[0]))
+    mismatches = sorted(counts["mismatches"].items(), key=lambda kv: (-kv[1], kv[0]))
 
     return {
         "since": rfc3339(window.since_ns),
@@ -228,21 +499,14 @@ def summarize(
         "total": total,
         "buckets": [{"start": rfc3339(start), "verdicts": v} for start, v in sorted(per_bucket.items())],
         "top_talkers": [
-            {
-                "source": _endpoint(r["sc"], r["sn"], r["sw"]),
-                "destination": _endpoint(r["dc"], r["dn"], r["dw"]),
-                "flows": int(r["n"]),
-            }
-            for r in rows["talkers"]
+            {"source": _endpoint(*k[:3]), "destination": _endpoint(*k[3:]), "flows": n} for k, n in talkers
         ],
         "drops_by_reason": [
-            {"reason": _enum_name(flow_pb2.DropReason, int(r["reason"])), "flows": int(r["n"])}
-            for r in rows["drop_reasons"]
+            {"reason": _enum_name(flow_pb2.DropReason, int(k[0])), "flows": n} for k, n in reasons
         ],
-        "drops_by_policy": [
-            {"kind": r["kind"], "namespace": r["namespace"], "name": r["name"], "flows": int(r["n"])}
-            for r in rows["drop_policies"]
-        ],
+        "drops_by_policy": [{"kind": k[0], "namespace": k[1], "name": k[2], "flows": n} for k, n in policies],
         "edges": ordered[:max_edges],
         "edges_truncated": len(ordered) > max_edges,
+        "verdict_mismatches": [_mismatch_doc(k, n) for k, n in mismatches[:max_edges]],
+        "rollup_minutes": 0 if span is None else (span[1] - span[0]) // MINUTE_NS,
     }

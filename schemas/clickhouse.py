@@ -2,7 +2,7 @@
 
 Layout (issue 7, "Storage and queries for the way people ask"):
 
-- `flows`: one row per stored flow. Sorted by (cluster, hour, src_namespace, dst_namespace, src_pod,
+- `flows`: one row per stored flow. Sorted by (cluster, 10 minutes, src_namespace, dst_namespace, src_pod,
   dst_pod, time, uuid): "this namespace, this hour" and "flows touching my scope, newest first" are key
   ranges (query_api.flow_query builds plain column predicates the key can use), and rows of the same pod
   pair sit together, so pods, labels, IPs, policies and enrichment compress to almost nothing; what is left
@@ -48,8 +48,10 @@ FINAL_SETTINGS = "do_not_merge_across_partitions_select_final = 1"
 # Redelivered batches carrying the same insert_deduplication_token are dropped (before the views see them).
 DEDUP_WINDOW = 10_000
 
-# The coarse time bucket of the sort key: a query's time range maps onto it (toStartOfHour is monotonic).
-TIME_BUCKET = "toStartOfHour(time)"
+# The coarse time bucket of the sort key: a query's time range maps onto it (the function is monotonic).
+# Ten minutes: the newest flows of a cluster are one bucket; per minute, similar rows would sit together
+# too rarely (+5 B/flow measured at 3M demo flows a day), per hour +1 B less but 6x more read per window.
+TIME_BUCKET = "toStartOfTenMinutes(time)"
 SORT_KEY = (
     "cluster",
     TIME_BUCKET,

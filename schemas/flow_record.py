@@ -58,7 +58,7 @@ def _endpoint(side: str) -> list[Column]:
 
 # Columns the decoder fills, in insert order.
 FLOW_COLUMNS: list[Column] = [
-    Column("time", "DateTime64(9, 'UTC') CODEC(DoubleDelta, ZSTD(1))", pa.timestamp("ns", tz="UTC")),
+    Column("time", "DateTime64(9, 'UTC') CODEC(Delta(8), T64, ZSTD(1))", pa.timestamp("ns", tz="UTC")),
     Column("cluster", "LowCardinality(String)", pa.string()),
     Column("node_name", "LowCardinality(String)", pa.string()),
     # Hubble's uuid; flows from older servers have none, and get one derived from their bytes so that

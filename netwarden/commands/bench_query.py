@@ -30,6 +30,8 @@ from typing import Any
 SPAN_NS = 24 * 3600 * 1_000_000_000
 TEMPLATE_FLOWS = 20_000  # per cluster: ~1,500 conversations of the generator's mix
 CHUNK = 2_000_000
+SLICES = 24  # one generated hour, 23 shifted copies
+STAGING_TABLE = "bench_query_staging"
 TEMPLATES_TABLE = "bench_query_templates"
 EPHEMERAL_FIRST, EPHEMERAL_COUNT = 32768, 61000 - 32768
 
@@ -46,6 +48,11 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "default: a temporary one",
     )
     p.add_argument("--calls", type=int, default=20, help="timed calls per (role, query) (default 20)")
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time the calls over the flows already in --data-dir (no load; --flows is then only reported)",
+    )
     p.set_defaults(handler=cmd_bench_query)
 
 
@@ -58,8 +65,10 @@ def cmd_bench_query(args: argparse.Namespace) -> int:
 
     if args.flows < 1 or args.calls < 1:
         raise CommandError("--flows and --calls must be positive")
+    if args.reuse and not args.data_dir:
+        raise CommandError("--reuse needs --data-dir")
     if args.data_dir:
-        result = bench_query(Path(args.data_dir), args.flows, args.calls)
+        result = bench_query(Path(args.data_dir), args.flows, args.calls, reuse=args.reuse)
     else:
         with tempfile.TemporaryDirectory(prefix="netwarden-bench-query-") as tmp:
             result = bench_query(Path(tmp), args.flows, args.calls)
@@ -138,11 +147,16 @@ def _ownership_sql() -> dict[str, str]:
 
 def load_demo_flows(client: Any, n: int, end_ns: int, span_ns: int = SPAN_NS) -> int:
     """N demo flows over [end - span, end], split evenly between the demo clusters, written by
-    ClickHouse itself. Returns the number written."""
+    ClickHouse itself. Returns the number written.
+
+    The first of SLICES time slices is generated from the templates (a join per row: the slow part);
+    the others are copies of it shifted in time, with fresh uuids and ephemeral ports. Everything goes
+    to a staging table first, whose partitions are then attached to `flows` and counted into the
+    rollups and the catalog once, as the views would have (views work per insert block: slower)."""
     import pyarrow as pa
 
     from collectors.traffic import DEMO_CLUSTERS
-    from schemas.clickhouse import FLOWS_TABLE
+    from schemas.clickhouse import CATALOG_TABLE, FLOWS_TABLE, ROLLUPS, catalog_select, flows_table_ddl
     from schemas.flow_record import RECORD_COLUMNS
 
     _progress(f"building templates ({TEMPLATE_FLOWS} flows per cluster)")
@@ -154,6 +168,8 @@ def load_demo_flows(client: Any, n: int, end_ns: int, span_ns: int = SPAN_NS) ->
     flow_cols = ", ".join(f"`{f.name}` {_ch_type(f.name)}" for f in templates.schema)
     client.command(f"CREATE TABLE {TEMPLATES_TABLE} ({flow_cols}) ENGINE = Memory")
     client.insert_arrow(TEMPLATES_TABLE, templates)
+    client.command(f"DROP TABLE IF EXISTS {STAGING_TABLE}")
+    client.command(flows_table_ddl(table=STAGING_TABLE))
 
     enrichment = _ownership_sql()
     exprs = []
@@ -181,26 +197,48 @@ def load_demo_flows(client: Any, n: int, end_ns: int, span_ns: int = SPAN_NS) ->
             exprs.append((c.name, expr))
     cols = ", ".join(f"`{name}`" for name, _ in exprs)
     select = ", ".join(f"{expr} AS `{name}`" for name, expr in exprs)
+    # Copies: same rows, later time, new uuid; an ephemeral port maps to another one per copy (a
+    # conversation keeps one port).
+    shifted = {
+        "time": "s.time + toIntervalNanosecond({shift_ns:Int64})",
+        "uuid": "generateUUIDv4(cityHash64(s.uuid, {copy:UInt64}))",
+    }
+    for port in ("src_port", "dst_port"):
+        shifted[port] = (
+            f"if(s.{port} >= {EPHEMERAL_FIRST}, toUInt16({EPHEMERAL_FIRST} + "
+            f"cityHash64(s.{port}, {{copy:UInt64}}) % {EPHEMERAL_COUNT}), s.{port})"
+        )
+    all_cols = ", ".join(f"`{c.name}`" for c in RECORD_COLUMNS)
+    copy_select = ", ".join(f"{shifted.get(c.name, f's.`{c.name}`')} AS `{c.name}`" for c in RECORD_COLUMNS)
+    settings = "SETTINGS max_partitions_per_insert_block = 0, insert_deduplicate = 0, max_insert_threads = 2"
 
     per_cluster = [
         n // len(DEMO_CLUSTERS) + (1 if i < n % len(DEMO_CLUSTERS) else 0) for i in range(len(DEMO_CLUSTERS))
     ]
     written = 0
     started = time.perf_counter()
+    slice_ns = span_ns // SLICES
+    start_ns = end_ns - span_ns
+
+    def progress() -> None:
+        rate = written / max(1e-9, time.perf_counter() - started)
+        _progress(f"{written}/{n} flows written ({rate:,.0f}/s)")
+
     for seed, (cluster, count) in enumerate(zip(DEMO_CLUSTERS, per_cluster, strict=True)):
+        slice_count = -(-count // SLICES)
         if count == 0:
             continue
-        step = span_ns / count
-        for first in range(0, count, CHUNK):
-            size = min(CHUNK, count - first)
+        step = slice_ns / slice_count
+        for first in range(0, slice_count, CHUNK):
+            size = min(CHUNK, slice_count - first)
             client.command(
-                f"INSERT INTO {FLOWS_TABLE} ({cols})\n"
+                f"INSERT INTO {STAGING_TABLE} ({cols})\n"
                 f"SELECT {select}\n"
-                f"FROM (SELECT number, number % {TEMPLATE_FLOWS} AS k FROM numbers({{first:UInt64}}, {{size:UInt64}})) AS n\n"
+                f"FROM (SELECT number, number % {TEMPLATE_FLOWS} AS k FROM numbers_mt({{first:UInt64}}, {{size:UInt64}})) AS n\n"
                 f"INNER JOIN (SELECT * FROM {TEMPLATES_TABLE} WHERE cluster = {{cluster:String}}) AS t ON t.k = n.k\n"
-                "SETTINGS max_partitions_per_insert_block = 0",
+                + settings,
                 parameters={
-                    "start": end_ns - span_ns,
+                    "start": start_ns,
                     "step": step,
                     "jitter": max(1, int(step)),
                     "seed": seed + 1,
@@ -210,9 +248,39 @@ def load_demo_flows(client: Any, n: int, end_ns: int, span_ns: int = SPAN_NS) ->
                 },
             )
             written += size
-            rate = written / max(1e-9, time.perf_counter() - started)
-            _progress(f"{written}/{n} flows written ({rate:,.0f}/s)")
+            progress()
+        for copy in range(1, SLICES):
+            remaining = count - copy * slice_count
+            if remaining <= 0:
+                break
+            client.command(
+                f"INSERT INTO {STAGING_TABLE} ({all_cols})\nSELECT {copy_select}\nFROM (SELECT * FROM {STAGING_TABLE}\n"
+                "WHERE cluster = {cluster:String} AND time < fromUnixTimestamp64Nano({slice_end:Int64}, 'UTC')\n"
+                "ORDER BY time LIMIT {limit:UInt64}) AS s\n" + settings,
+                parameters={
+                    "cluster": cluster,
+                    "slice_end": start_ns + slice_ns,
+                    "shift_ns": copy * slice_ns,
+                    "copy": copy,
+                    "limit": min(slice_count, remaining),
+                },
+            )
+            written += min(slice_count, remaining)
+            progress()
     client.command(f"DROP TABLE IF EXISTS {TEMPLATES_TABLE}")
+
+    _progress("counting the rollups and the catalog")
+    for rollup in ROLLUPS.values():
+        client.command(f"INSERT INTO {rollup.table} {rollup.select(source=STAGING_TABLE)} {settings}")
+    client.command(f"INSERT INTO {CATALOG_TABLE} {catalog_select(source=STAGING_TABLE)}")
+    partitions = client.query(
+        "SELECT DISTINCT partition_id FROM system.parts WHERE active AND database = currentDatabase() "
+        "AND table = {t:String}",
+        parameters={"t": STAGING_TABLE},
+    ).result_rows
+    for (partition,) in partitions:
+        client.command(f"ALTER TABLE {FLOWS_TABLE} ATTACH PARTITION ID '{partition}' FROM {STAGING_TABLE}")
+    client.command(f"DROP TABLE {STAGING_TABLE}")
     return written
 
 
@@ -259,7 +327,7 @@ def _calls(users: list[dict[str, Any]]) -> list[tuple[str, str, str, dict[str, A
     return out
 
 
-def bench_query(data_dir: Path, n: int, calls: int) -> dict[str, Any]:
+def bench_query(data_dir: Path, n: int, calls: int, reuse: bool = False) -> dict[str, Any]:
     import httpx
     import uvicorn
 
@@ -275,15 +343,20 @@ def bench_query(data_dir: Path, n: int, calls: int) -> dict[str, Any]:
     data_dir.mkdir(parents=True, exist_ok=True)
     store = FlowStore(open_clickhouse(str(data_dir)))
     store.ensure_schema()
-    _progress(f"clearing the demo clusters' flows in {data_dir}")
-    for table in _cluster_tables(store):
-        store.client.command(
-            f"DELETE FROM {table} WHERE cluster IN {{c:Array(String)}}", parameters={"c": list(DEMO_CLUSTERS)}
-        )
-    started = time.perf_counter()
-    load_demo_flows(store.client, n, time.time_ns())
-    load_s = time.perf_counter() - started
-    _progress(f"loaded in {load_s:.1f}s; merging")
+    load_s = 0.0
+    if reuse:
+        n = store.count()
+    else:
+        _progress(f"clearing the demo clusters' flows in {data_dir}")
+        for table in _cluster_tables(store):
+            store.client.command(
+                f"DELETE FROM {table} WHERE cluster IN {{c:Array(String)}}",
+                parameters={"c": list(DEMO_CLUSTERS)},
+            )
+        started = time.perf_counter()
+        load_demo_flows(store.client, n, time.time_ns())
+        load_s = time.perf_counter() - started
+        _progress(f"loaded in {load_s:.1f}s")
     stored = store.client.query(
         f"SELECT sum(rows), sum(data_compressed_bytes) FROM system.parts WHERE active AND table = '{FLOWS_TABLE}'"
         " AND database = currentDatabase()"
