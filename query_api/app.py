@@ -8,7 +8,10 @@ its ScopeFilter (query_api.scope), built from the tenancy snapshot `ownership()`
 applied inside the SQL query.
 
 Output formats of GET /api/v1/flows (every flow in hubble's jsonpb form, schemas.flow_render):
-- `json` (default): `{"flows": [GetFlowsResponse, ...], "next_cursor": token or null}`, newest first;
+- `json` (default): `{"flows": [GetFlowsResponse, ...], "next_cursor": token or null}`, newest first; each
+  flow also carries netwarden's enrichment under `netwarden` (schemas.flow_render.row_enrichment: each
+  side's project/workspace, the desired and staged policy sets' verdicts with attribution when evaluated,
+  `verdict_mismatch`), absent when there is none;
 - `ndjson`: one GetFlowsResponse per line, newest first;
 - `jsonpb`: exactly what `hubble observe -o jsonpb` / `netwarden flows -o jsonpb` print: one compact
   GetFlowsResponse per line, the selected newest flows in time order (oldest first).
@@ -40,7 +43,7 @@ from query_api.scope import PROJECT_ROLES, WORKSPACE_ROLES, ScopeFilter
 from query_api.store import FlowStore
 from query_api.summary import DEFAULT_EDGES, DEFAULT_TOP, MAX_EDGES, MAX_TOP, parse_window, summarize
 from schemas.clickhouse import CATALOG_TABLE
-from schemas.flow_render import jsonpb_line, row_time_ns, row_to_jsonpb
+from schemas.flow_render import jsonpb_line, row_time_ns, row_to_json, row_to_jsonpb
 
 log = logging.getLogger("netwarden.query_api")
 
@@ -75,7 +78,10 @@ class PermissionDeniedResponse(BaseModel):
 
 
 class FlowsPage(BaseModel):
-    flows: list[dict[str, Any]] = Field(description="GetFlowsResponse objects in hubble's jsonpb form")
+    flows: list[dict[str, Any]] = Field(
+        description="GetFlowsResponse objects in hubble's jsonpb form, plus netwarden's enrichment under "
+        "`netwarden` when there is any (project/workspace per side, desired/staged verdicts, verdict_mismatch)"
+    )
     next_cursor: str | None = Field(None, description="pass as `cursor` for the next (older) page")
 
 
@@ -364,7 +370,8 @@ def create_app(
                 rows = rows[:limit]
                 last = rows[-1]
                 next_cursor = encode_cursor(row_time_ns(last), last["uuid"], str(last["cluster"]))
-            return [row_to_jsonpb(row) for row in rows], next_cursor
+            render = row_to_json if format == "json" else row_to_jsonpb
+            return [render(row) for row in rows], next_cursor
 
         flows, next_cursor = await in_thread(run)
         metrics.flows_returned.labels(format).inc(len(flows))

@@ -223,6 +223,77 @@ def rows_to_jsonpb(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [row_to_jsonpb(row) for row in rows]
 
 
+# ---- netwarden's enrichment (format=json, `flows -o json`) -------------------------------------------
+
+ENRICHMENT_KEY = "netwarden"  # the key next to GetFlowsResponse's own fields; jsonpb output never has it
+
+
+def _verdict_set_json(row: Mapping[str, Any], prefix: str) -> dict[str, Any] | None:
+    """One evaluated policy set (`desired` or `staged`), or None when it was not evaluated (verdict 0)."""
+    verdict = int(row.get(f"{prefix}_verdict") or 0)
+    if not verdict:
+        return None
+    out: dict[str, Any] = {
+        "verdict": _enum_name(flow_pb2.Verdict, verdict),
+        "revision": str(int(row.get(f"{prefix}_revision") or 0)),  # uint64 as a string, like jsonpb
+    }
+    reason = int(row.get(f"{prefix}_drop_reason") or 0)
+    if reason:
+        out["drop_reason"] = _enum_name(flow_pb2.DropReason, reason)
+    for direction in ("egress", "ingress"):
+        dv = int(row.get(f"{prefix}_{direction}_verdict") or 0)
+        if not dv:
+            continue
+        side: dict[str, Any] = {"verdict": _enum_name(flow_pb2.Verdict, dv)}
+        for field in ("policy", "rule"):
+            value = row.get(f"{prefix}_{direction}_{field}") or ""
+            if value:
+                side[field] = value
+        version = int(row.get(f"{prefix}_{direction}_version") or 0)
+        if version:
+            side["version"] = version
+        out[direction] = side
+    return out
+
+
+def row_enrichment(row: Mapping[str, Any]) -> dict[str, Any]:
+    """netwarden's enrichment of a stored flow (schemas.flow_record.ENRICHMENT_COLUMNS), leaving out what
+    is empty: each side's project/workspace when known; the desired (and staged) policy set's verdict with
+    its attribution only when evaluated (verdict 0 = not evaluated); `verdict_mismatch` only when true."""
+    out: dict[str, Any] = {}
+    for side, key in (("src", "source"), ("dst", "destination")):
+        owner = {f: row.get(f"{side}_{f}") or "" for f in ("project", "workspace")}
+        owner = {f: v for f, v in owner.items() if v}
+        if owner:
+            out[key] = owner
+    for prefix in ("desired", "staged"):
+        evaluated = _verdict_set_json(row, prefix)
+        if evaluated is not None:
+            out[prefix] = evaluated
+    if row.get("verdict_mismatch"):
+        out["verdict_mismatch"] = True
+    return out
+
+
+def row_to_json(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Hubble's jsonpb GetFlowsResponse plus, under `netwarden`, the enrichment (when there is any)."""
+    obj = row_to_jsonpb(row)
+    enrichment = row_enrichment(row)
+    if enrichment:
+        obj[ENRICHMENT_KEY] = enrichment
+    return obj
+
+
+def strip_enrichment(obj: dict[str, Any]) -> dict[str, Any]:
+    """The Hubble part of a row_to_json object (what jsonpb output prints)."""
+    return {k: v for k, v in obj.items() if k != ENRICHMENT_KEY}
+
+
+def _enum_name(enum: Any, number: int) -> str:
+    value = enum.DESCRIPTOR.values_by_number.get(number)
+    return value.name if value is not None else str(number)
+
+
 def jsonpb_line(obj: dict[str, Any]) -> str:
     """One compact JSON line, like Go's json.Encoder used by `hubble observe -o jsonpb`."""
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)

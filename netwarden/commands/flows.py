@@ -5,8 +5,10 @@ applies the token's role scope; `--data-dir DIR` (or NETWARDEN_CLICKHOUSE) reads
 (operator access: everything). `--follow` streams live flows from the API
 (netwarden.commands.flows_follow).
 
-Output: `-o jsonpb` prints one compact GetFlowsResponse per line in hubble's own jsonpb form; `-o json` is
-an alias of jsonpb, as in `hubble observe` (pipe into `jq` for pretty output); `-o table` (default) prints
+Output: `-o jsonpb` prints one compact GetFlowsResponse per line in hubble's own jsonpb form; `-o json` the
+same lines plus netwarden's enrichment under `netwarden` (each side's project/workspace, the desired and
+staged policy sets' verdicts with attribution when evaluated, `verdict_mismatch`; schemas.flow_render),
+pipe into `jq` for pretty output; `-o table` (default) prints
 hubble's TIMESTAMP SOURCE DESTINATION TYPE VERDICT SUMMARY columns. Like hubble, the newest N matching flows
 are selected and printed oldest first.
 """
@@ -27,7 +29,14 @@ from netwarden.commands.flows_follow import FILTER_PARAMS
 from query_api.flow_query import DEFAULT_LAST, FilterValueError, FlowFilter, parse_last
 from query_api.store import DataDirLockedError, FlowStore, clickhouse_path, open_clickhouse
 from schemas.flow_record import L4_PROTOCOLS, TCP_FLAG_NAMES
-from schemas.flow_render import ip_text, jsonpb_line, row_time_ns, row_to_jsonpb
+from schemas.flow_render import (
+    ip_text,
+    jsonpb_line,
+    row_time_ns,
+    row_to_json,
+    row_to_jsonpb,
+    strip_enrichment,
+)
 from schemas.hubble.flow import flow_pb2
 
 CLICKHOUSE_ENV = "NETWARDEN_CLICKHOUSE"
@@ -103,8 +112,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
         "--output",
         choices=("jsonpb", "json", "table"),
         default="table",
-        help="jsonpb: one GetFlowsResponse per line (hubble's form); json: alias of jsonpb, "
-        "as in hubble; table: human-readable columns (default)",
+        help="jsonpb: one GetFlowsResponse per line (hubble's form); json: the same plus netwarden's "
+        "enrichment (ownership, desired/staged verdicts) under `netwarden`; table: human-readable columns (default)",
     )
     p.set_defaults(handler=run_flows)
 
@@ -128,8 +137,6 @@ def _filter_from_args(args: argparse.Namespace) -> FlowFilter:
         direction=args.direction,
         l7_type=args.l7_type,
     )
-
-
 
 
 def _api_hint(args: argparse.Namespace) -> str:
@@ -225,7 +232,10 @@ def jsonpb_to_rows(flows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     from schemas.hubble.observer import observer_pb2
     from streams.decode import FlowDecoder
 
-    raw = [json_format.ParseDict(f, observer_pb2.GetFlowsResponse()).SerializeToString() for f in flows]
+    raw = [
+        json_format.ParseDict(strip_enrichment(f), observer_pb2.GetFlowsResponse()).SerializeToString()
+        for f in flows
+    ]
     batch = FlowDecoder().decode("", raw)
     return [{**row, "time_ns": row_time_ns(row)} for row in batch.table.to_pylist()]
 
@@ -272,7 +282,11 @@ def _print(
         if args.output == "table":
             write_table(rows if rows is not None else jsonpb_to_rows(jsonpb or []), sys.stdout)
         else:
-            lines = jsonpb if jsonpb is not None else [row_to_jsonpb(row) for row in rows or []]
+            if jsonpb is not None:  # from the API, enrichment included (format=json)
+                lines = jsonpb if args.output == "json" else [strip_enrichment(f) for f in jsonpb]
+            else:
+                render = row_to_json if args.output == "json" else row_to_jsonpb
+                lines = [render(row) for row in rows or []]
             for obj in lines:
                 sys.stdout.write(jsonpb_line(obj) + "\n")
         sys.stdout.flush()
