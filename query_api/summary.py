@@ -364,10 +364,11 @@ def build_summary_query(
     scope: ScopeFilter | None,
     now_ns: int | None = None,
     extra_where: Sequence[tuple[str, Mapping[str, Any]]] = (),
+    use_rollups: bool = True,
 ) -> tuple[str, dict[str, Any], tuple[int, int] | None]:
     """The one query of a summary (rows of UNIFIED, tagged by `kind`), its parameters, and the whole
     minutes read from rollups (None: all from flows). `extra_where`: the scope's key prefilter."""
-    span = rollup_span(flt, window)
+    span = rollup_span(flt, window) if use_rollups else None
     if span is None:
         branches, params = _flow_branches(flt, window, scope, now_ns, extra_where, None)
     else:
@@ -436,8 +437,10 @@ def summarize(
     scope: ScopeFilter | None,
     top: int = DEFAULT_TOP,
     max_edges: int = DEFAULT_EDGES,
+    use_rollups: bool = True,
 ) -> dict[str, Any]:
-    """The summary document (query_api.app.FlowSummary). Whole minutes come from the rollups when the
+    """The summary document (query_api.app.FlowSummary). `use_rollups=False` reads flows only (tests
+    compare both ways). Whole minutes come from the rollups when the
     filter allows it (rollup_span), the rest of the window from flows; both read through the scope."""
     extra: list[tuple[str, Mapping[str, Any]]] = []
     if scope is not None and not scope.everything:
@@ -449,7 +452,7 @@ def summarize(
         extra.append(scope.prefilter(places))
     if rollup_span(flt, window) is not None:
         window = minute_window(window)
-    sql, params, span = build_summary_query(flt, window, scope, extra_where=extra)
+    sql, params, span = build_summary_query(flt, window, scope, extra_where=extra, use_rollups=use_rollups)
     sources: dict[str, list[list[dict[str, Any]]]] = {name: [[]] for name in _KEYS}
     for row in store.run(sql, params):
         sources[row["u_kind"]][0].append({k[2:]: v for k, v in row.items()})
