@@ -262,17 +262,20 @@ class FlowStore:
             return int(self.client.query(sql, parameters=params).result_rows[0][0])
 
     def ensure_schema(
-        self,
-        retention_days: int = DEFAULT_RETENTION_DAYS,
-        rollup_retention_days: int = DEFAULT_ROLLUP_RETENTION_DAYS,
+        self, retention_days: int | None = None, rollup_retention_days: int | None = None
     ) -> list[int]:
-        """Apply the migrations not yet recorded in schema_migrations (returns the versions applied), then
-        bring the tables' TTLs to the given retention (flows / rollups, in days) if it changed."""
+        """Apply the migrations not yet recorded in schema_migrations (returns the versions applied). New
+        tables get the given retentions (days; defaults 7 for flows, 90 for rollups); for existing ones a
+        given retention replaces the stored TTL, None leaves it as it is (a reader such as `netwarden
+        flows` must not undo what `netwarden up --retention-days` set)."""
+        retention = Retention(
+            retention_days or DEFAULT_RETENTION_DAYS, rollup_retention_days or DEFAULT_ROLLUP_RETENTION_DAYS
+        )
         applied: list[int] = []
         with self._lock:
             self.client.command(MIGRATIONS_TABLE_DDL)
             done = {int(r[0]) for r in self.client.query("SELECT version FROM schema_migrations").result_rows}
-            for version, steps in migrations(retention_days, rollup_retention_days):
+            for version, steps in migrations(retention.flows_days, retention.rollup_days):
                 if version in done:
                     continue
                 for step in steps:
@@ -285,8 +288,14 @@ class FlowStore:
                     parameters={"version": version},
                 )
                 applied.append(version)
-            for statement in ttl_statements(self.client, Retention(retention_days, rollup_retention_days)):
-                self.client.command(statement)
+            if retention_days is not None or rollup_retention_days is not None:
+                for statement in ttl_statements(
+                    self.client,
+                    retention,
+                    flows=retention_days is not None,
+                    rollups=rollup_retention_days is not None,
+                ):
+                    self.client.command(statement)
         return applied
 
     def close(self) -> None:

@@ -357,12 +357,16 @@ def migrations(
     ]
 
 
-def ttl_statements(client: Any, retention: Retention) -> list[str]:
-    """ALTERs bringing the stored tables' TTLs to the configured retention (empty when they match)."""
-    wanted = {FLOWS_TABLE: (f"ingested_at + toIntervalDay({int(retention.flows_days)})", "ingested_at")}
-    for table in ROLLUP_TABLES:
-        wanted[table] = (f"ingested_at + toIntervalDay({int(retention.rollup_days)})", "ingested_at")
-    wanted[CATALOG_TABLE] = (f"ingested_at + toIntervalDay({int(retention.catalog_days)})", "ingested_at")
+def ttl_statements(client: Any, retention: Retention, flows: bool = True, rollups: bool = True) -> list[str]:
+    """ALTERs bringing the stored tables' TTLs to `retention` (only those asked for; empty when they match).
+    The catalog follows the longer of the two when both are given."""
+    wanted: dict[str, tuple[int, str]] = {}
+    if flows:
+        wanted[FLOWS_TABLE] = (retention.flows_days, "ingested_at")
+    if rollups:
+        wanted.update({table: (retention.rollup_days, "ingested_at") for table in ROLLUP_TABLES})
+    if flows and rollups:  # the catalog must outlive both; with one unknown, leave it
+        wanted[CATALOG_TABLE] = (retention.catalog_days, "ingested_at")
     rows = client.query(
         "SELECT name, create_table_query FROM system.tables WHERE database = currentDatabase() "
         "AND name IN {names:Array(String)}",
@@ -370,11 +374,27 @@ def ttl_statements(client: Any, retention: Retention) -> list[str]:
     ).result_rows
     out = []
     for name, create in rows:
-        expr, column = wanted[name]
-        if f"TTL {expr}" not in create:
-            days = expr.rsplit("(", 1)[1].rstrip(")")
-            out.append(f"ALTER TABLE {name} MODIFY TTL {column} + INTERVAL {days} DAY DELETE")
+        days, column = wanted[name]
+        if f"TTL {column} + toIntervalDay({int(days)})" not in create:
+            out.append(f"ALTER TABLE {name} MODIFY TTL {column} + INTERVAL {int(days)} DAY DELETE")
     return out
+
+
+RETENTION_ENV = "NETWARDEN_RETENTION_DAYS"
+ROLLUP_RETENTION_ENV = "NETWARDEN_ROLLUP_RETENTION_DAYS"
+
+
+def retention_days_from(value: str | int | None, what: str) -> int | None:
+    """A retention in whole days (>= 1) from a flag or an environment variable; None when not set."""
+    if value is None or value == "":
+        return None
+    try:
+        days = int(str(value).strip())
+    except ValueError:
+        days = 0
+    if days < 1:
+        raise ValueError(f"{what}: expected a whole number of days >= 1, got {value!r}")
+    return days
 
 
 MIGRATIONS_TABLE_DDL = """CREATE TABLE IF NOT EXISTS schema_migrations (

@@ -111,6 +111,14 @@ first, last = entries[0][0], entries[-1][0]
 window = SummaryWindow(first // 60_000_000_000 * 60_000_000_000, (last // 60_000_000_000 + 1) * 60_000_000_000 - 1, 60_000_000_000)
 doc = summarize(store, FlowFilter(), window, ScopeFilter(everything=True))
 namespaces = {(c.namespace_cluster, c.namespace) for c in store.catalog()}
+def ttls():
+    rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = currentDatabase() AND name IN ('flows', 'flows_talkers_1m', 'flow_catalog')").result_rows
+    return {name: q.split(" TTL ")[1].split(" SETTINGS")[0] for name, q in rows}
+ttl_default = ttls()
+store.ensure_schema(30, 365)
+ttl_set = ttls()
+store.ensure_schema()  # a reader (netwarden flows) leaves the configured retention alone
+ttl_kept = ttls()
 print(json.dumps({
     "applied": applied,
     "before": before,
@@ -122,6 +130,7 @@ print(json.dumps({
     "rollup_minutes": doc["rollup_minutes"],
     "desired_verdicts": sorted({int(r["desired_verdict"]) for r in after_rows}),
     "namespaces": sorted(namespaces),
+    "ttl": [ttl_default, ttl_set, ttl_kept],
     "tables": sorted(r[0] for r in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows),
 }))
 """
@@ -149,3 +158,17 @@ def test_v1_data_dir_is_migrated_with_its_rows(tmp_path: Path) -> None:
     assert got["summary_total"] == 2000 and got["rollup_minutes"] > 0
     assert ["mig-east", "shop"] in got["namespaces"]
     assert "flows_v1" not in got["tables"] and "flows_relayout" not in got["tables"]
+    # Retention on ingestion time: 7 / 90 days by default, configurable, kept by readers.
+    default, configured, kept = got["ttl"]
+    day = "ingested_at + toIntervalDay({})"
+    assert default == {
+        "flows": day.format(7),
+        "flows_talkers_1m": day.format(90),
+        "flow_catalog": day.format(90),
+    }
+    assert configured == {
+        "flows": day.format(30),
+        "flows_talkers_1m": day.format(365),
+        "flow_catalog": day.format(365),
+    }
+    assert kept == configured
