@@ -53,7 +53,16 @@ async def run(args: argparse.Namespace) -> None:
     shipper = FlowBatchProducer(producer, args.cluster)
 
     async def ship(node: str, responses: list[bytes]) -> None:
-        await gate.open.wait()
+        if not gate.open.is_set():
+            # Paused (the broker is rotating): wait, unless we are told to stop meanwhile; then this batch
+            # is not shipped and the checkpoint does not move: the next run reads it again.
+            opened = asyncio.create_task(gate.open.wait())
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({opened, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            opened.cancel()
+            stopping.cancel()
+            if not gate.open.is_set():
+                raise RuntimeError("stopped while paused: batch left for the next run")
         gate.in_flight += 1
         gate.idle.clear()
         try:
@@ -103,7 +112,6 @@ async def run(args: argparse.Namespace) -> None:
             controller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await controller
-        gate.open.set()
         await producer.stop()
 
 

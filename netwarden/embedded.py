@@ -89,6 +89,8 @@ class PipelineStack:
         self.collector_children: dict[str, CollectorChild] = {}
         self.server_children: dict[str, Child] = {}
         self.failed = asyncio.Event()  # a child gave up or the broker died: the owner should stop
+        self._rotating: asyncio.Task[None] | None = None
+        self._in_rotation = False
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
         self._gate = asyncio.Event()  # open = collectors may ship
@@ -126,7 +128,8 @@ class PipelineStack:
         await self.producer.start()
         await self._start_worker()
         if self.embedded_broker:
-            self._tasks.append(asyncio.create_task(self._rotate_loop()))
+            self._rotating = asyncio.create_task(self._rotate_loop())
+            self._tasks.append(self._rotating)
         self._tasks.append(asyncio.create_task(self._watch_children()))
 
     async def _start_worker(self) -> None:
@@ -272,14 +275,22 @@ class PipelineStack:
             # The broker's RAM grows with what was shipped since the last rotation, whatever the rate.
             full = rss > self.config.broker_memory_bytes and time.monotonic() - last >= 10
             if (due or full) and not self._stop.is_set():
-                await self.rotate()
+                self._in_rotation = True
+                try:
+                    await self.rotate()
+                finally:
+                    self._in_rotation = False
                 last = time.monotonic()
 
     async def stop(self) -> None:
         self._stop.set()
-        # Collectors first (they ship what they read and save checkpoints), then what they read from.
-        await asyncio.gather(*(c.stop(timeout=4.0) for c in self.collector_children.values()))
-        await asyncio.gather(*(c.stop(timeout=2.0) for c in self.server_children.values()))
+        # Children first, together (collectors ship what they read and save checkpoints; a server that
+        # goes first only ends their streams), then this process's tasks, worker and broker. Bounded:
+        # Ctrl-C on `up` must return within 10 s.
+        await asyncio.gather(*(c.stop(timeout=3.0) for c in self.children().values()))
+        if self._rotating is not None and self._in_rotation:
+            # A rotation waits for the worker to drain; the embedded broker's memory goes away anyway.
+            self._rotating.cancel()
         for task in self._tasks:
             try:
                 await asyncio.wait_for(task, timeout=10)
