@@ -13,6 +13,8 @@ synchronously, a list per socket read: ~3 us per flow less than grpclib, measure
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
 import struct
 from collections.abc import Callable
@@ -78,6 +80,15 @@ class _CallProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A follow stream may be quiet for long: the kernel's keepalive notices a peer that vanished
+            # (~2 min) without gRPC PINGs, which servers rate-limit (grpc-go: GOAWAY too_many_pings).
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
         sslobj = transport.get_extra_info("ssl_object")
         if sslobj is not None and sslobj.selected_alpn_protocol() != "h2":
             self._fail(GrpcCallError(14, "the server did not negotiate HTTP/2 (ALPN h2)"))
