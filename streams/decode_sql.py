@@ -257,6 +257,10 @@ def _schema_settings() -> str:
     )
 
 
+# file() (chDB): read with pread, never mmap: a mapped file truncated by someone else kills the process.
+FILE_SETTINGS = "storage_file_read_method = 'pread'"
+
+
 SCHEMA_SETTINGS = _schema_settings()
 
 
@@ -275,8 +279,12 @@ def decode_select(source: str, with_ekey: bool = True, stage: bool = True) -> st
     )
 
 
+def _source_settings(source: str) -> str:
+    return f"{SCHEMA_SETTINGS}, {FILE_SETTINGS}" if source.startswith("file(") else SCHEMA_SETTINGS
+
+
 def file_source(path: str) -> str:
-    """chDB (in-process): the framed bytes are a file ClickHouse reads itself."""
+    """chDB (in-process): the framed bytes are a file ClickHouse reads itself (see FILE_SETTINGS)."""
     return f"file('{path}', 'Protobuf', '{INPUT_STRUCTURE}')"
 
 
@@ -287,7 +295,7 @@ def input_source() -> str:
 
 def stage_insert(stage: str, source: str, with_format: bool = False, with_ekey: bool = True) -> str:
     cols = ", ".join(f"`{c.name}`" for c in FLOW_COLUMNS) + ", `ekey`, `kind`, `lost`"
-    sql = f"INSERT INTO {stage} ({cols})\n{decode_select(source, with_ekey)}\nSETTINGS {SCHEMA_SETTINGS}"
+    sql = f"INSERT INTO {stage} ({cols})\n{decode_select(source, with_ekey)}\nSETTINGS {_source_settings(source)}"
     return sql + "\nFORMAT Protobuf" if with_format else sql
 
 
@@ -296,7 +304,7 @@ def direct_insert(table: str, source: str, with_format: bool) -> str:
     cols = ", ".join(f"`{c.name}`" for c in FLOW_COLUMNS)
     sql = (
         f"INSERT INTO {table} ({cols})\n{decode_select(source, stage=False)}\n"
-        f"SETTINGS {SCHEMA_SETTINGS}, {INSERT_SETTINGS}"
+        f"SETTINGS {_source_settings(source)}, {INSERT_SETTINGS}"
     )
     return sql + "\nFORMAT Protobuf" if with_format else sql
 

@@ -236,8 +236,10 @@ class ClickHouseSink:
         self.stage = f"_nw_stage_{suffix}"
         self.keys = f"_nw_keys_{suffix}"
         shm = "/dev/shm"
+        # Per process: chDB may map the file while reading it, and another process's sink must never
+        # rewrite it under that mapping.
         self._frames_path = os.path.join(
-            shm if os.path.isdir(shm) else tempfile.gettempdir(), f"netwarden-sink-{suffix}.pb"
+            shm if os.path.isdir(shm) else tempfile.gettempdir(), f"netwarden-sink-{os.getpid()}-{suffix}.pb"
         )
         self._lock = threading.Lock()  # one batch at a time through the scratch tables
         self._ready = False
@@ -355,7 +357,10 @@ class ClickHouseSink:
             # chDB runs in this process: ClickHouse reads the frames from a file in RAM.
             with open(self._frames_path, "wb") as fh:
                 fh.write(framed)
-            self._run(sql(decode_sql.file_source(self._frames_path), False), params)
+            try:
+                self._run(sql(decode_sql.file_source(self._frames_path), False), params)
+            finally:
+                os.unlink(self._frames_path)  # RAM: do not keep a batch's bytes between batches
         else:
             # A server reads them from the request body through input().
             self._run(sql(decode_sql.input_source(), True), params, framed)
