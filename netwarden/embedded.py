@@ -283,11 +283,18 @@ class PipelineStack:
                 last = time.monotonic()
 
     async def stop(self) -> None:
+        began = time.monotonic()
+        steps: list[str] = []
+
+        def step(name: str) -> None:
+            steps.append(f"{name} {time.monotonic() - began:.1f}s")
+
         self._stop.set()
         # Children first, together (collectors ship what they read and save checkpoints; a server that
         # goes first only ends their streams), then this process's tasks, worker and broker. Bounded:
         # Ctrl-C on `up` must return within 10 s.
         await asyncio.gather(*(c.stop(timeout=3.0) for c in self.children().values()))
+        step("children")
         if self._rotating is not None and self._in_rotation:
             # A rotation waits for the worker to drain; the embedded broker's memory goes away anyway.
             self._rotating.cancel()
@@ -296,13 +303,18 @@ class PipelineStack:
                 await asyncio.wait_for(task, timeout=10)
             except (TimeoutError, asyncio.CancelledError):
                 task.cancel()
+        step("tasks")
         if self.app is not None:
             await self.app.stop()
+        step("worker")
         if self.producer is not None:
             await self.producer.stop()
         if self.broker is not None:
             self.broker.stop()
+        step("broker")
         self.live_hub.close()
+        if time.monotonic() - began > 5:
+            log.warning("stopping the stack took long: %s", ", ".join(steps))
 
 
 def _listening(port: int) -> bool:
