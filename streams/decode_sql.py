@@ -222,7 +222,7 @@ EKEY_EXPRESSION = "cityHash64(" + ", ".join(_KEY_EXPRESSIONS.get(n, n) for n in 
 # For inserts into the flows table. A replayed capture may span months: one block may touch any number of
 # daily partitions. optimize_on_insert would run the ReplacingMergeTree's merge over every inserted block
 # (4x the insert's cost, measured); duplicates collapse at merge time and under FINAL anyway.
-INSERT_SETTINGS = "max_partitions_per_insert_block = 0, optimize_on_insert = 0"
+INSERT_SETTINGS: dict[str, str | int] = {"max_partitions_per_insert_block": 0, "optimize_on_insert": 0}
 
 
 def stage_ddl(table: str) -> str:
@@ -239,29 +239,34 @@ def keys_ddl(table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} (`ekey` UInt64, {', '.join(cols)}) ENGINE = Memory"
 
 
-def probe_ddl(table: str) -> str:
-    """Same columns as the stage, Null engine: an insert evaluates every transform and keeps nothing."""
-    return stage_ddl(table).replace("ENGINE = Memory", "ENGINE = Null")
-
-
 def _plain(ch_type: str) -> str:
     # Codecs belong to the stored table, not to scratch tables.
     return ch_type.split(" CODEC(")[0]
 
 
-def _schema_settings() -> str:
-    escaped = PROTO_TEXT.replace("\\", "\\\\").replace("'", "\\'")
-    return (
-        f"format_schema_source = 'string', format_schema = '{escaped}', "
-        f"format_schema_message_name = '{MESSAGE}', input_format_protobuf_oneof_presence = 1"
-    )
-
-
+# Settings of every query reading the framed bytes. The schema travels with the query, so a ClickHouse
+# server needs no schema file.
+SCHEMA_SETTINGS: dict[str, str | int] = {
+    "format_schema_source": "string",
+    "format_schema": PROTO_TEXT,
+    "format_schema_message_name": MESSAGE,
+    "input_format_protobuf_oneof_presence": 1,
+}
 # file() (chDB): read with pread, never mmap: a mapped file truncated by someone else kills the process.
-FILE_SETTINGS = "storage_file_read_method = 'pread'"
+FILE_SETTINGS: dict[str, str | int] = {"storage_file_read_method": "pread"}
 
 
-SCHEMA_SETTINGS = _schema_settings()
+def settings_clause(settings: dict[str, str | int]) -> str:
+    """A SETTINGS clause for settings sent inline (chDB); a server gets them as request parameters."""
+    parts = []
+    for name, value in settings.items():
+        text = (
+            str(value)
+            if isinstance(value, int)
+            else "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        )
+        parts.append(f"{name} = {text}")
+    return "SETTINGS " + ", ".join(parts)
 
 
 def decode_select(source: str, with_ekey: bool = True, stage: bool = True) -> str:
@@ -279,10 +284,6 @@ def decode_select(source: str, with_ekey: bool = True, stage: bool = True) -> st
     )
 
 
-def _source_settings(source: str) -> str:
-    return f"{SCHEMA_SETTINGS}, {FILE_SETTINGS}" if source.startswith("file(") else SCHEMA_SETTINGS
-
-
 def file_source(path: str) -> str:
     """chDB (in-process): the framed bytes are a file ClickHouse reads itself (see FILE_SETTINGS)."""
     return f"file('{path}', 'Protobuf', '{INPUT_STRUCTURE}')"
@@ -293,20 +294,17 @@ def input_source() -> str:
     return f"input('{INPUT_STRUCTURE}')"
 
 
-def stage_insert(stage: str, source: str, with_format: bool = False, with_ekey: bool = True) -> str:
+def stage_insert(stage: str, source: str, with_ekey: bool = True) -> str:
+    """Framed bytes -> stage rows. Send with SCHEMA_SETTINGS (and FORMAT Protobuf after input())."""
     cols = ", ".join(f"`{c.name}`" for c in FLOW_COLUMNS) + ", `ekey`, `kind`, `lost`"
-    sql = f"INSERT INTO {stage} ({cols})\n{decode_select(source, with_ekey)}\nSETTINGS {_source_settings(source)}"
-    return sql + "\nFORMAT Protobuf" if with_format else sql
+    return f"INSERT INTO {stage} ({cols})\n{decode_select(source, with_ekey)}"
 
 
-def direct_insert(table: str, source: str, with_format: bool) -> str:
-    """Framed bytes straight into a flows-like table, no stage and no enrichment: the sink bench's ceiling."""
+def direct_insert(table: str, source: str) -> str:
+    """Framed bytes straight into a flows-like table, no stage and no enrichment: the sink bench's ceiling.
+    Send with SCHEMA_SETTINGS and INSERT_SETTINGS."""
     cols = ", ".join(f"`{c.name}`" for c in FLOW_COLUMNS)
-    sql = (
-        f"INSERT INTO {table} ({cols})\n{decode_select(source, stage=False)}\n"
-        f"SETTINGS {_source_settings(source)}, {INSERT_SETTINGS}"
-    )
-    return sql + "\nFORMAT Protobuf" if with_format else sql
+    return f"INSERT INTO {table} ({cols})\n{decode_select(source, stage=False)}"
 
 
 def stage_counts(stage: str) -> str:
@@ -337,7 +335,7 @@ def flows_insert(flows_table: str, stage: str, keys: str | None) -> str:
         source = f"{stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey"
     return (
         f"INSERT INTO {flows_table} ({target}) SELECT {flow_cols}, {enrich_cols} FROM {source} "
-        f"WHERE s.kind = {KIND_FLOW} SETTINGS {INSERT_SETTINGS}"
+        f"WHERE s.kind = {KIND_FLOW} {settings_clause(INSERT_SETTINGS)}"
     )
 
 

@@ -340,30 +340,40 @@ class ClickHouseSink:
         return result
 
     def _decode_into_stage(self, cluster: str, framed: bytes) -> None:
+        with_ekey = self.enricher is not None
         self._send_frames(
-            lambda source, fmt: decode_sql.stage_insert(self.stage, source, fmt), cluster, framed
+            lambda source: decode_sql.stage_insert(self.stage, source, with_ekey), {}, cluster, framed
         )
 
     def insert_framed(self, table: str, cluster: str, framed: bytes) -> None:
         """Framed bytes straight into a flows-like table, no stage and no enrichment (the bench's ceiling)."""
         with self._lock:
             self._send_frames(
-                lambda source, fmt: decode_sql.direct_insert(table, source, fmt), cluster, framed
+                lambda source: decode_sql.direct_insert(table, source),
+                decode_sql.INSERT_SETTINGS,
+                cluster,
+                framed,
             )
 
-    def _send_frames(self, sql: Callable[[str, bool], str], cluster: str, framed: bytes) -> None:
+    def _send_frames(
+        self, sql: Callable[[str], str], settings: dict[str, str | int], cluster: str, framed: bytes
+    ) -> None:
         params = {"cluster": cluster}
+        settings = {**decode_sql.SCHEMA_SETTINGS, **settings}
         if self.embedded:
             # chDB runs in this process: ClickHouse reads the frames from a file in RAM.
             with open(self._frames_path, "wb") as fh:
                 fh.write(framed)
             try:
-                self._run(sql(decode_sql.file_source(self._frames_path), False), params)
+                query = sql(decode_sql.file_source(self._frames_path))
+                self._run(
+                    f"{query}\n{decode_sql.settings_clause({**settings, **decode_sql.FILE_SETTINGS})}", params
+                )
             finally:
                 os.unlink(self._frames_path)  # RAM: do not keep a batch's bytes between batches
         else:
-            # A server reads them from the request body through input().
-            self._run(sql(decode_sql.input_source(), True), params, framed)
+            # A server reads them from the request body through input(); settings go as request parameters.
+            self._run(f"{sql(decode_sql.input_source())}\nFORMAT Protobuf", params, framed, settings)
 
     def _enrich(self) -> str | None:
         if self.enricher is None:
@@ -392,9 +402,15 @@ class ClickHouseSink:
 
     # -- client calls with error classification ---------------------------------------------------------
 
-    def _run(self, sql: str, params: dict[str, Any] | None = None, data: bytes | None = None) -> None:
+    def _run(
+        self,
+        sql: str,
+        params: dict[str, Any] | None = None,
+        data: bytes | None = None,
+        settings: dict[str, Any] | None = None,
+    ) -> None:
         try:
-            self.client.command(sql, parameters=params, data=data)
+            self.client.command(sql, parameters=params, data=data, settings=settings)
         except Exception as exc:
             raise classify(exc) from exc
 
