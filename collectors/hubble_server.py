@@ -282,7 +282,9 @@ class HubbleServer:
         n = 0
         rings = self.rings
         for time_ns, node, data in entries:
-            ring = rings.get(node) or self.ring(node)
+            ring = rings.get(node)
+            if ring is None:  # (not `or`: an empty ring is falsy and would cost a len() per flow)
+                ring = self.ring(node)
             ring._store(time_ns, data, True)
             n += 1
         if n:
