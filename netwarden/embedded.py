@@ -57,7 +57,7 @@ class StackConfig:
     partitions: int = 2
     retention_days: int = 7
     rotate_seconds: float = 300.0  # embedded broker only
-    broker_memory_bytes: int = 256 << 20  # embedded broker only: rotate early once its RSS passes this
+    broker_memory_bytes: int = 128 << 20  # embedded broker only: rotate early once its RSS passes this
 
 
 class GenerationState:

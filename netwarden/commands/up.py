@@ -29,6 +29,10 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "--rotate-seconds", type=float, default=300.0,
         help="retire the broker's flows.raw generation this often, bounding its memory (default 300)",
     )
+    p.add_argument(
+        "--broker-memory-mib", type=int, default=128,
+        help="retire it sooner once the broker's resident memory passes this many MiB (default 128)",
+    )
     p.set_defaults(handler=cmd_up)
 
 
@@ -36,12 +40,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     from netwarden.cli import CommandError
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    if not run_stack(up(Path(args.data_dir), args.host, args.port, args.rate, args.rotate_seconds)):
+    if not run_stack(up(Path(args.data_dir), args.host, args.port, args.rate, args.rotate_seconds,
+                        args.broker_memory_mib << 20)):
         raise CommandError("stopped: a part of the stack kept failing (see the log above)")
     return 0
 
 
-async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: float) -> bool:
+async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: float,
+             broker_memory_bytes: int = 128 << 20) -> bool:
     """Run until a signal (True) or until a part of the stack gives up (False)."""
     import uvicorn
     from prometheus_client import REGISTRY
@@ -58,7 +64,8 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    stack = PipelineStack(StackConfig(data_dir=data_dir, rotate_seconds=rotate_seconds))
+    stack = PipelineStack(StackConfig(data_dir=data_dir, rotate_seconds=rotate_seconds,
+                                      broker_memory_bytes=broker_memory_bytes))
     api: uvicorn.Server | None = None
     api_task: asyncio.Task[None] | None = None
     # A ring per node holds >= 1 s of the cluster's traffic (~3 s of its node's): with the collector's own
