@@ -28,7 +28,7 @@ from schemas.messages.batch_pb2 import FlowBatch
 from schemas.topics import FLOWS_RAW
 from streams.app import FlowPipeline, FlowWorker, StreamSettings
 from streams.enrichment import KeyEnricher
-from streams.sink import ClickHouseSink, frame
+from streams.sink import ClickHouseSink, Part, Run
 
 SINK_TABLE = "_nw_bench_sink_flows"
 CEILING_TABLE = "_nw_bench_ceiling_flows"
@@ -61,8 +61,9 @@ async def measure_sink_on(
         sink_flows, sink_seconds = await _drain(
             bootstrap, client, enricher, buffer_messages, total_messages, timeout
         )
-        chunks = await _framed_chunks(bootstrap, ends, buffer_messages)
-        ceiling_seconds = _insert_straight(client, chunks)
+        ceiling = ClickHouseSink(client, flows_table=CEILING_TABLE)  # its way of handing bytes to ClickHouse
+        chunks = await _framed_chunks(bootstrap, ends, buffer_messages, ceiling)
+        ceiling_seconds = _insert_straight(ceiling, chunks)
     finally:
         for table in (SINK_TABLE, CEILING_TABLE):
             client.command(f"DROP TABLE IF EXISTS {table}")
@@ -117,9 +118,10 @@ async def _drain(
 
 
 async def _framed_chunks(
-    bootstrap: str, ends: dict[int, int], buffer_messages: int
-) -> list[list[tuple[str, bytes]]]:
-    """flows.raw read again from the start, framed per cluster in chunks of `buffer_messages` messages."""
+    bootstrap: str, ends: dict[int, int], buffer_messages: int, sink: ClickHouseSink
+) -> list[list[tuple[str, list[bytes]]]]:
+    """flows.raw read again from the start, framed per cluster in chunks of `buffer_messages` messages,
+    cut in files exactly as the sink cuts them."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -141,18 +143,16 @@ async def _framed_chunks(
         await consumer.stop()
     chunks = []
     for i in range(0, len(values), buffer_messages):
-        by_cluster: dict[str, list[bytes]] = {}
+        by_cluster: dict[str, list[Run]] = {}
         for value in values[i : i + buffer_messages]:
             batch = FlowBatch.FromString(value)
-            by_cluster.setdefault(batch.cluster, []).extend(batch.responses)
-        chunks.append([(cluster, frame(payloads)) for cluster, payloads in by_cluster.items()])
+            part = Part(batch.cluster, "", batch.responses)
+            by_cluster.setdefault(batch.cluster, []).append((part, 0, len(part.payloads)))
+        chunks.append([(cluster, sink.frames(runs)) for cluster, runs in by_cluster.items()])
     return chunks
 
 
-def _insert_straight(client: Any, chunks: list[list[tuple[str, bytes]]]) -> float:
-    sink = ClickHouseSink(
-        client, flows_table=CEILING_TABLE
-    )  # only for its way of handing bytes to ClickHouse
+def _insert_straight(sink: ClickHouseSink, chunks: list[list[tuple[str, list[bytes]]]]) -> float:
     started = time.perf_counter()
     for chunk in chunks:
         for cluster, framed in chunk:
