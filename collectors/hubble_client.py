@@ -138,9 +138,6 @@ class Checkpoint:
         self._lines += 1
 
 
-# (node, time_ns, uuid, serialized response) as read from the stream.
-_Item = tuple[str, int, str, bytes]
-
 # Receives (node, [serialized GetFlowsResponse]) and returns once the batch is durably in Kafka.
 ShipBatch = Callable[[str, list[bytes]], Awaitable[None]]
 
@@ -249,14 +246,16 @@ class HubbleCollector:
         def on_messages(messages: list[bytes]) -> bool:
             if not stats.connected.is_set():
                 stats.connected.set()
-            add = buffer.items.append
+            pending = buffer.pending
+            by_node, newest, uuids = pending.by_node, pending.newest, pending.uuids
             for raw in messages:
                 try:
                     env = parse(raw)
                 except DecodeError:
                     # Ship it anyway: the stream stage dead-letters it with the reason and counts it.
                     UNDECODABLE.labels(cluster).inc()
-                    add(("", 0, "", raw))
+                    by_node.setdefault("", []).append(raw)
+                    pending.count += 1
                     continue
                 if env.HasField("flow"):
                     flow = env.flow
@@ -268,7 +267,16 @@ class HubbleCollector:
                         stats.duplicates += 1
                         DUPLICATES.labels(cluster).inc()
                         continue
-                    add((node, t, uuid, raw))
+                    raws = by_node.get(node)
+                    if raws is None:
+                        raws = by_node[node] = []
+                        newest[node] = t
+                    raws.append(raw)
+                    if t > newest[node]:
+                        newest[node] = t
+                    if uuid:
+                        uuids.append(uuid)
+                    pending.count += 1
                 elif env.HasField("lost_events"):
                     lost = env.lost_events
                     n = lost.num_events_lost or 1
@@ -281,40 +289,44 @@ class HubbleCollector:
         return on_messages
 
     async def _ship_loop(self, buffer: _Buffer) -> None:
+        step = self.batch_max
         while True:
             batch = await buffer.take(self.linger_s)
             if batch is None:
                 return
-            by_node: dict[str, list[bytes]] = {}
-            newest: dict[str, int] = {}
-            uuids: list[str] = []
-            for node, t, uuid, raw in batch:
-                raws = by_node.get(node)
-                if raws is None:
-                    raws = by_node[node] = []
-                raws.append(raw)
-                if node and t > newest.get(node, -1):
-                    newest[node] = t
-                if uuid:
-                    uuids.append(uuid)
-            await asyncio.gather(*(self.ship(node, raws) for node, raws in by_node.items()))
-            self.stats.batches += len(by_node)
+            # One Kafka message per node (the key) and at most batch_max flows.
+            sends = [self.ship(node, raws[i:i + step]) for node, raws in batch.by_node.items()
+                     for i in range(0, len(raws), step)]
+            await asyncio.gather(*sends)
+            self.stats.batches += len(sends)
             # Only what Kafka acknowledged moves the checkpoint.
-            self.checkpoint.record_batch(newest, uuids)
+            batch.newest.pop("", None)
+            self.checkpoint.record_batch(batch.newest, batch.uuids)
             self.checkpoint.save()
-            self.stats.flows += len(batch)
-            FLOWS.labels(self.cluster).inc(len(batch))
+            self.stats.flows += batch.count
+            FLOWS.labels(self.cluster).inc(batch.count)
             if self.checkpoint.nodes:
                 WATERMARK.labels(self.cluster).set(max(self.checkpoint.nodes.values()) / 1e9)
 
 
+@dataclass
+class _Batch:
+    """Flows read and not yet shipped, already split the way they are shipped: per node (the Kafka key),
+    with each node's newest time and the uuids (for the checkpoint)."""
+
+    by_node: dict[str, list[bytes]] = field(default_factory=dict)
+    newest: dict[str, int] = field(default_factory=dict)
+    uuids: list[str] = field(default_factory=list)
+    count: int = 0
+
+
 class _Buffer:
-    """Flows read and not yet shipped: the reader appends, the shipper takes up to `batch_max` at a time,
-    waiting up to `linger_s` for a full batch. Past `limit` the reader pauses the socket (TCP and HTTP/2
-    flow control then hold the server back) until a take makes room."""
+    """The reader fills `pending`; the shipper takes it whole once it holds `batch_max` flows or `linger_s`
+    after its first one. Past `limit` the reader pauses the socket (TCP and HTTP/2 flow control then hold
+    the server back) until a take makes room."""
 
     def __init__(self, batch_max: int, limit: int):
-        self.items: list[_Item] = []
+        self.pending = _Batch()
         self.batch_max = batch_max
         self.limit = max(limit, batch_max)
         self.closed = False
@@ -323,8 +335,8 @@ class _Buffer:
         self.on_room: Callable[[], None] | None = None  # resumes a reader paused at the limit
 
     def added(self) -> None:
-        """Wake the shipper after the reader appended to `items` (once per read, not per flow)."""
-        n = len(self.items)
+        """Wake the shipper after the reader added flows (once per read, not per flow)."""
+        n = self.pending.count
         if n:
             self._nonempty.set()
         if n >= self.batch_max:
@@ -332,30 +344,28 @@ class _Buffer:
 
     @property
     def over_limit(self) -> bool:
-        return len(self.items) >= self.limit
+        return self.pending.count >= self.limit
 
     def close(self) -> None:
         self.closed = True
         self._nonempty.set()
         self._full.set()
 
-    async def take(self, linger_s: float) -> list[_Item] | None:
-        """The next batch; None once closed and empty."""
+    async def take(self, linger_s: float) -> _Batch | None:
+        """Everything read so far; None once closed and empty."""
         await self._nonempty.wait()
-        if not self.closed and len(self.items) < self.batch_max:
+        if not self.closed and self.pending.count < self.batch_max:
             try:
                 await asyncio.wait_for(self._full.wait(), linger_s)
             except TimeoutError:
                 pass
-        batch, self.items = self.items[: self.batch_max], self.items[self.batch_max:]
+        batch, self.pending = self.pending, _Batch()
         if not self.closed:
-            if not self.items:
-                self._nonempty.clear()
-            if len(self.items) < self.batch_max:
-                self._full.clear()
-        if self.on_room is not None and not self.over_limit:
+            self._nonempty.clear()
+            self._full.clear()
+        if self.on_room is not None:
             self.on_room()
-        return batch or None
+        return batch if batch.count else None
 
 
 def _describe(exc: BaseException) -> str:
