@@ -24,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -48,6 +50,7 @@ from schemas.flow_render import jsonpb_line, row_time_ns, row_to_json, row_to_js
 log = logging.getLogger("netwarden.query_api")
 
 DEFAULT_LIMIT = 100
+RENDER_CACHE_SIZE = 20_000
 MAX_LIMIT = 10_000
 NDJSON = "application/x-ndjson"
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
@@ -279,6 +282,32 @@ def create_app(
             metrics.requests.labels(template, request.method, str(status)).inc()
             metrics.latency.labels(template, request.method).observe(time.perf_counter() - start)
 
+    # Stored flows never change, and a row's rendering depends only on which of its sides the caller's
+    # scope hides: renderings are cached per (flow, hidden sides, format). Callers must not mutate them.
+    render_cache: OrderedDict[tuple[Any, ...], dict[str, Any]] = OrderedDict()
+    render_lock = threading.Lock()
+
+    def rendered(row: dict[str, Any], scope: ScopeFilter, enriched: bool) -> dict[str, Any]:
+        key = (
+            str(row["cluster"]),
+            row_time_ns(row),
+            str(row["uuid"]),
+            scope.side_in_scope(row, "src"),
+            scope.side_in_scope(row, "dst"),
+            enriched,
+        )
+        with render_lock:
+            hit = render_cache.get(key)
+            if hit is not None:
+                render_cache.move_to_end(key)
+                return hit
+        obj = row_to_json(row) if enriched else row_to_jsonpb(row)
+        with render_lock:
+            render_cache[key] = obj
+            while len(render_cache) > RENDER_CACHE_SIZE:
+                render_cache.popitem(last=False)
+        return obj
+
     def reader_scope(principal: Principal, action: str) -> ScopeFilter:
         """Any role binding may read; the scope says what. No binding at all: 403."""
         if not principal.bindings:
@@ -370,8 +399,7 @@ def create_app(
                 rows = rows[:limit]
                 last = rows[-1]
                 next_cursor = encode_cursor(row_time_ns(last), last["uuid"], str(last["cluster"]))
-            render = row_to_json if format == "json" else row_to_jsonpb
-            return [render(row) for row in rows], next_cursor
+            return [rendered(row, scope, format == "json") for row in rows], next_cursor
 
         flows, next_cursor = await in_thread(run)
         metrics.flows_returned.labels(format).inc(len(flows))

@@ -105,6 +105,7 @@ class ScopeFilter:
             return {}
         return {
             "scope_clusters": sorted(self.clusters),
+            "scope_namespace_names": sorted({ns for _, ns in self.namespaces}),
             "scope_namespaces": sorted(self.namespaces),
         }
 
@@ -116,14 +117,15 @@ class ScopeFilter:
 
     def place_in_scope_sql(self, cluster: str, namespace: str) -> str:
         """SQL: the place (cluster, namespace), given as two SQL expressions, lies in the scope
-        (parameters: params()). Rollup tables store each side's cluster, so they use it directly."""
+        (parameters: params()). Rollup tables store each side's cluster, so they use it directly.
+        Set lookups (IN), and the namespace alone first: most rows fail there, before a tuple is built."""
         if self.everything:
             return "1"
         if self.empty:
             return "0"
         return (
-            f"(has({{scope_clusters:Array(String)}}, {cluster}) OR "
-            f"has({{scope_namespaces:Array(Tuple(String, String))}}, ({cluster}, {namespace})))"
+            f"({cluster} IN {{scope_clusters:Array(String)}} OR ({namespace} IN {{scope_namespace_names:Array(String)}} "
+            f"AND ({cluster}, {namespace}) IN {{scope_namespaces:Array(Tuple(String, String))}}))"
         )
 
     def prefilter(self, places: Iterable[tuple[str, str, str]]) -> tuple[str, dict[str, Any]]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -134,42 +134,24 @@ def _enum_name(enum: Any, number: int) -> str:
 
 
 # Every aggregate comes back from one UNION ALL query (one parse and plan instead of a dozen: on chDB the
-# fixed cost of a query is the larger part of a summary), as rows of these columns; `kind` says which.
-UNIFIED: tuple[tuple[str, str], ...] = (
-    ("b", "toInt64({})"),
-    ("sc", "toString({})"),
-    ("sn", "toString({})"),
-    ("sw", "toString({})"),
-    ("dc", "toString({})"),
-    ("dn", "toString({})"),
-    ("dw", "toString({})"),
-    ("port", "toUInt16({})"),
-    ("proto", "toUInt8({})"),
-    ("verdict", "toUInt8({})"),
-    ("reason", "toUInt32({})"),
-    ("kind_", "toString({})"),
-    ("namespace_", "toString({})"),
-    ("name_", "toString({})"),
-    ("desired_verdict", "toUInt8({})"),
-    ("desired_drop_reason", "toUInt32({})"),
-    ("desired_egress_policy", "toString({})"),
-    ("desired_egress_rule", "toString({})"),
-    ("desired_ingress_policy", "toString({})"),
-    ("desired_ingress_rule", "toString({})"),
+# fixed cost of a query is the larger part of a summary). A branch returns its kind, its string keys as one
+# array and its integer keys as another (few output expressions: planning grows with them), and a count.
+STRING_KEYS = frozenset(
+    {"sc", "sn", "sw", "dc", "dn", "dw", "kind_", "namespace_", "name_"}
+    | {m for m in MISMATCH_NAMES if m.endswith(("_policy", "_rule"))}
 )
-_DEFAULTS = {name: ("''" if "String" in cast else "0") for name, cast in UNIFIED}
 
 
 def _branch(kind: str, values: Mapping[str, str], count: str, source: str, where: str) -> str:
-    """One aggregate as a UNION ALL branch: grouped by the columns it sets, the others their zero. Output
-    names carry a `u_` prefix: ClickHouse lets an alias shadow a column in WHERE (`0 AS verdict`)."""
-    cols = [f"'{kind}' AS u_kind"]
-    for name, cast in UNIFIED:
-        cols.append(f"{cast.format(values.get(name, _DEFAULTS[name]))} AS u_{name}")
-    cols.append(f"toUInt64({count}) AS u_n")
-    group = ", ".join(f"u_{name}" for name, _ in UNIFIED if name in values)
-    return f"SELECT {', '.join(cols)}\nFROM {source}\nWHERE {where}" + (
-        f"\nGROUP BY {group}" if group else ""
+    """One aggregate as a UNION ALL branch, grouped by its keys (_KEYS[kind], expressions in `values`).
+    Output names carry a `u_` prefix: ClickHouse lets an alias shadow a column in WHERE."""
+    keys = _KEYS[kind]
+    strings = ", ".join(values[k] for k in keys if k in STRING_KEYS)
+    ints = ", ".join(f"toInt64({values[k]})" for k in keys if k not in STRING_KEYS)
+    return (
+        f"SELECT '{kind}' AS u_kind, arrayMap(x -> toString(x), [{strings}]) AS u_s, "
+        f"CAST([{ints}], 'Array(Int64)') AS u_i, toUInt64({count}) AS u_n\nFROM {source}\nWHERE {where}\n"
+        "GROUP BY u_s, u_i"
     )
 
 
@@ -216,21 +198,19 @@ def _flow_branches(
     edge = {**pair, "port": "dst_port", "proto": "l4_protocol", "verdict": "verdict"}
     mismatch = {**edge, **{m: m for m in MISMATCH_NAMES}}
     branches = [
+        # Verdicts per bucket and drops per reason from one read (split in summarize()).
         _branch(
-            "buckets",
-            {"b": "intDiv(toUnixTimestamp64Nano(time), {bucket_ns:Int64})", "verdict": "verdict"},
+            "verdicts",
+            {
+                "b": "intDiv(toUnixTimestamp64Nano(time), {bucket_ns:Int64})",
+                "verdict": "verdict",
+                "reason": "drop_reason_desc",
+            },
             "count()",
             source,
             cond,
         ),
         _branch("talkers", pair, "count()", source, cond),
-        _branch(
-            "drop_reasons",
-            {"reason": "drop_reason_desc"},
-            "count()",
-            source,
-            f"{cond} AND verdict = {int(DROPPED)}",
-        ),
         _branch(
             "drop_policies",
             {
@@ -286,7 +266,7 @@ def _rollup_branches(
     window: SummaryWindow,
     scope: ScopeFilter | None,
     span: tuple[int, int],
-    extra_where: Sequence[tuple[str, Mapping[str, Any]]],
+    visible_places: Iterable[tuple[str, str]],
 ) -> tuple[list[str], dict[str, Any]]:
     """The aggregates over the rollup tables for the whole minutes in `span`: the filter (cluster,
     namespace, verdict) and the scope as plain column conditions; a side outside the scope shows its
@@ -310,14 +290,14 @@ def _rollup_branches(
         params["ns"] = flt.namespace
     inside = {"src": "1", "dst": "1"}
     if scope is not None and not scope.everything:
+        # Rollup rows store each side's place: one set lookup per side against the scope's places as the
+        # catalog knows them (every place a rollup row has is in the catalog, kept at least as long).
         inside = {
-            side: scope.place_in_scope_sql(f"{side}_cluster", f"{side}_namespace") for side in ("src", "dst")
+            side: f"({side}_cluster, {side}_namespace) IN {{visible_places:Array(Tuple(String, String))}}"
+            for side in ("src", "dst")
         }
         where.append(f"({inside['src']} OR {inside['dst']})")
-        params.update(scope.params())
-    for fragment, extra in extra_where:
-        params.update(extra)
-        where.append(f"({fragment})")
+        params["visible_places"] = sorted(visible_places)
     cond = " AND ".join(where)
 
     def workload(side: str) -> str:
@@ -330,21 +310,19 @@ def _rollup_branches(
     )
     edge = {**pair, "port": "dst_port", "proto": "l4_protocol", "verdict": "verdict"}
     branches = [
+        # Verdicts per bucket and drops per reason from one read (split in summarize()).
         _branch(
-            "buckets",
-            {"b": "intDiv(toUnixTimestamp(minute), {bucket_s:Int64})", "verdict": "verdict"},
+            "verdicts",
+            {
+                "b": "intDiv(toUnixTimestamp(minute), {bucket_s:Int64})",
+                "verdict": "verdict",
+                "reason": "drop_reason_desc",
+            },
             "sum(flows)",
             VERDICTS_1M,
             cond,
         ),
         _branch("talkers", pair, "sum(flows)", TALKERS_1M, cond),
-        _branch(
-            "drop_reasons",
-            {"reason": "drop_reason_desc"},
-            "sum(flows)",
-            VERDICTS_1M,
-            f"{cond} AND verdict = {int(DROPPED)}",
-        ),
         _branch(
             "drop_policies",
             {"kind_": "policy_kind", "namespace_": "policy_namespace", "name_": "policy_name"},
@@ -365,20 +343,26 @@ def build_summary_query(
     now_ns: int | None = None,
     extra_where: Sequence[tuple[str, Mapping[str, Any]]] = (),
     use_rollups: bool = True,
+    visible_places: Iterable[tuple[str, str]] = (),
 ) -> tuple[str, dict[str, Any], tuple[int, int] | None]:
     """The one query of a summary (rows of UNIFIED, tagged by `kind`), its parameters, and the whole
     minutes read from rollups (None: all from flows). `extra_where`: the scope's key prefilter."""
     span = rollup_span(flt, window) if use_rollups else None
+    ranges: list[tuple[int, int]] = []
     if span is None:
         branches, params = _flow_branches(flt, window, scope, now_ns, extra_where, None)
     else:
-        branches, params = _rollup_branches(flt, window, scope, span, extra_where)
+        branches, params = _rollup_branches(flt, window, scope, span, visible_places)
         ranges = [r for r in ((window.since_ns, span[0] - 1), (span[1], window.until_ns)) if r[0] <= r[1]]
         if ranges:
             more, flow_params = _flow_branches(flt, window, scope, now_ns, extra_where, ranges)
             branches += more
             params.update(flow_params)
-    with_clause = (scope.with_clause() + "\n") if scope is not None and scope.with_clause() else ""
+    # The scope's WITH aliases serve the flows branches only (planning them costs even when unused).
+    reads_flows = span is None or bool(ranges)
+    with_clause = (
+        (scope.with_clause() + "\n") if reads_flows and scope is not None and scope.with_clause() else ""
+    )
     sql = with_clause + "SELECT * FROM (\n" + "\nUNION ALL\n".join(branches) + "\n)"
     return sql, params, span
 
@@ -411,6 +395,7 @@ def _mismatch_doc(key: tuple[Any, ...], n: int) -> dict[str, Any]:
 
 _PAIR = ("sc", "sn", "sw", "dc", "dn", "dw")
 _KEYS: dict[str, tuple[str, ...]] = {
+    "verdicts": ("b", "verdict", "reason"),
     "buckets": ("b", "verdict"),
     "talkers": _PAIR,
     "drop_reasons": ("reason",),
@@ -443,6 +428,7 @@ def summarize(
     compare both ways). Whole minutes come from the rollups when the
     filter allows it (rollup_span), the rest of the window from flows; both read through the scope."""
     extra: list[tuple[str, Mapping[str, Any]]] = []
+    visible: set[tuple[str, str]] = set()
     if scope is not None and not scope.everything:
         places = [
             (c.cluster, c.namespace_cluster, c.namespace)
@@ -450,12 +436,23 @@ def summarize(
             if scope.can_see_namespace(c.namespace_cluster, c.namespace)
         ]
         extra.append(scope.prefilter(places))
+        visible = {(cluster, namespace) for _, cluster, namespace in places}
     if rollup_span(flt, window) is not None:
         window = minute_window(window)
-    sql, params, span = build_summary_query(flt, window, scope, extra_where=extra, use_rollups=use_rollups)
+    sql, params, span = build_summary_query(
+        flt, window, scope, extra_where=extra, use_rollups=use_rollups, visible_places=visible
+    )
     sources: dict[str, list[list[dict[str, Any]]]] = {name: [[]] for name in _KEYS}
     for row in store.run(sql, params):
-        sources[row["u_kind"]][0].append({k[2:]: v for k, v in row.items()})
+        keys = _KEYS[row["u_kind"]]
+        strings, ints = iter(row["u_s"]), iter(row["u_i"])
+        decoded = {k: (next(strings) if k in STRING_KEYS else next(ints)) for k in keys}
+        decoded["n"] = row["u_n"]
+        sources[row["u_kind"]][0].append(decoded)
+    for r in sources.pop("verdicts")[0]:
+        sources["buckets"][0].append(r)
+        if int(r["verdict"]) == DROPPED:
+            sources["drop_reasons"][0].append(r)
     counts = {name: _merge_counts(name, rows) for name, rows in sources.items()}
 
     first = _bucket_start(window.since_ns, window.bucket_ns)
