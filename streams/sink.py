@@ -261,8 +261,10 @@ class ClickHouseSink:
         if self._ready:
             return
         try:
-            self.client.command(decode_sql.stage_ddl(self.stage))
-            self.client.command(decode_sql.keys_ddl(self.keys))
+            # Dropped first: a scratch table of that name may be left by an earlier run (or version).
+            for table, ddl in ((self.stage, decode_sql.stage_ddl), (self.keys, decode_sql.keys_ddl)):
+                self.client.command(f"DROP TABLE IF EXISTS {table}")
+                self.client.command(ddl(table))
         except Exception as exc:
             raise RetriableError(f"cannot create the sink's scratch tables: {_one_line(str(exc))}") from exc
         self._ready = True
