@@ -116,3 +116,48 @@ def test_refused_entries_are_isolated_with_clickhouse_message(client: Any) -> No
     assert "flow.time is missing" in refused[42] or "flow.uuid is not a UUID" in refused[42]
     # the oracle rejects the same entries
     assert sorted(r.index for r in FlowDecoder().decode("dec-bad", payloads).rejected) == [10, 26, 42]
+
+
+def test_framing_reads_back_entry_for_entry_including_large_ones() -> None:
+    from google.protobuf.internal.decoder import _DecodeVarint
+
+    from streams.sink import frame
+
+    entries = [b"", b"a" * 127, b"b" * 128, b"c" * 70_000, b"d" * 300]
+    framed = frame(entries)
+    pos, back = 0, []
+    while pos < len(framed):
+        size, pos = _DecodeVarint(framed, pos)
+        back.append(framed[pos : pos + size])
+        pos += size
+    assert back == entries
+
+
+def test_settings_travel_inline_with_quotes_escaped(client: Any) -> None:
+    from streams.decode_sql import settings_clause
+
+    clause = settings_clause({"format_schema": "it's \\ 'quoted'", "max_threads": 1})
+    value = client.query("SELECT getSetting('format_schema') " + clause).result_rows[0][0]
+    assert value == "it's \\ 'quoted'"
+
+
+def test_errors_are_classified_retriable_or_refused(client: Any) -> None:
+    import clickhouse_connect
+
+    from netwarden.broker import free_port
+    from streams.sink import RefusedError, RetriableError, classify
+
+    try:
+        clickhouse_connect.get_client(host="127.0.0.1", port=free_port(), connect_timeout=1)
+    except Exception as exc:  # nobody listens: ClickHouse unreachable
+        assert isinstance(classify(exc), RetriableError)
+    else:
+        raise AssertionError("a client to a closed port should fail")
+    try:
+        client.command("SELECT throwIf(1, 'bad data')")
+    except Exception as exc:
+        assert isinstance(classify(exc), RefusedError) and "bad data" in str(classify(exc))
+    try:
+        client.command("SELECT * FROM no_such_table_here")
+    except Exception as exc:  # our schema is not in place: nothing wrong with the data
+        assert isinstance(classify(exc), RetriableError)
