@@ -77,8 +77,15 @@ def test_env_and_new_filters(
     monkeypatch.setenv("NETWARDEN_SERVER", server)
     monkeypatch.setenv("NETWARDEN_TOKEN", "admin")
     code, out, err = run(
-        capsys, "--cluster", "qa-c3", "--label", "k8s:io.kubernetes.pod.namespace=db",
-        "--workload", "statefulset/pg", "-o", "json",
+        capsys,
+        "--cluster",
+        "qa-c3",
+        "--label",
+        "k8s:io.kubernetes.pod.namespace=db",
+        "--workload",
+        "statefulset/pg",
+        "-o",
+        "json",
     )
     assert code == 0, err
     assert uuids(out) == [flow_uuid(8)]
