@@ -7,7 +7,8 @@ not the `h2` state machine either: it formats every received frame for a debug l
 one stream needs little of HTTP/2 (RFC 9113): the preface and SETTINGS, HEADERS (HPACK, from the
 `hpack` package) and DATA, SETTINGS/PING acks, WINDOW_UPDATEs for what it consumed, RST_STREAM and
 GOAWAY as errors. gRPC's length-prefixed messages are cut out of the DATA and handed over
-synchronously, a list per socket read: ~3 us per flow less than grpclib, measured.
+synchronously, a list per socket read. Measured, the whole collector per flow (200k demo flows from a
+hubble-serve process, shipping discarded): 24.9 us with grpclib's client, 14.4 us on h2, 6-8 us here.
 """
 
 from __future__ import annotations
