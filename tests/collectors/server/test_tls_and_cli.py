@@ -168,3 +168,26 @@ async def test_hubble_serve_command_serves_capture_and_generated_traffic(tmp_pat
         _, err = await asyncio.wait_for(proc.communicate(), 15)
     assert proc.returncode == 0, err.decode()
     assert f"{capture}:3" in err.decode()  # the bad line is named and skipped
+
+
+async def test_hubble_serve_preload_serves_exactly_the_generated_flows() -> None:
+    """`--preload N` (benchmarks): N flows per generated cluster up front, nothing generated afterwards."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "netwarden", "hubble-serve", "--port", "0", "--generate", "demo-east",
+        "--preload", "5000", "--ring", "100", cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        first = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
+        found = re.search(r"127\.0\.0\.1:(\d+)", first)
+        assert found, first
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{found.group(1)}") as channel:
+            stub = observer_pb2_grpc.ObserverStub(channel)
+            got = [r async for r in stub.GetFlows(observer_pb2.GetFlowsRequest(), timeout=10)]
+            await asyncio.sleep(0.3)
+            again = [r async for r in stub.GetFlows(observer_pb2.GetFlowsRequest(), timeout=10)]
+        assert len(got) == 5000 == len({r.flow.uuid for r in got})  # the ring grew past --ring 100
+        assert [r.flow.uuid for r in again] == [r.flow.uuid for r in got]  # nothing new was generated
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.communicate(), 15)
