@@ -67,14 +67,18 @@ class Checkpoint:
 
     Each shipped batch appends one JSON line (every node's watermark, the batch's newest time, its
     uuids): cost per batch, not per flow held (at 30k flows/s the window holds 150k uuids). The file is
-    rewritten with only the batches inside the window every `compact_every` lines. A torn last line
+    rewritten with only the batches inside the window every `compact_every` lines or `compact_bytes`
+    appended, whichever comes first. A torn last line
     (killed mid-write) is ignored: its batch is re-sent and de-duplicated by the store.
     """
 
-    def __init__(self, path: Path | None, window_ns: int = 5_000_000_000, compact_every: int = 500):
+    def __init__(self, path: Path | None, window_ns: int = 5_000_000_000, compact_every: int = 500,
+                 compact_bytes: int = 8 << 20):
         self.path = path
         self.window_ns = window_ns
         self.compact_every = compact_every
+        self.compact_bytes = compact_bytes
+        self._appended = 0
         self.nodes: dict[str, int] = {}
         self.batches: deque[tuple[int, list[str]]] = deque()  # (newest time in batch, uuids), oldest first
         self._lines = 0
@@ -121,21 +125,24 @@ class Checkpoint:
         self._prune()
         if not self.path:
             return
-        if self._lines >= self.compact_every or not self.batches:
+        if self._lines >= self.compact_every or self._appended >= self.compact_bytes or not self.batches:
             lines = [json.dumps({"nodes": self.nodes, "t": t, "u": u}) for t, u in self.batches] or [
                 json.dumps({"nodes": self.nodes, "t": 0, "u": []})]
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("\n".join(lines) + "\n")
             os.replace(tmp, self.path)
             self._lines = len(lines)
+            self._appended = 0
             self._unsaved = None
             return
         if self._unsaved is None:
             return
         (t, uuids), self._unsaved = self._unsaved, None
+        line = json.dumps({"nodes": self.nodes, "t": t, "u": uuids}) + "\n"
         with open(self.path, "a") as f:
-            f.write(json.dumps({"nodes": self.nodes, "t": t, "u": uuids}) + "\n")
+            f.write(line)
         self._lines += 1
+        self._appended += len(line)
 
 
 # Receives (node, [serialized GetFlowsResponse]) and returns once the batch is durably in Kafka.
