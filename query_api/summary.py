@@ -29,7 +29,14 @@ from query_api.flow_query import (
     parse_time_ns,
     parse_verdict,
 )
-from schemas.clickhouse import EDGES_1M, MISMATCHES_1M, POLICY_DROPS_1M, TALKERS_1M, VERDICTS_1M
+from schemas.clickhouse import (
+    EDGES_1M,
+    HOURLY_SUFFIX,
+    MISMATCHES_1M,
+    POLICY_DROPS_1M,
+    TALKERS_1M,
+    VERDICTS_1M,
+)
 from schemas.flow_record import L4_PROTOCOLS
 from schemas.hubble.flow import flow_pb2
 
@@ -233,6 +240,7 @@ def _flow_branches(
 # FlowFilter fields the rollups keep (every other filter reads flows); the window must hold whole minutes.
 ROLLUP_FILTERS = frozenset({"cluster", "namespace", "verdict", "since", "until", "last", "cursor"})
 MINUTE_NS = 60 * _S
+HOUR_NS = 3600 * _S
 LONG_WINDOW_NS = 3600 * _S
 
 
@@ -271,7 +279,7 @@ def _rollup_branches(
     """The aggregates over the rollup tables for the whole minutes in `span`: the filter (cluster,
     namespace, verdict) and the scope as plain column conditions; a side outside the scope shows its
     reserved label as workload, like the redacted flow would."""
-    where = ["minute >= toDateTime({r_first:Int64}) AND minute < toDateTime({r_end:Int64})"]
+    where: list[str] = []
     params: dict[str, Any] = {
         "r_first": span[0] // _S,
         "r_end": span[1] // _S,
@@ -298,7 +306,27 @@ def _rollup_branches(
         }
         where.append(f"({inside['src']} OR {inside['dst']})")
         params["visible_places"] = sorted(visible_places)
-    cond = " AND ".join(where)
+    # Whole hours inside the span come from the hour tables, the minutes around them from the minute
+    # tables; verdict buckets need the hour tables' resolution to be a whole number of buckets.
+    hours = (-(-span[0] // HOUR_NS) * HOUR_NS, span[1] // HOUR_NS * HOUR_NS)
+    whole = "minute >= toDateTime({r_first:Int64}) AND minute < toDateTime({r_end:Int64})"
+    parts: list[tuple[str, str, frozenset[str]]] = []  # (table suffix, time condition, kinds)
+    kinds = frozenset({"verdicts", "talkers", "drop_policies", "edges", "mismatches"})
+    if hours[0] < hours[1]:
+        params.update(h_first=hours[0] // _S, h_end=hours[1] // _S)
+        in_hours = "minute >= toDateTime({h_first:Int64}) AND minute < toDateTime({h_end:Int64})"
+        outside = (
+            "(minute >= toDateTime({r_first:Int64}) AND minute < toDateTime({r_end:Int64}) AND NOT ("
+            + in_hours
+            + "))"
+        )
+        hourly_kinds = kinds if window.bucket_ns % HOUR_NS == 0 else kinds - {"verdicts"}
+        parts.append((HOURLY_SUFFIX, in_hours, hourly_kinds))
+        parts.append(("", outside, hourly_kinds))
+        if "verdicts" not in hourly_kinds:
+            parts.append(("", whole, frozenset({"verdicts"})))
+    else:
+        parts.append(("", whole, kinds))
 
     def workload(side: str) -> str:
         if inside[side] == "1":
@@ -309,30 +337,30 @@ def _rollup_branches(
         "src_cluster", "src_namespace", workload("src"), "dst_cluster", "dst_namespace", workload("dst")
     )
     edge = {**pair, "port": "dst_port", "proto": "l4_protocol", "verdict": "verdict"}
-    branches = [
+    sources: dict[str, tuple[str, dict[str, str]]] = {
         # Verdicts per bucket and drops per reason from one read (split in summarize()).
-        _branch(
-            "verdicts",
+        "verdicts": (
+            VERDICTS_1M,
             {
                 "b": "intDiv(toUnixTimestamp(minute), {bucket_s:Int64})",
                 "verdict": "verdict",
                 "reason": "drop_reason_desc",
             },
-            "sum(flows)",
-            VERDICTS_1M,
-            cond,
         ),
-        _branch("talkers", pair, "sum(flows)", TALKERS_1M, cond),
-        _branch(
-            "drop_policies",
-            {"kind_": "policy_kind", "namespace_": "policy_namespace", "name_": "policy_name"},
-            "sum(flows)",
+        "talkers": (TALKERS_1M, pair),
+        "drop_policies": (
             POLICY_DROPS_1M,
-            cond,
+            {"kind_": "policy_kind", "namespace_": "policy_namespace", "name_": "policy_name"},
         ),
-        _branch("edges", edge, "sum(flows)", EDGES_1M, cond),
-        _branch("mismatches", {**edge, **{m: m for m in MISMATCH_NAMES}}, "sum(flows)", MISMATCHES_1M, cond),
-    ]
+        "edges": (EDGES_1M, edge),
+        "mismatches": (MISMATCHES_1M, {**edge, **{m: m for m in MISMATCH_NAMES}}),
+    }
+    branches = []
+    for suffix, time_cond, part_kinds in parts:
+        cond = " AND ".join([time_cond, *where])
+        for kind, (table, values) in sources.items():
+            if kind in part_kinds:
+                branches.append(_branch(kind, values, "sum(flows)", table + suffix, cond))
     return branches, params
 
 

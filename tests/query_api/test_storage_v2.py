@@ -186,10 +186,10 @@ def test_redelivered_twins_are_listed_once(flow_store: FlowStore) -> None:
 
 @pytest.fixture(scope="module")
 def demo_hours(flow_store: FlowStore) -> tuple[int, int]:
-    """3,000 demo flows of qa-roll over ~2 h (the rollups count them as the view sees each insert)."""
+    """3,000 demo flows of qa-roll over 3 h (the rollups count them as the views see each insert)."""
     start = 1_717_236_000 * S + 123_456_789  # 2024-06-01T10:00:00.123456789Z
     entries = DemoTraffic(ROLL, seed=5).serialized(
-        3000, now_ns=start + 2999 * 2_400_000_000, spacing_ns=2_400_000_000
+        3000, now_ns=start + 2999 * 3_600_000_000, spacing_ns=3_600_000_000
     )
     decoder = FlowDecoder()
     for i in range(0, len(entries), 1000):  # several inserts, as the sink would
@@ -213,8 +213,10 @@ def test_rollups_answer_as_the_flows_would(
 ) -> None:
     first, last = demo_hours
     # Not minute-aligned on purpose: partial minutes at both ends read flows, whole ones the rollups.
+    # Whole hours come from the hour tables (verdict buckets too when they are whole hours).
     for window in (
         SummaryWindow(first + 17 * S, last - 23 * S, 300 * S),
+        SummaryWindow(first + 17 * S, last - 23 * S, 3600 * S),
         SummaryWindow(first + 17 * S, first + 17 * S + 45 * MINUTE, 60 * S),
     ):
         rolled = summarize(flow_store, flt, window, scope, top=5, max_edges=10_000)

@@ -112,7 +112,7 @@ window = SummaryWindow(first // 60_000_000_000 * 60_000_000_000, (last // 60_000
 doc = summarize(store, FlowFilter(), window, ScopeFilter(everything=True))
 namespaces = {(c.namespace_cluster, c.namespace) for c in store.catalog()}
 def ttls():
-    rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = currentDatabase() AND name IN ('flows', 'flows_talkers_1m', 'flow_catalog')").result_rows
+    rows = client.query("SELECT name, create_table_query FROM system.tables WHERE database = currentDatabase() AND name IN ('flows', 'flows_talkers_1m', 'flows_talkers_1m_1h', 'flow_catalog')").result_rows
     return {name: q.split(" TTL ")[1].split(" SETTINGS")[0] for name, q in rows}
 ttl_default = ttls()
 store.ensure_schema(30, 365)
@@ -149,7 +149,7 @@ def test_v1_data_dir_is_migrated_with_its_rows(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.splitlines()[-1])
-    assert got["applied"] == [2, 3]
+    assert got["applied"] == [2, 3, 4]
     assert len(got["before"]) == 2000 and got["after"] == got["before"]  # every row, field for field
     assert got["sorting_key"] == got["expected_key"]
     assert "predicted_verdict" not in got["columns"] and "desired_verdict" in got["columns"]
@@ -164,11 +164,13 @@ def test_v1_data_dir_is_migrated_with_its_rows(tmp_path: Path) -> None:
     assert default == {
         "flows": day.format(7),
         "flows_talkers_1m": day.format(90),
+        "flows_talkers_1m_1h": day.format(90),
         "flow_catalog": day.format(90),
     }
     assert configured == {
         "flows": day.format(30),
         "flows_talkers_1m": day.format(365),
+        "flows_talkers_1m_1h": day.format(365),
         "flow_catalog": day.format(365),
     }
     assert kept == configured
