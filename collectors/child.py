@@ -5,7 +5,7 @@ can retire a broker generation safely (netwarden.embedded rotates flows.raw):
 
   stdin "pause"   -> stop shipping, wait for batches in flight, reply {"paused": <messages shipped>}
   stdin "resume"  -> ship again and count from zero, reply {"resumed": true}
-  stdin "stats"   -> reply {"stats": {...}}
+  stdin "stats"   -> reply {"stats": {...}} (with "shipped": messages since the last resume)
   stdin closed    -> the parent is gone: stop (like SIGTERM)
 
 Replies are JSON lines on stdout; logs go to stderr. SIGTERM/SIGINT stop cleanly: what was read is
@@ -102,7 +102,8 @@ async def run(args: argparse.Namespace) -> None:
             elif line == "stats":
                 s = collector.stats
                 reply({"stats": {"flows": s.flows, "lost_events": s.lost_events, "duplicates": s.duplicates,
-                                 "connections": s.connections, "batches": s.batches, "last_error": s.last_error}})
+                                 "connections": s.connections, "batches": s.batches, "last_error": s.last_error,
+                                 "shipped": gate.shipped}})
 
     controller = asyncio.create_task(control()) if args.control else None
     try:

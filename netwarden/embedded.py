@@ -47,6 +47,9 @@ CHILD_CPU = Gauge("netwarden_child_cpu_seconds", "CPU (user + system) used by a 
 CHILD_COLLECTOR = Gauge("netwarden_collector_child_total", "Totals reported by a collector child process",
                         ["cluster", "what"])
 ROTATIONS = Counter("netwarden_broker_rotations_total", "flows.raw generations retired to free broker memory")
+ROTATION_BACKLOG = Gauge("netwarden_broker_rotation_backlog_messages",
+                         "flows.raw messages the worker had yet to consume when a rotation was due")
+ROTATE_MAX_BACKLOG = 16  # messages (<= 2000 flows each): the drain before a rotation takes a second or two
 
 
 @dataclass
@@ -226,6 +229,15 @@ class PipelineStack:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
 
+    async def _backlog_messages(self) -> int:
+        """Kafka messages shipped this generation that the worker has not consumed yet."""
+        shipped = self.shipped_messages
+        for child in self.collector_children.values():
+            with contextlib.suppress(ChildFailed, TimeoutError, BrokenPipeError, ConnectionResetError):
+                shipped += int((await child.stats()).get("shipped", 0))  # type: ignore[call-overload]
+        consumed = self.pipeline.totals.messages if self.pipeline is not None else 0
+        return max(0, shipped - consumed)
+
     async def _pause_collectors(self) -> int:
         """Stop every collector shipping; returns the Kafka messages they shipped this generation."""
         self._gate.clear()
@@ -275,6 +287,13 @@ class PipelineStack:
             # The broker's RAM grows with what was shipped since the last rotation, whatever the rate.
             full = rss > self.config.broker_memory_bytes and time.monotonic() - last >= 10
             if (due or full) and not self._stop.is_set():
+                # A rotation pauses the collectors until the worker has drained the generation: while the
+                # worker lags, wait for it to catch up (a long pause laps Hubble's rings: lost events),
+                # unless the broker is at twice its budget (memory stays bounded).
+                backlog = await self._backlog_messages()
+                ROTATION_BACKLOG.set(backlog)
+                if backlog > ROTATE_MAX_BACKLOG and rss < 2 * self.config.broker_memory_bytes:
+                    continue
                 self._in_rotation = True
                 try:
                     await self.rotate()
