@@ -118,7 +118,9 @@ class FlowPipeline:
             except DecodeError as exc:
                 letters.append(_letter(f"flows.raw value is not a FlowBatch: {exc}", origin, "", value))
                 continue
-            if batch.responses:
+            if batch.framed:  # framed by the producer: no entry is touched in Python
+                parts.append(Part(batch.cluster, origin, origins=batch.origins, framed=batch.framed))
+            elif batch.responses:
                 parts.append(Part(batch.cluster, origin, batch.responses, batch.origins))
         want_rows = self.want_rows or any(_wants_rows(listener) for listener in self.stored_listeners)
         result = self.sink.store(parts, want_rows=want_rows)

@@ -54,14 +54,17 @@ async def measure_sink_on(
     timeout: float = 900.0,
 ) -> dict[str, Any]:
     """{"sink_flows_per_s", "sink_ceiling_flows_per_s", "sink_ratio", "sink_flows", "sink_messages",
-    "sink_seconds", "sink_ceiling_seconds"}: rates from the best of `repeat` interleaved runs of each, the
-    seconds of every run. `flows`: expected count (checked when given)."""
+    "sink_cpu_us_per_flow", "sink_ceiling_cpu_us_per_flow", "sink_seconds", "sink_ceiling_seconds"}: rates
+    and CPU from the best of `repeat` interleaved runs of each, the seconds of every run. `flows`: expected
+    count (checked when given)."""
     ends = await true_end_offsets(bootstrap, FLOWS_RAW)
     total_messages = sum(ends.values())
     ceiling = ClickHouseSink(client, flows_table=CEILING_TABLE)  # its way of handing bytes to ClickHouse
     chunks = await _framed_chunks(bootstrap, ends, buffer_messages, ceiling)
     sink_runs: list[float] = []
     ceiling_runs: list[float] = []
+    sink_cpu: list[float] = []  # this process's CPU (all threads, chDB's included): robust to neighbours
+    ceiling_cpu: list[float] = []
     sink_flows = 0
     try:
         # Interleaved and repeated: on a shared machine a single pair says more about the neighbours.
@@ -69,11 +72,15 @@ async def measure_sink_on(
             for table in (SINK_TABLE, CEILING_TABLE):
                 client.command(f"DROP TABLE IF EXISTS {table}")
                 client.command(f"CREATE TABLE {table} AS {FLOWS_TABLE}")
+            cpu = time.process_time()
             sink_flows, seconds = await _drain(
                 bootstrap, client, enricher, buffer_messages, total_messages, timeout
             )
+            sink_cpu.append(time.process_time() - cpu)
             sink_runs.append(seconds)
+            cpu = time.process_time()
             ceiling_runs.append(_insert_straight(ceiling, chunks))
+            ceiling_cpu.append(time.process_time() - cpu)
     finally:
         ceiling.close()
         for table in (SINK_TABLE, CEILING_TABLE):
@@ -88,6 +95,8 @@ async def measure_sink_on(
         "sink_ratio": round(sink_rate / ceiling_rate, 3) if ceiling_rate else None,
         "sink_flows": sink_flows,
         "sink_messages": total_messages,
+        "sink_cpu_us_per_flow": round(min(sink_cpu) / max(1, sink_flows) * 1e6, 2),
+        "sink_ceiling_cpu_us_per_flow": round(min(ceiling_cpu) / max(1, sink_flows) * 1e6, 2),
         "sink_seconds": [round(x, 3) for x in sink_runs],
         "sink_ceiling_seconds": [round(x, 3) for x in ceiling_runs],
     }
@@ -157,8 +166,8 @@ async def _framed_chunks(
         by_cluster: dict[str, list[Run]] = {}
         for value in values[i : i + buffer_messages]:
             batch = FlowBatch.FromString(value)
-            part = Part(batch.cluster, "", batch.responses)
-            by_cluster.setdefault(batch.cluster, []).append((part, 0, len(part.payloads)))
+            part = Part(batch.cluster, "", batch.responses, framed=batch.framed)
+            by_cluster.setdefault(batch.cluster, []).append((part, 0, None))
         chunks.append([(cluster, sink.frames(runs)) for cluster, runs in by_cluster.items()])
     return chunks
 

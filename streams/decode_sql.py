@@ -317,8 +317,8 @@ def direct_insert(table: str, source: str) -> str:
 
 
 def stage_counts(stage: str) -> str:
-    """(cluster, flows, lost events) of the staged batch."""
-    return f"SELECT cluster, countIf(kind = {KIND_FLOW}), sum(lost) FROM {stage} GROUP BY cluster"
+    """(cluster, flows, lost events, responses) of the staged batch."""
+    return f"SELECT cluster, countIf(kind = {KIND_FLOW}), sum(lost), count() FROM {stage} GROUP BY cluster"
 
 
 def keys_select(stage: str) -> str:

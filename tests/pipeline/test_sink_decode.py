@@ -161,3 +161,27 @@ def test_errors_are_classified_retriable_or_refused(client: Any) -> None:
         client.command("SELECT * FROM no_such_table_here")
     except Exception as exc:  # our schema is not in place: nothing wrong with the data
         assert isinstance(classify(exc), RetriableError)
+
+
+def test_a_batch_framed_by_its_producer_is_stored_untouched_and_bisected_when_refused(client: Any) -> None:
+    from streams.sink import frame
+
+    good = [raw for _, _, raw in DemoTraffic("dec-framed", seed=8).serialized(30)]
+    payloads = [*good[:12], b"\xff\xfe not protobuf", *good[12:]]
+    sink = ClickHouseSink(client)
+    try:
+        result = sink.store(
+            [
+                Part("dec-framed", "flows.raw[0]@5", framed=frame(payloads)),
+                Part("dec-framed", "flows.raw[0]@6", good),
+            ],
+            want_rows=True,
+        )
+    finally:
+        sink.close()
+    assert result.stored_by_cluster == {"dec-framed": 60}
+    assert [(origin, payload) for origin, _, payload, _ in result.refused_entries()] == [
+        ("flows.raw[0]@5#12", b"\xff\xfe not protobuf")
+    ]
+    table = pa.concat_tables(result.tables)
+    assert rows(table) == rows(FlowDecoder().decode("dec-framed", good + good).table)
