@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from itertools import chain, count
+from itertools import count
 from typing import Any
 
 import pyarrow as pa
@@ -32,6 +32,7 @@ from schemas.clickhouse import FLOWS_TABLE
 from schemas.flow_record import ENRICHMENT_RESULT_SCHEMA, RECORD_ARROW_SCHEMA
 from streams import decode_sql
 from streams.enrichment import KeyEnricher
+from streams.framing import frame, unframe
 
 log = logging.getLogger("netwarden.streams.sink")
 
@@ -172,37 +173,11 @@ class StoreResult:
         return [(p.origin_of(i), p.cluster, bytes(p.entries()[i]), reason) for p, i, reason in self.refused]
 
 
-def frame(payloads: Sequence[bytes]) -> bytes:
-    """Length-delimited messages, as ClickHouse's Protobuf format reads them (iteration stays in C)."""
-    try:
-        prefixes = map(_VARINTS.__getitem__, map(len, payloads))
-        return b"".join(chain.from_iterable(zip(prefixes, payloads, strict=True)))
-    except IndexError:  # an entry of 64 KiB or more
-        return b"".join(chain.from_iterable(zip(map(_varint, map(len, payloads)), payloads, strict=True)))
-
-
 def frame_run(run: Run) -> bytes:
     part, start, stop = run
     if part.framed and start == 0 and stop is None:
         return part.framed
     return frame(part.entries()[start:stop])
-
-
-def unframe(framed: bytes) -> list[bytes]:
-    """The entries of a framed stream (the slow path: bisecting a refused batch)."""
-    out, pos, end = [], 0, len(framed)
-    while pos < end:
-        size = shift = 0
-        while True:
-            byte = framed[pos]
-            pos += 1
-            size |= (byte & 0x7F) << shift
-            shift += 7
-            if byte < 0x80:
-                break
-        out.append(framed[pos : pos + size])
-        pos += size
-    return out
 
 
 def _halves(runs: list[Run], first: int) -> tuple[list[Run], list[Run]]:
@@ -231,18 +206,6 @@ def _reason(message: str) -> str:
     if "protobuf" in lowered or "cannot read" in lowered or "unexpected end" in lowered:
         return f"not a GetFlowsResponse: {message}"
     return f"refused by ClickHouse: {message}"
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_VARINTS = [_varint(n) for n in range(1 << 16)]
 
 
 def is_embedded(client: Any) -> bool:
