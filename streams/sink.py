@@ -1,8 +1,9 @@
 """The ClickHouse sink: framed GetFlowsResponse bytes in, enriched rows in the flows table, refused entries out.
 
 No per-flow Python: ClickHouse decodes the protobuf (streams.decode_sql), finds the batch's distinct
-enrichment keys, and joins the enricher's answers back; Python touches each entry only to frame it. A batch
-ClickHouse refuses is bisected until the entries it refuses are isolated (each with ClickHouse's message).
+enrichment keys, and joins the enricher's answers back. Python touches an entry only to frame it, and not
+at all when the producer framed the batch (FlowBatch.framed). A batch ClickHouse refuses is bisected until
+the entries it refuses are isolated (each with ClickHouse's message).
 
 Errors are classified for the consumer loop: `RetriableError` (ClickHouse unreachable, overloaded, or our
 own schema/SQL not in place: nothing is wrong with the data, so back off and retry, never commit) versus a
