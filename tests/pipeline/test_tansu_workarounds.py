@@ -60,10 +60,10 @@ def test_rotation_frees_broker_memory_and_loses_no_flow(tmp_path: Path, chdb_dsn
         try:
             assert stack.broker is not None
             baseline = stack.broker.rss_bytes()
-            total = await ship(stack, 25)  # ~40 MB of flows
+            total = await ship(stack, 60)  # ~100 MB of flows, ~6 MB as the producer compresses them (zstd)
             assert await stored(stack, total) == total
             grown = stack.broker.rss_bytes()
-            assert grown - baseline > 20 * 1024 * 1024, "the payload should sit in the broker's RAM"
+            assert grown - baseline > 3 * 1024 * 1024, "the payload should sit in the broker's RAM"
 
             await stack.rotate()
             await asyncio.sleep(0.5)
