@@ -185,3 +185,17 @@ def test_a_batch_framed_by_its_producer_is_stored_untouched_and_bisected_when_re
     ]
     table = pa.concat_tables(result.tables)
     assert rows(table) == rows(FlowDecoder().decode("dec-framed", good + good).table)
+
+
+def test_a_large_batch_is_parsed_from_one_file_per_core(client: Any) -> None:
+    payloads = [raw for _, _, raw in DemoTraffic("dec-files", seed=12).serialized(16_000)]
+    parts = [Part("dec-files", f"flows.raw[0]@{i}", payloads[i * 4000 : (i + 1) * 4000]) for i in range(4)]
+    sink = ClickHouseSink(client)
+    sink.parallel_files = 2
+    try:
+        assert len(sink.frames([(p, 0, None) for p in parts])) == 2  # ~3 MB a part: two files of two parts
+        result = sink.store(parts, want_rows=True)
+    finally:
+        sink.close()
+    assert result.stored_by_cluster == {"dec-files": 16_000}
+    assert rows(pa.concat_tables(result.tables)) == rows(FlowDecoder().decode("dec-files", payloads).table)
