@@ -24,18 +24,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faust
 from prometheus_client import Counter, Gauge
 
 from collectors.hubble_client import Checkpoint, ClientTLS, HubbleCollector
 from collectors.kafka_out import FlowBatchProducer, new_producer
 from netwarden.broker import TansuBroker, ensure_topics, free_port, recreate_topics
 from netwarden.supervise import Child, ChildFailed, python_argv
+from policy_engine.inventory_publisher import InventoryPublisher
+from policy_engine.store import ControlPlaneStore
 from query_api.live import LiveHub
 from query_api.store import FlowStore, open_clickhouse
-from schemas.topics import FLOWS_RAW, TopicSpec, pipeline_topics
-from streams.app import FlowPipeline, StreamSettings, build_app
+from schemas.topics import FLOWS_RAW, INVENTORY, TopicSpec, pipeline_topics
+from streams.app import FlowPipeline, FlowWorker, StreamSettings, build_app
+from streams.inventory import InventoryFeed, start_inventory
 from streams.sink import ClickHouseSink
+from streams.verdicts import PolicyEnricher
 
 log = logging.getLogger("netwarden.embedded")
 
@@ -86,7 +89,8 @@ class PipelineStack:
         self.clickhouse: Any = None
         self.flow_store: FlowStore | None = None  # reads of the same chDB client (the API in embedded mode)
         self.pipeline: FlowPipeline | None = None
-        self.app: faust.App | None = None
+        self.app: FlowWorker | None = None
+        self.inventory: InventoryFeed | None = None
         self.producer: Any = None
         self.collectors: dict[str, HubbleCollector] = {}
         self.collector_children: dict[str, CollectorChild] = {}
@@ -125,7 +129,17 @@ class PipelineStack:
             # Tansu's memory storage starts empty: every start is a new generation.
             self._generation.advance()
         await ensure_topics(self.bootstrap, self._topics())
-        self.pipeline = FlowPipeline(ClickHouseSink(self.clickhouse))
+        if self.embedded_broker:
+            # The control plane lives in this data dir; in scale mode `netwarden admin inventory publish
+            # --follow` runs next to the real store instead (a worker's data dir may hold a stale one).
+            publisher = InventoryPublisher(
+                lambda: ControlPlaneStore.open(self.data_dir),
+                self.bootstrap,
+                ensure_topic=lambda b: ensure_topics(b, [t for t in self._topics() if t.name == INVENTORY]),
+            )
+            self._tasks.append(asyncio.create_task(publisher.run(self._stop)))
+        self.inventory = await start_inventory(self.bootstrap)
+        self.pipeline = FlowPipeline(ClickHouseSink(self.clickhouse), PolicyEnricher(self.inventory.view))
         self.pipeline.stored_listeners.append(self.live_hub.publish_table)
         self.producer = new_producer(self.bootstrap)
         await self.producer.start()
@@ -326,6 +340,8 @@ class PipelineStack:
         if self.app is not None:
             await self.app.stop()
         step("worker")
+        if self.inventory is not None:
+            await self.inventory.stop()
         if self.producer is not None:
             await self.producer.stop()
         if self.broker is not None:

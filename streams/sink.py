@@ -31,9 +31,9 @@ from prometheus_client import Counter, Histogram
 
 from schemas.clickhouse import FLOWS_TABLE
 from schemas.flow_record import ENRICHMENT_RESULT_SCHEMA, RECORD_ARROW_SCHEMA
+from schemas.framing import frame, unframe
 from streams import decode_sql
 from streams.enrichment import KeyEnricher
-from streams.framing import frame, unframe
 
 log = logging.getLogger("netwarden.streams.sink")
 

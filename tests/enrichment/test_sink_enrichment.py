@@ -88,8 +88,6 @@ def test_stored_requests_carry_the_enrichment_of_their_key(client: Any, view: In
     assert {got["desired_verdict"] for got, _ in requests} >= {1, 2}
 
 
-@pytest.mark.xfail(reason="needs the sink's key expressions for replies and non-policy drops (ENRICH report diff)",
-                   strict=False)
 def test_stored_replies_carry_their_connections_verdict(client: Any, view: InventoryView) -> None:
     rows = stored_and_expected(client, view, 3000)
     replies = [(got, want) for got, want, key in rows if key.is_reply]

@@ -121,7 +121,7 @@ def test_refused_entries_are_isolated_with_clickhouse_message(client: Any) -> No
 def test_framing_reads_back_entry_for_entry_including_large_ones() -> None:
     from google.protobuf.internal.decoder import _DecodeVarint
 
-    from streams.framing import frame
+    from schemas.framing import frame
 
     entries = [b"", b"a" * 127, b"b" * 128, b"c" * 70_000, b"d" * 300]
     framed = frame(entries)
@@ -164,7 +164,7 @@ def test_errors_are_classified_retriable_or_refused(client: Any) -> None:
 
 
 def test_a_batch_framed_by_its_producer_is_stored_untouched_and_bisected_when_refused(client: Any) -> None:
-    from streams.framing import frame
+    from schemas.framing import frame
 
     good = [raw for _, _, raw in DemoTraffic("dec-framed", seed=8).serialized(30)]
     payloads = [*good[:12], b"\xff\xfe not protobuf", *good[12:]]
