@@ -61,7 +61,8 @@ class StackConfig:
     kafka: str | None = None  # external Kafka bootstrap; None = embedded Tansu
     clickhouse_dsn: str | None = None  # external ClickHouse; None = chDB under data_dir
     partitions: int = 2
-    retention_days: int = 7
+    retention_days: int | None = None  # None: keep the stored TTL (new data dirs: 7)
+    rollup_retention_days: int | None = None  # None: keep the stored TTL (new data dirs: 90)
     rotate_seconds: float = 300.0  # embedded broker only
     broker_memory_bytes: int = 128 << 20  # embedded broker only: rotate early once its RSS passes this
 
@@ -121,7 +122,7 @@ class PipelineStack:
         # broker or worker has started.
         self.clickhouse = open_clickhouse(str(self.data_dir), self.config.clickhouse_dsn)
         self.flow_store = FlowStore(self.clickhouse)
-        self.flow_store.ensure_schema(self.config.retention_days)
+        self.flow_store.ensure_schema(self.config.retention_days, self.config.rollup_retention_days)
         if self.embedded_broker:
             self.broker = TansuBroker(log_path=self.data_dir / "broker.log")
             self.broker.start()

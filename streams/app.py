@@ -118,10 +118,13 @@ class FlowPipeline:
             except DecodeError as exc:
                 letters.append(_letter(f"flows.raw value is not a FlowBatch: {exc}", origin, "", value))
                 continue
+            batch_id = f"{batch.collector}#{batch.sequence}" if batch.collector else ""
             if batch.framed:  # framed by the producer: no entry is touched in Python
-                parts.append(Part(batch.cluster, origin, origins=batch.origins, framed=batch.framed))
+                parts.append(
+                    Part(batch.cluster, origin, origins=batch.origins, framed=batch.framed, batch_id=batch_id)
+                )
             elif batch.responses:
-                parts.append(Part(batch.cluster, origin, batch.responses, batch.origins))
+                parts.append(Part(batch.cluster, origin, batch.responses, batch.origins, batch_id=batch_id))
         want_rows = self.want_rows or any(_wants_rows(listener) for listener in self.stored_listeners)
         result = self.sink.store(parts, want_rows=want_rows)
         for entry_origin, cluster, payload, reason in result.refused_entries():

@@ -335,10 +335,12 @@ def keys_select(stage: str) -> str:
     return f"SELECT s.ekey AS ekey, {', '.join(cols)} FROM {stage} AS s WHERE s.kind = {KIND_FLOW} LIMIT 1 BY s.ekey"
 
 
-def flows_insert(flows_table: str, stage: str, keys: str | None) -> str:
+def flows_insert(flows_table: str, stage: str, keys: str | None, dedup_token: str = "") -> str:
     """Stage rows plus their key's enrichment into the flows table, columns named (any sort key works).
 
-    keys=None stores the enrichment columns' defaults without a join (no enricher)."""
+    keys=None stores the enrichment columns' defaults without a join (no enricher). dedup_token names the
+    batch (its Kafka origins): a redelivered batch is dropped by the table's deduplication window before
+    the rollup views count it again, and no block has to be hashed to find out."""
     target = ", ".join(f"`{c.name}`" for c in RECORD_COLUMNS)
     flow_cols = ", ".join(f"s.`{c.name}`" for c in FLOW_COLUMNS)
     if keys is None:
@@ -351,7 +353,8 @@ def flows_insert(flows_table: str, stage: str, keys: str | None) -> str:
         source = f"{stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey"
     return (
         f"INSERT INTO {flows_table} ({target}) SELECT {flow_cols}, {enrich_cols} FROM {source} "
-        f"WHERE s.kind = {KIND_FLOW} {settings_clause(INSERT_SETTINGS)}"
+        f"WHERE s.kind = {KIND_FLOW} "
+        f"{settings_clause({**INSERT_SETTINGS, 'insert_deduplication_token': dedup_token} if dedup_token else INSERT_SETTINGS)}"
     )
 
 

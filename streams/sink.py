@@ -14,6 +14,7 @@ table is a ReplacingMergeTree keyed on Hubble's uuid, so twins collapse at merge
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -120,6 +121,9 @@ class Part:
     payloads: Sequence[bytes] = ()
     origins: Sequence[str] = ()  # optional, parallel to the entries (capture file:line)
     framed: bytes = b""
+    # The producer's name for this message ("collector#sequence"): the same after a Kafka redelivery, and
+    # unlike the origin never reused by a recreated topic or a fresh broker.
+    batch_id: str = ""
     _split: list[bytes] | None = field(default=None, repr=False)
 
     def entries(self) -> Sequence[bytes]:
@@ -172,6 +176,15 @@ class StoreResult:
     def refused_entries(self) -> list[tuple[str, str, bytes, str]]:
         """(origin, cluster, payload, reason) of every refused entry."""
         return [(p.origin_of(i), p.cluster, bytes(p.entries()[i]), reason) for p, i, reason in self.refused]
+
+
+def dedup_token(runs: list[Run]) -> str:
+    """Names a batch (or a bisected half) by the producer's names of its messages: a redelivery after a crash
+    is dropped whole, rollups included. Empty (no token) when a message has no such name."""
+    if not all(part.batch_id for part, _, _ in runs):
+        return ""
+    text = "|".join(f"{part.batch_id}:{start}:{stop}" for part, start, stop in runs)
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def frame_run(run: Run) -> bytes:
@@ -336,7 +349,7 @@ class ClickHouseSink:
         STAGE_SECONDS.labels("enrich").observe(time.perf_counter() - started)
 
         started = time.perf_counter()
-        self._run(decode_sql.flows_insert(self.flows_table, self.stage, keys_table))
+        self._run(decode_sql.flows_insert(self.flows_table, self.stage, keys_table, dedup_token(runs)))
         if want_rows:
             result.tables.append(self._stored_rows(keys_table))
         for cluster, flows, lost, entries in self._query(decode_sql.stage_counts(self.stage)):

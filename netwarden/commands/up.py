@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -33,21 +34,38 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
         "--broker-memory-mib", type=int, default=128,
         help="retire it sooner once the broker's resident memory passes this many MiB (default 128)",
     )
+    p.add_argument(
+        "--retention-days", default=os.environ.get("NETWARDEN_RETENTION_DAYS"),
+        help="keep flows this many days after ingestion (env NETWARDEN_RETENTION_DAYS; default: as stored, 7 new)",
+    )
+    p.add_argument(
+        "--rollup-retention-days", default=os.environ.get("NETWARDEN_ROLLUP_RETENTION_DAYS"),
+        help="keep rollups this many days (env NETWARDEN_ROLLUP_RETENTION_DAYS; default: as stored, 90 new)",
+    )
     p.set_defaults(handler=cmd_up)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     from netwarden.cli import CommandError
+    from schemas.clickhouse import retention_days_from
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        retention = (
+            retention_days_from(args.retention_days, "--retention-days"),
+            retention_days_from(args.rollup_retention_days, "--rollup-retention-days"),
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     if not run_stack(up(Path(args.data_dir), args.host, args.port, args.rate, args.rotate_seconds,
-                        args.broker_memory_mib << 20)):
+                        args.broker_memory_mib << 20, retention)):
         raise CommandError("stopped: a part of the stack kept failing (see the log above)")
     return 0
 
 
 async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: float,
-             broker_memory_bytes: int = 128 << 20) -> bool:
+             broker_memory_bytes: int = 128 << 20,
+             retention: tuple[int | None, int | None] = (None, None)) -> bool:
     """Run until a signal (True) or until a part of the stack gives up (False)."""
     import uvicorn
     from prometheus_client import REGISTRY
@@ -65,7 +83,8 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
         loop.add_signal_handler(sig, stop.set)
 
     stack = PipelineStack(StackConfig(data_dir=data_dir, rotate_seconds=rotate_seconds,
-                                      broker_memory_bytes=broker_memory_bytes))
+                                      broker_memory_bytes=broker_memory_bytes,
+                                      retention_days=retention[0], rollup_retention_days=retention[1]))
     api: uvicorn.Server | None = None
     api_task: asyncio.Task[None] | None = None
     # A ring per node holds >= 1 s of the cluster's traffic (~3 s of its node's): with the collector's own
