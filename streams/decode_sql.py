@@ -335,6 +335,14 @@ def keys_select(stage: str) -> str:
     return f"SELECT s.ekey AS ekey, {', '.join(cols)} FROM {stage} AS s WHERE s.kind = {KIND_FLOW} LIMIT 1 BY s.ekey"
 
 
+def _deduplicated(token: str) -> dict[str, str | int]:
+    # The views' blocks are checked too, by tokens derived from this one: a redelivered batch is not counted
+    # again by the rollups. Only with a token: without one the check would hash rollup blocks, and two
+    # different batches can aggregate to identical ones.
+    return {**INSERT_SETTINGS, "insert_deduplication_token": token,
+            "deduplicate_blocks_in_dependent_materialized_views": 1}
+
+
 def flows_insert(flows_table: str, stage: str, keys: str | None, dedup_token: str = "") -> str:
     """Stage rows plus their key's enrichment into the flows table, columns named (any sort key works).
 
@@ -354,7 +362,7 @@ def flows_insert(flows_table: str, stage: str, keys: str | None, dedup_token: st
     return (
         f"INSERT INTO {flows_table} ({target}) SELECT {flow_cols}, {enrich_cols} FROM {source} "
         f"WHERE s.kind = {KIND_FLOW} "
-        f"{settings_clause({**INSERT_SETTINGS, 'insert_deduplication_token': dedup_token} if dedup_token else INSERT_SETTINGS)}"
+        f"{settings_clause(_deduplicated(dedup_token) if dedup_token else INSERT_SETTINGS)}"
     )
 
 
