@@ -139,7 +139,8 @@ class LiveRig:
         await self.stack.start()
         self.server = HubbleServer(ring_capacity=self.ring_capacity)
         hubble_port = await self.server.start("127.0.0.1", 0)
-        await self.stack.add_collector(self.cluster, f"127.0.0.1:{hubble_port}", checkpoint=False)
+        # The collector in its own process, as in `up`: this one serves Hubble, the worker and the API.
+        await self.stack.spawn_collector(self.cluster, f"127.0.0.1:{hubble_port}", checkpoint=False)
         app = self.build_app(self.stack.live_hub)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
         self._api = uvicorn.Server(config)
