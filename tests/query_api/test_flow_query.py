@@ -20,10 +20,11 @@ SYNTHETIC = ("qa-c1", "qa-c2")  # clusters of the filter dataset's flows 0-7 (c3
 
 def indexes(store: FlowStore, **kw: Any) -> set[int]:
     kw.setdefault("last", None)
-    rows = store.query_flows(FlowFilter(**kw))
-    ids = {str(r["uuid"]): i for i in range(10) for r in rows if str(r["uuid"]) == flow_uuid(i)}
-    in_dataset = [r for r in rows if r["cluster"] in SYNTHETIC]
-    return {ids[str(r["uuid"])] for r in in_dataset}
+    # The session's chDB holds every test module's flows: read only this dataset's clusters.
+    only_dataset = ("cluster IN {qa_clusters:Array(String)}", {"qa_clusters": list(SYNTHETIC)})
+    rows = store.query_flows(FlowFilter(**kw), extra_where=[only_dataset])
+    ids = {flow_uuid(i): i for i in range(10)}
+    return {ids[str(r["uuid"])] for r in rows if r["cluster"] in SYNTHETIC}
 
 
 @pytest.mark.parametrize(
