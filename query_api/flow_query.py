@@ -368,6 +368,19 @@ def _side_condition(side: str, f: _SideFilter, col: Callable[[str], str] = _colu
     return " AND ".join(parts)
 
 
+def cluster_verdict_conditions(flt: FlowFilter) -> tuple[list[str], dict[str, Any]]:
+    """The cluster and verdict filters as plain column conditions (flows and rollups share the columns)."""
+    where: list[str] = []
+    params: dict[str, Any] = {}
+    if flt.cluster is not None:
+        where.append("cluster = {cluster:String}")
+        params["cluster"] = flt.cluster
+    if flt.verdict is not None:
+        where.append("verdict = {verdict:UInt8}")
+        params["verdict"] = parse_verdict(flt.verdict)
+    return where, params
+
+
 def filter_conditions(
     flt: FlowFilter, now_ns: int | None = None, scope: ScopeFilter | None = None
 ) -> tuple[list[str], dict[str, Any]]:
@@ -377,14 +390,7 @@ def filter_conditions(
     as the scope sees them (redacted), so a filter on a hidden pod name, label, workload or IP matches
     nothing and cannot be used to probe for it. The query must read `flows AS f` (scope.TABLE_ALIAS) and
     start with `scope.with_clause()`."""
-    where: list[str] = []
-    params: dict[str, Any] = {}
-    if flt.cluster is not None:
-        where.append("cluster = {cluster:String}")
-        params["cluster"] = flt.cluster
-    if flt.verdict is not None:
-        where.append("verdict = {verdict:UInt8}")
-        params["verdict"] = parse_verdict(flt.verdict)
+    where, params = cluster_verdict_conditions(flt)
     if flt.protocol is not None:
         where.append("has({protocols:Array(UInt8)}, l4_protocol)")
         params["protocols"] = list(parse_protocol(flt.protocol))

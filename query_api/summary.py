@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 from query_api.flow_query import (
     FilterValueError,
     FlowFilter,
+    cluster_verdict_conditions,
     filter_conditions,
     flow_source,
     parse_duration_ns,
     parse_time_ns,
-    parse_verdict,
 )
 from schemas.clickhouse import (
     EDGES_1M,
@@ -279,18 +279,8 @@ def _rollup_branches(
     """The aggregates over the rollup tables for the whole minutes in `span`: the filter (cluster,
     namespace, verdict) and the scope as plain column conditions; a side outside the scope shows its
     reserved label as workload, like the redacted flow would."""
-    where: list[str] = []
-    params: dict[str, Any] = {
-        "r_first": span[0] // _S,
-        "r_end": span[1] // _S,
-        "bucket_s": window.bucket_ns // _S,
-    }
-    if flt.cluster is not None:
-        where.append("cluster = {cluster:String}")
-        params["cluster"] = flt.cluster
-    if flt.verdict is not None:
-        where.append("verdict = {verdict:UInt8}")
-        params["verdict"] = parse_verdict(flt.verdict)
+    where, params = cluster_verdict_conditions(flt)
+    params.update(r_first=span[0] // _S, r_end=span[1] // _S, bucket_s=window.bucket_ns // _S)
     if flt.namespace is not None:
         if not flt.namespace or "/" in flt.namespace:
             raise FilterValueError("namespace", flt.namespace, f"invalid namespace {flt.namespace!r}")
