@@ -67,5 +67,8 @@ class Conversation:
     flows: int
     first_seen: datetime
     last_seen: datetime
+    # Hubble's own attribution of its verdict: the policies that allowed / denied it ("Kind/namespace/name").
+    hubble_allowed_by: tuple[str, ...] = ()
+    hubble_denied_by: tuple[str, ...] = ()
     desired: SetDecision = field(default_factory=SetDecision)
     staged: SetDecision = field(default_factory=SetDecision)
