@@ -25,12 +25,15 @@ class Side:
     """One side of a conversation as Hubble identified it."""
 
     namespace: str = ""
-    workload: str = ""  # "kind/name" of the owning workload; "" when Hubble gave none
+    workload: str = ""  # name of the owning workload (the pod's name when Hubble gives none); "" for non-pods
+    workload_kind: str = ""  # "Deployment", "StatefulSet", ...; "" when unknown
     labels: tuple[str, ...] = ()  # Cilium's "source:key=value" identity labels, as Hubble sends them
     identity: int = 0
     ip: str = ""  # only for sides that are not pods (world, CIDR, reserved); "" for pods
     reserved: str = ""  # "world", "host", "kube-apiserver", ... for reserved identities; "" for pods
     redacted: bool = False  # outside the caller's scope: only the namespace is shown
+
+    cluster: str = ""  # the side's own cluster when Hubble reports one (cluster mesh); else the flow's
 
     def describe(self) -> str:
         if self.namespace:
