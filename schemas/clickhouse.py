@@ -287,6 +287,135 @@ def catalog_view_ddls() -> list[str]:
     return out
 
 
+# ---- conversations ----------------------------------------------------------------------------------
+# One row per hour and connection key: what reports, what-if, recommendations and "why" read (they cost the
+# number of distinct conversations, not of flows). A reply is folded into its connection: `src_*` is the
+# client, `dst_*` the server and `port` the server's port (for ICMP the request's type). Pod sides keep no
+# IP (so pod churn does not multiply rows); labels and Hubble's attribution follow from the key and are
+# kept as any().
+
+CONVERSATIONS_1H = "flow_conversations_1h"
+_REPLY = "ifNull(is_reply, false)"
+# ICMP echo reply -> echo request (v4 0 -> 8, v6 129 -> 128): a reply is counted with its request's type.
+_ICMP_PORT = (
+    f"if({_REPLY}, multiIf(l4_protocol = 3 AND icmp_type = 0, 8, l4_protocol = 4 AND icmp_type = 129, 128, "
+    "icmp_type), icmp_type)"
+)
+
+
+def _client_server(column: str, role: str) -> str:
+    """`column` ("{}_namespace" with the side as {}) of the client (role "src") or server ("dst")."""
+    other = "dst" if role == "src" else "src"
+    return f"if({_REPLY}, {column.format(other)}, {column.format(role)})"
+
+
+def _hubble_attribution(which: str) -> str:
+    return (
+        "arrayDistinct(arrayMap(x -> concat(tupleElement(x, 'kind'), '/', tupleElement(x, 'namespace'), '/', "
+        f"tupleElement(x, 'name')), arrayConcat(ingress_{which}_by, egress_{which}_by)))"
+    )
+
+
+def _conversation_dims() -> tuple[tuple[str, str, str], ...]:
+    dims: list[tuple[str, str, str]] = [("cluster", _LC, "cluster")]
+    for role in ("src", "dst"):
+        ns = _client_server("{}_namespace", role)
+        workloads = _client_server("{}_workload_names", role)
+        kinds = _client_server("{}_workload_kinds", role)
+        dims += [
+            (f"{role}_cluster", _LC, _client_server("if({0}_cluster_name != '', {0}_cluster_name, cluster)", role)),
+            (f"{role}_namespace", _LC, ns),
+            (f"{role}_workload", _LC,
+             f"if({ns} = '', '', if(notEmpty({workloads}), {workloads}[1], {_client_server('{}_pod', role)}))"),
+            (f"{role}_workload_kind", _LC,
+             f"if({ns} = '' OR empty({kinds}), '', {kinds}[1])"),
+            (f"{role}_identity", "UInt32", _client_server("{}_identity", role)),
+            (f"{role}_ip", "IPv6", f"if({ns} = '', {_client_server('ip_{}', role)}, toIPv6('::'))"),
+        ]
+    dims += [
+        ("port", "UInt16", f"multiIf(l4_protocol IN (3, 4), {_ICMP_PORT}, {_REPLY}, src_port, dst_port)"),
+        ("l4_protocol", "UInt8", "l4_protocol"),
+        ("traffic_direction", "UInt8", "traffic_direction"),
+        ("verdict", "UInt8", "verdict"),
+        ("drop_reason_desc", "UInt16", "drop_reason_desc"),
+    ]
+    for prefix in ("desired", "staged"):
+        for name, ch_type in _VERDICT_DIMS:
+            dims.append((f"{prefix}_{name}", ch_type, f"{prefix}_{name}"))
+    return tuple(dims)
+
+
+_VERDICT_DIMS = (
+    ("revision", "UInt64"),
+    ("verdict", "UInt8"),
+    ("drop_reason", "UInt16"),
+    ("egress_verdict", "UInt8"),
+    ("egress_policy", _LC),
+    ("egress_rule", _LC),
+    ("egress_version", "UInt32"),
+    ("ingress_verdict", "UInt8"),
+    ("ingress_policy", _LC),
+    ("ingress_rule", _LC),
+    ("ingress_version", "UInt32"),
+)
+# Functions of the key, kept once per row, and the counts: (name, type, aggregate, SELECT expression).
+_CONVERSATION_VALUES = (
+    ("src_labels", "Array(String)", "any", f"any({_client_server('{}_labels', 'src')})"),
+    ("dst_labels", "Array(String)", "any", f"any({_client_server('{}_labels', 'dst')})"),
+    ("hubble_allowed_by", "Array(String)", "any", f"any({_hubble_attribution('allowed')})"),
+    ("hubble_denied_by", "Array(String)", "any", f"any({_hubble_attribution('denied')})"),
+    ("flows", "UInt64", "sum", "count()"),
+    ("first_seen", "DateTime64(9, 'UTC')", "min", "min(time)"),
+    ("last_seen", "DateTime64(9, 'UTC')", "max", "max(time)"),
+    ("ingested_at", "DateTime", "max", "now()"),
+)
+CONVERSATION_DIMS = _conversation_dims()
+CONVERSATION_KEY = tuple(n for n, _, _ in CONVERSATION_DIMS)
+
+
+def conversations_ddl(retention_days: int) -> str:
+    dims = ",\n  ".join(f"`{n}` {t}" for n, t, _ in CONVERSATION_DIMS)
+    values = ",\n  ".join(f"`{n}` SimpleAggregateFunction({agg}, {t})" for n, t, agg, _ in _CONVERSATION_VALUES)
+    rest = ", ".join(n for n in CONVERSATION_KEY if n != "cluster")
+    return f"""CREATE TABLE IF NOT EXISTS {CONVERSATIONS_1H} (
+  `hour` DateTime CODEC(Delta, ZSTD(1)),
+  {dims},
+  {values}
+) ENGINE = AggregatingMergeTree
+PARTITION BY toYYYYMM(hour)
+ORDER BY (cluster, hour, {rest})
+TTL ingested_at + INTERVAL {int(retention_days)} DAY DELETE
+SETTINGS non_replicated_deduplication_window = {DEDUP_WINDOW}"""
+
+
+def conversations_select(source: str = FLOWS_TABLE, where: str = "") -> str:
+    """The view's SELECT (also the backfill, and the partial hours at a window's edges): one row per hour
+    and conversation key. Computed under `c_` aliases in a subquery: ClickHouse aliases are global, and
+    `if(reply, dst_namespace, src_namespace) AS src_namespace` would change what `dst_namespace` reads."""
+    inner = ", ".join(f"{e} AS `c_{n}`" for n, _, e in CONVERSATION_DIMS)
+    values = ", ".join(f"{e} AS `c_{n}`" for n, _, _, e in _CONVERSATION_VALUES)
+    key = ", ".join(f"`c_{n}`" for n in CONVERSATION_KEY)
+    outer = ", ".join(f"`c_{n}` AS `{n}`" for n in (*CONVERSATION_KEY, *(v[0] for v in _CONVERSATION_VALUES)))
+    cond = f" WHERE {where}" if where else ""
+    return (
+        f"SELECT c_hour AS hour, {outer}\nFROM (SELECT toStartOfHour(time) AS c_hour, {inner}, {values}\n"
+        f"FROM {source}{cond}\nGROUP BY c_hour, {key})"
+    )
+
+
+def conversations_view_ddl() -> str:
+    return f"CREATE MATERIALIZED VIEW IF NOT EXISTS {CONVERSATIONS_1H}_mv TO {CONVERSATIONS_1H} AS\n{conversations_select()}"
+
+
+def _create_conversations(retention: Retention) -> list[Step]:
+    def backfill(client: Any) -> None:
+        client.command(
+            f"INSERT INTO {CONVERSATIONS_1H} {conversations_select()} SETTINGS max_partitions_per_insert_block = 0"
+        )
+
+    return [conversations_ddl(retention.rollup_days), backfill, conversations_view_ddl()]
+
+
 # ---- migrations -------------------------------------------------------------------------------------
 
 Step = str | Callable[[Any], None]  # a statement, or a function of the clickhouse-connect client
@@ -404,6 +533,7 @@ def migrations(
             f"ALTER TABLE {table} MODIFY SETTING non_replicated_deduplication_window = {DEDUP_WINDOW}"
             for table in (*ROLLUP_TABLES, CATALOG_TABLE)
         ]),
+        (6, _create_conversations(retention)),
     ]
 
 
@@ -414,7 +544,7 @@ def ttl_statements(client: Any, retention: Retention, flows: bool = True, rollup
     if flows:
         wanted[FLOWS_TABLE] = (retention.flows_days, "ingested_at")
     if rollups:
-        wanted.update({table: (retention.rollup_days, "ingested_at") for table in ROLLUP_TABLES})
+        wanted.update({table: (retention.rollup_days, "ingested_at") for table in (*ROLLUP_TABLES, CONVERSATIONS_1H)})
     if flows and rollups:  # the catalog must outlive both; with one unknown, leave it
         wanted[CATALOG_TABLE] = (retention.catalog_days, "ingested_at")
     rows = client.query(

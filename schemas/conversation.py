@@ -73,5 +73,8 @@ class Conversation:
     # Hubble's own attribution of its verdict: the policies that allowed / denied it ("Kind/namespace/name").
     hubble_allowed_by: tuple[str, ...] = ()
     hubble_denied_by: tuple[str, ...] = ()
+    # Where Hubble observed it (1 INGRESS, 2 EGRESS, 0 unknown): the stored verdict of the desired set is
+    # the decision at that point (egress alone at EGRESS), so one connection may have one row per point.
+    traffic_direction: int = 0
     desired: SetDecision = field(default_factory=SetDecision)
     staged: SetDecision = field(default_factory=SetDecision)
