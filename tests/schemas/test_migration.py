@@ -131,6 +131,7 @@ print(json.dumps({
     "desired_verdicts": sorted({int(r["desired_verdict"]) for r in after_rows}),
     "namespaces": sorted(namespaces),
     "ttl": [ttl_default, ttl_set, ttl_kept],
+    "conversation_flows": int(client.query("SELECT sum(flows) FROM flow_conversations_1h").result_rows[0][0]),
     "tables": sorted(r[0] for r in client.query("SELECT name FROM system.tables WHERE database = currentDatabase()").result_rows),
 }))
 """
@@ -149,7 +150,7 @@ def test_v1_data_dir_is_migrated_with_its_rows(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.splitlines()[-1])
-    assert got["applied"] == [2, 3, 4, 5]
+    assert got["applied"] == [2, 3, 4, 5, 6]
     assert len(got["before"]) == 2000 and got["after"] == got["before"]  # every row, field for field
     assert got["sorting_key"] == got["expected_key"]
     assert "predicted_verdict" not in got["columns"] and "desired_verdict" in got["columns"]
@@ -157,6 +158,7 @@ def test_v1_data_dir_is_migrated_with_its_rows(tmp_path: Path) -> None:
     # The rollups and the catalog know the migrated rows (backfilled once, before the views existed).
     assert got["summary_total"] == 2000 and got["rollup_minutes"] > 0
     assert ["mig-east", "shop"] in got["namespaces"]
+    assert got["conversation_flows"] == 2000  # history by conversation knows them too
     assert "flows_v1" not in got["tables"] and "flows_relayout" not in got["tables"]
     # Retention on ingestion time: 7 / 90 days by default, configurable, kept by readers.
     default, configured, kept = got["ttl"]
