@@ -1,0 +1,317 @@
+"""Gathering for the validation report: one function that the API route, the CLI's local mode and benches call.
+
+`validation_report(flows, control_plane_store, principal, params)` reads what policy_engine.traffic_report
+assembles: the window's conversations (one GROUP BY over the hourly conversation table, scoped in SQL, read
+unredacted so they can be judged again and redacted for display), each cluster's desired and staged sets (the
+recorded inventory, i.e. what the stream enriched with), the drop rollups (query_api.summary) and, unless
+`live=False`, what each cluster's kube API says: its pods, the pods Cilium does not enforce and the drift of the
+rendered objects (policy_engine.kube, the same calls `netwarden sync` and `diff` make).
+
+Scope: the principal's ScopeFilter (query_api.scope); `--workspace W` / `--namespace NS` narrow it. A workspace
+or namespace the caller cannot see is refused (403), an unknown one too (422, naming it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from policy_engine.roles import PermissionDenied, Principal
+from policy_engine.store import ControlPlaneStore
+from policy_engine.traffic_report import (
+    ClusterFacts,
+    Decider,
+    DropRollups,
+    KubeFacts,
+    KubePod,
+    ObjectDrift,
+    ReportView,
+    UnmanagedPod,
+)
+from policy_engine.traffic_report import validation_report as assemble
+from query_api.conversations import read_conversations, redact_conversation
+from query_api.flow_query import FilterValueError, FlowFilter, parse_time_ns
+from query_api.scope import ScopeFilter
+from query_api.store import FlowStore
+from query_api.summary import parse_window, rfc3339, summarize
+from schemas.conversation import Conversation
+from schemas.inventory import ClusterInventory
+
+log = logging.getLogger("netwarden.query_api.report")
+
+DEFAULT_SINCE = "24h"
+KUBE_TIMEOUT_S = 5.0  # a report must not hang on one unreachable cluster
+
+
+class ReportParamError(ValueError):
+    """A report parameter is invalid: names the parameter and the value (422 / CLI exit 2)."""
+
+    def __init__(self, parameter: str, value: Any, reason: str) -> None:
+        self.parameter, self.value, self.reason = parameter, value, reason
+        super().__init__(f"{parameter}: {reason}")
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    cluster: str | None = None
+    namespace: str | None = None
+    workspace: str | None = None
+    since: str | None = None  # RFC 3339 or a duration ago; default 24h
+    until: str | None = None  # default now
+    live: bool = True  # ask the clusters' kube APIs (pods, drift)
+
+
+def _window(params: ReportParams, now_ns: int) -> tuple[int, int]:
+    try:
+        until_ns = parse_time_ns("until", params.until, now_ns) if params.until else now_ns
+        since_ns = parse_time_ns("since", params.since or DEFAULT_SINCE, now_ns)
+    except FilterValueError as exc:
+        raise ReportParamError(exc.parameter, exc.value, exc.reason) from None
+    if since_ns >= until_ns:
+        raise ReportParamError("since", params.since, "since must be before until")
+    return since_ns, until_ns
+
+
+def _dt(ns: int) -> datetime:
+    return datetime.fromtimestamp(ns / 1e9, tz=UTC)
+
+
+def _inventories(store: ControlPlaneStore) -> dict[str, ClusterInventory]:
+    from policy_engine.inventory import cluster_inventory, latest_inventory
+
+    recorded = latest_inventory(store)
+    for cluster in store.list_clusters():  # a cluster written before the outbox existed: render it now
+        if cluster.name not in recorded:
+            recorded[cluster.name] = cluster_inventory(store, cluster.name)
+    return recorded
+
+
+def _selection(
+    store: ControlPlaneStore, scope: ScopeFilter, principal: Principal, params: ReportParams
+) -> set[tuple[str, str]] | None:
+    """(cluster, namespace) places of --workspace (None without it), refused when the caller sees none."""
+    if params.namespace is not None and (not params.namespace or "/" in params.namespace):
+        raise ReportParamError("namespace", params.namespace, f"invalid namespace {params.namespace!r}")
+    if params.namespace and params.workspace:
+        raise ReportParamError("workspace", params.workspace, "give --namespace or --workspace, not both")
+    if params.workspace is None:
+        if params.namespace and params.cluster and not scope.can_see_namespace(params.cluster, params.namespace):
+            raise PermissionDenied(
+                f"reporting on namespace {params.cluster}/{params.namespace}",
+                "a role whose scope includes that namespace", principal,
+            )
+        return None
+    from policy_engine.tenancy import ownership_index_of
+
+    refs = ownership_index_of(store).workspace_namespaces(params.workspace)
+    if store.get_workspace(params.workspace) is None and not refs:
+        raise ReportParamError("workspace", params.workspace, f"unknown workspace {params.workspace!r}")
+    places = {(r.cluster, r.namespace) for r in refs if params.cluster in (None, r.cluster)}
+    if refs and not any(scope.can_see_namespace(*p) for p in places or {(r.cluster, r.namespace) for r in refs}):
+        raise PermissionDenied(
+            f"reporting on workspace {params.workspace}", f"a role whose scope includes workspace "
+            f"{params.workspace}", principal,
+        )
+    return {p for p in places if scope.can_see_namespace(*p)}
+
+
+def validation_report(
+    flows: FlowStore,
+    control_plane_store: ControlPlaneStore,
+    principal: Principal,
+    params: ReportParams,
+    *,
+    now_ns: int | None = None,
+    timings: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The validation report document (policy_engine.traffic_report) for what `principal` may see."""
+    from policy_engine.tenancy import ownership_index_of
+
+    now_ns = time.time_ns() if now_ns is None else now_ns
+    since_ns, until_ns = _window(params, now_ns)
+    index = ownership_index_of(control_plane_store)
+    scope = ScopeFilter.for_principal(principal, index.merged_ownership())
+    if scope.empty:
+        raise PermissionDenied("reading the validation report", "any role binding", principal)
+    places = _selection(control_plane_store, scope, principal, params)
+    declared = {c.name: c for c in control_plane_store.list_clusters()}
+    if params.cluster is not None and params.cluster not in declared and not scope.can_see_cluster(params.cluster):
+        raise ReportParamError("cluster", params.cluster, f"unknown cluster {params.cluster!r}")
+
+    def in_report(cluster: str, namespace: str) -> bool:
+        if not scope.can_see_namespace(cluster, namespace):
+            return False
+        if params.namespace is not None and namespace != params.namespace:
+            return False
+        return places is None or (cluster, namespace) in places
+
+    clock = time.perf_counter()
+    conversations = read_conversations(
+        flows.client,
+        since=_dt(since_ns),
+        until=_dt(until_ns),
+        clusters=[params.cluster] if params.cluster else None,
+        scope=scope,
+        namespace=params.namespace,
+        places=places,
+        redact=False,
+    )
+    t_conv = time.perf_counter() - clock
+    by_cluster: dict[str, list[Conversation]] = {}
+    for conv in conversations:
+        by_cluster.setdefault(conv.cluster, []).append(conv)
+    inventories = _inventories(control_plane_store)
+    names = {c for c in declared if scope.can_see_cluster(c)} | set(by_cluster)
+    if params.cluster:
+        names &= {params.cluster}
+    if places is not None:
+        names &= {c for c, _ in places} | set(by_cluster)
+    owners = index.entries()
+
+    clock = time.perf_counter()
+    rollups = {c: _rollups(flows, c, scope, params, places, since_ns, until_ns, now_ns) for c in sorted(names)}
+    t_roll = time.perf_counter() - clock
+    clock = time.perf_counter()
+    kube: dict[str, KubeFacts | None] = {}
+    for name in sorted(names):
+        cluster = declared.get(name)
+        kube[name] = (
+            kube_facts(control_plane_store, cluster)
+            if params.live and cluster is not None and (cluster.api_server or cluster.kube_context or cluster.kubeconfig)
+            else None
+        )
+    t_kube = time.perf_counter() - clock
+
+    facts = []
+    for name in sorted(names):
+        inventory = inventories.get(name)
+        desired = inventory.desired if inventory is not None else None
+        known = set(declared[name].namespaces) if name in declared else set()
+        known |= {ns for (c, ns) in owners if c == name}
+        facts.append(
+            ClusterFacts(
+                cluster=name,
+                conversations=by_cluster.get(name, []),
+                desired=desired,
+                staged=inventory.staged if inventory is not None else None,
+                namespace_workspaces={ns: e.workspace for (c, ns), e in owners.items() if c == name},
+                known_namespaces=sorted(known),
+                kube=kube[name],
+                rollups=rollups[name],
+            )
+        )
+    clock = time.perf_counter()
+    view = ReportView(in_report=in_report, redact=lambda c: redact_conversation(c, scope))
+    report = assemble(_dt(since_ns), _dt(until_ns), facts, view, Decider())
+    t_assemble = time.perf_counter() - clock
+    if timings is not None:
+        timings.update(conversations_s=t_conv, rollups_s=t_roll, kube_s=t_kube, assemble_s=t_assemble,
+                       conversations=len(conversations))
+    return report
+
+
+def _rollups(
+    flows: FlowStore,
+    cluster: str,
+    scope: ScopeFilter,
+    params: ReportParams,
+    places: set[tuple[str, str]] | None,
+    since_ns: int,
+    until_ns: int,
+    now_ns: int,
+) -> DropRollups:
+    """Drops by reason and policy, and verdicts over time, from the rollups (query_api.summary)."""
+    narrowed = scope
+    if places is not None:  # a workspace: its visible namespaces are the scope of the summary
+        narrowed = ScopeFilter(namespaces=frozenset(places))
+    window = parse_window(rfc3339(since_ns), rfc3339(until_ns), None, now_ns)
+    flt = FlowFilter(cluster=cluster, namespace=params.namespace)
+    doc = summarize(flows, flt, window, None if narrowed.everything else narrowed, top=0, max_edges=0)
+    return DropRollups(
+        by_reason=tuple(doc["drops_by_reason"]),
+        by_policy=tuple(doc["drops_by_policy"]),
+        buckets=tuple(doc["buckets"]),
+    )
+
+
+
+
+# -- the clusters' kube APIs ------------------------------------------------------------------------------
+
+
+def _kube_client(cluster: Any) -> Any:
+    """A KubeCluster for a store Cluster, as `netwarden sync` reaches it."""
+    import os
+
+    from policy_engine import kube
+
+    if cluster.api_server:
+        api = kube.KubeCluster.from_url(cluster.api_server, token=os.environ.get("NETWARDEN_KUBE_TOKEN"))
+    else:
+        api = kube.KubeCluster.from_kubeconfig(cluster.kubeconfig, cluster.kube_context)
+    api.timeout = KUBE_TIMEOUT_S
+    return api
+
+
+def kube_facts(
+    store: ControlPlaneStore, cluster: Any, connect: Callable[[Any], Any] = _kube_client
+) -> KubeFacts:
+    """Pods, pods Cilium does not enforce and drift of the desired objects, from one cluster's API; a
+    cluster that cannot be reached gives KubeFacts(reachable=False, error=...)."""
+    from kubernetes import client as k8s_client
+
+    from policy_engine.control_plane import resolve_policy_set
+    from policy_engine.render import render_cluster
+
+    try:
+        kube = connect(cluster)
+        core = k8s_client.CoreV1Api(kube.api)
+        live = [ns.metadata.name for ns in core.list_namespace(_request_timeout=KUBE_TIMEOUT_S).items]
+        rendered = render_cluster(resolve_policy_set(store, cluster.name, live))
+        # As sync does: objects of namespaces the cluster does not have are held back, not drift.
+        objects = [o for o in rendered.objects if o["metadata"].get("namespace") in (None, *live)]
+        drift = tuple(
+            ObjectDrift(f"{d.ref.kind}/{d.ref.namespace or ''}/{d.ref.name}", d.drift, tuple(d.details))
+            for d in kube.drift(objects)
+        )
+        unmanaged = tuple(
+            UnmanagedPod(p.namespace, p.name, p.owner_kind or "", p.owner_name or "", p.reason)
+            for p in kube.unmanaged_pods()
+        )
+        pods = tuple(
+            pod
+            for item in core.list_pod_for_all_namespaces(_request_timeout=KUBE_TIMEOUT_S).items
+            if (pod := _kube_pod(item)) is not None
+        )
+    except Exception as exc:  # one unreachable or broken cluster must not fail the report
+        log.warning("cluster %s: kube API not usable for the report: %s", cluster.name, exc)
+        return KubeFacts(reachable=False, error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+    return KubeFacts(True, "", pods, unmanaged, drift, len(objects))
+
+
+def _kube_pod(item: Any) -> KubePod | None:
+    meta, spec, status = item.metadata, item.spec, item.status
+    if spec is not None and spec.host_network:
+        return None  # Cilium never manages host-network pods
+    if status is not None and status.phase in ("Succeeded", "Failed"):
+        return None
+    labels = dict(meta.labels or {})
+    owner = next((r for r in meta.owner_references or () if r.controller), None)
+    kind, name = (owner.kind, owner.name) if owner is not None else ("", meta.name)
+    template_hash = labels.get("pod-template-hash")
+    if kind == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
+        kind, name = "Deployment", name[: -len(template_hash) - 1]  # the Deployment's ReplicaSet
+    return KubePod(meta.namespace or "", meta.name, labels, name, kind)
+
+
+__all__ = [
+    "DEFAULT_SINCE",
+    "ReportParamError",
+    "ReportParams",
+    "kube_facts",
+    "validation_report",
+]
