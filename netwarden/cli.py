@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "netwarden.commands.gitops",
     "netwarden.commands.admin",
     "netwarden.commands.hubble",
+    "netwarden.commands.report",
 ]
 
 

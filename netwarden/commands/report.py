@@ -1,0 +1,235 @@
+"""`netwarden report validate`: does the traffic match the desired policy? (query_api.report_data)
+
+Sources, as `netwarden flows`: `--server URL --token T` (or NETWARDEN_SERVER / NETWARDEN_TOKEN) asks a running
+API (GET /api/v1/reports/validation), which applies the token's scope; `--data-dir DIR` reads the flow store
+and the control-plane store directly, acting as `--as-role/--scope` (default org-admin, like the policy
+commands). Output: `-o table` (default, for a terminal), `-o json` (the report document), `-o html` (one
+self-contained page: `> report.html`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from netwarden.cli import CommandError
+
+FORMATS = ("table", "json", "html")
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    report = sub.add_parser("report", help="reports on policy and traffic")
+    verbs = report.add_subparsers(dest="report_command", metavar="REPORT", required=True)
+    p = verbs.add_parser(
+        "validate",
+        help="validation report: coverage, policy not in effect, unexpected drops, unused rules, staged policies",
+        description="Per cluster and namespace: zero-trust coverage, conversations Hubble forwarded that the "
+        "desired policy set denies (with the likely cause), conversations it dropped that the set allows, "
+        "drops by reason and policy, rules that decided no flow, and what staged policies would change.",
+    )
+    p.add_argument("--cluster", metavar="C", help="only this cluster")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--namespace", metavar="NS", help="only this namespace")
+    which.add_argument("--workspace", metavar="W", help="only this workspace's namespaces")
+    p.add_argument("--since", metavar="T", default="24h", help="RFC 3339 time or a duration ago (default 24h)")
+    p.add_argument("--until", metavar="T", help="RFC 3339 time or a duration ago (default now)")
+    p.add_argument("-o", "--output", choices=FORMATS, default="table")
+    p.add_argument("--no-live", action="store_true", help="do not contact the clusters' kube APIs (pods, drift)")
+    p.add_argument("--data-dir", metavar="DIR", help="netwarden data directory (flow and control-plane stores)")
+    p.add_argument("--server", metavar="URL", help="ask a netwarden API instead (env NETWARDEN_SERVER)")
+    p.add_argument("--token", metavar="T", help="API token for --server (env NETWARDEN_TOKEN)")
+    p.add_argument("--as-role", help="local mode: act with this role (env NETWARDEN_ROLE, default org-admin)")
+    p.add_argument("--scope", help="local mode: project or workspace of --as-role (env NETWARDEN_SCOPE)")
+    p.set_defaults(handler=cmd_validate)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from netwarden.commands.flows import SERVER_ENV
+
+    server = args.server or (None if args.data_dir else os.environ.get(SERVER_ENV))
+    if server:
+        if args.as_role or args.scope:
+            raise CommandError("--as-role/--scope act locally; with --server the token decides the role")
+        body = _from_api(server, args)
+    else:
+        body = _local(args)
+    try:
+        if args.output == "json":
+            sys.stdout.write(json.dumps(body, indent=2) + "\n")
+        elif args.output == "html":
+            sys.stdout.write(body if isinstance(body, str) else _html(body))
+        else:
+            sys.stdout.write(render_table(body))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `netwarden report validate | head`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def _html(report: Mapping[str, Any]) -> str:
+    from query_api.report_html import render_html
+
+    return render_html(report)
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    params = {k: getattr(args, k) for k in ("cluster", "namespace", "workspace", "since", "until")}
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _from_api(server: str, args: argparse.Namespace) -> Any:
+    """The report from GET /api/v1/reports/validation (HTML as text when -o html)."""
+    import httpx
+
+    from netwarden.commands.flows import HTTP_TIMEOUT_S, TOKEN_ENV, _api_error
+
+    token = args.token or os.environ.get(TOKEN_ENV)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base = server if "://" in server else f"http://{server}"
+    query = {**_params(args), "format": "html" if args.output == "html" else "json"}
+    if args.no_live:
+        query["live"] = "false"
+    try:
+        with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT_S) as client:
+            response = client.get("/api/v1/reports/validation", params=query)
+    except httpx.HTTPError as exc:
+        raise CommandError(f"--server {server}: {exc}") from None
+    if response.status_code != 200:
+        raise _api_error(response)
+    return response.text if args.output == "html" else response.json()
+
+
+def _local(args: argparse.Namespace) -> dict[str, Any]:
+    from netwarden.commands.flows import _open_store
+    from netwarden.commands.gitops import principal_from
+    from policy_engine.roles import PermissionDenied
+    from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
+    from query_api.conversations import ConversationQueryError
+    from query_api.report_data import ReportParamError, ReportParams, validation_report
+
+    principal = principal_from(args)
+    flows = _open_store(args)
+    try:
+        if args.data_dir:
+            flows.ensure_schema()  # a data dir from before the conversation table: migrate, then read
+        with ControlPlaneStore.open(resolve_data_dir(args.data_dir)) as control:
+            params = ReportParams(args.cluster, args.namespace, args.workspace, args.since, args.until,
+                                  live=not args.no_live)
+            return validation_report(flows, control, principal, params)
+    except ReportParamError as exc:
+        raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
+    except (PermissionDenied, StoreError, ConversationQueryError) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        flows.close()
+
+
+# ---- table output -------------------------------------------------------------------------------------
+
+
+def _printable(text: Any) -> str:
+    # Names come from the clusters: never let one write terminal control sequences.
+    s = "" if text is None else str(text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
+def _grid(rows: Sequence[Sequence[Any]], indent: str = "  ") -> list[str]:
+    cells = [[_printable(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+
+
+def _endpoint(side: Mapping[str, Any]) -> str:
+    if side.get("namespace"):
+        return f"{side['namespace']}/{side.get('workload') or '*'}"
+    return str(side.get("reserved") or side.get("ip") or "unknown")
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{float(value) * 100:.0f}%"
+
+
+def _conv(c: Mapping[str, Any]) -> str:
+    return f"{_endpoint(c['source'])} -> {_endpoint(c['destination'])} {c['port']}/{c['protocol']}"
+
+
+def render_table(report: Mapping[str, Any]) -> str:
+    window = report.get("window") or {}
+    out = [f"validation report {window.get('since')} .. {window.get('until')}"]
+    for c in report.get("clusters") or []:
+        desired = c.get("desired_set") or {}
+        kube = c.get("kube")
+        kube_text = "not asked" if kube is None else "reachable" if kube.get("reachable") else f"unreachable: {kube.get('error')}"
+        out += ["", f"cluster {c['cluster']}: {c.get('conversations', 0)} conversation(s), {c.get('flows', 0)} flow(s); "
+                f"desired set revision {desired.get('revision', '-')} (blueprint {desired.get('blueprint') or '-'}); "
+                f"kube API {kube_text}"]
+        out.append("ZERO-TRUST COVERAGE")
+        rows: list[list[Any]] = [["NAMESPACE", "WORKSPACE", "DENY-IN", "DENY-EG", "WORKLOADS-IN", "WORKLOADS-EG",
+                                  "FLOWS-IN", "FLOWS-EG"]]
+        for ns in c["namespaces"]:
+            cov, dd = ns["coverage"], ns["default_deny"]
+            rows.append([
+                ns["namespace"], ns.get("workspace") or "-",
+                "on" if dd["ingress"] else "off", "on" if dd["egress"] else "off",
+                f"{_pct(cov['ingress']['workloads'])} ({cov['ingress']['workloads_selected']}/{cov['ingress']['workloads_total']})",
+                f"{_pct(cov['egress']['workloads'])} ({cov['egress']['workloads_selected']}/{cov['egress']['workloads_total']})",
+                _pct(cov["ingress"]["flows"]), _pct(cov["egress"]["flows"]),
+            ])
+        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out.append("NOT IN EFFECT (Hubble forwarded, the desired set denies)")
+        for g in c["not_in_effect"]:
+            out.append(f"  {g['namespace']}/{g['workload']} {g['direction']}: {g['flows']} flow(s) in "
+                       f"{g['conversation_count']} conversation(s), denied by {g['policy']} v{g['version']} {g['rule']}")
+            for conv in g["conversations"][:3]:
+                out.append(f"    {_conv(conv)} ({conv['flows']})")
+            for cause in g["causes"]:
+                out.append(f"    cause {cause['cause']}: {cause['detail']}")
+                for pod in cause.get("pods") or []:
+                    out.append(f"      pod {pod['namespace']}/{pod['name']}: {pod.get('reason', '')}")
+                if cause.get("fix"):
+                    out.append(f"      fix: {cause['fix']}")
+        if not c["not_in_effect"]:
+            out.append("  none")
+        out.append("UNEXPECTED DROPS (Hubble dropped, the desired set allows)")
+        rows = [["CONVERSATION", "FLOWS", "REASON", "CAUSE"]]
+        rows += [[_conv(d), d["flows"], d.get("drop_reason") or "-", f"{d['cause']}: {d['causes'][0]['detail']}"]
+                 for d in c["unexpected_drops"]]
+        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        drops = c.get("drops") or {}
+        out.append("DROPS BY REASON")
+        rows = [["REASON", "FLOWS"]] + [[r["reason"], r["flows"]] for r in drops.get("by_reason") or []]
+        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out.append("DROPS BY POLICY")
+        rows = [["POLICY", "FLOWS"]] + [[f"{r['kind']}/{r.get('namespace', '')}/{r['name']}", r["flows"]]
+                                        for r in drops.get("by_policy") or []]
+        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out.append("TOP DROPPED CONVERSATIONS")
+        rows = [["CONVERSATION", "FLOWS", "REASON", "DESIRED"]]
+        rows += [[_conv(t), t["flows"], t.get("drop_reason") or "-", t.get("desired")]
+                 for t in drops.get("top_conversations") or []]
+        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out.append("UNUSED RULES (decided no flow in the window)")
+        rows = [["POLICY", "VERSION", "OBJECT", "RULE"]]
+        rows += [[r["policy"], r["version"], r["object"], r["rule"]] for r in c["unused_rules"]]
+        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        used = [r for r in c.get("rules") or [] if r["flows"]]
+        if used:
+            out.append("RULES THAT DECIDED FLOWS")
+            rows = [["POLICY", "VERSION", "OBJECT", "RULE", "FLOWS", "LAST MATCHED"]]
+            rows += [[r["policy"], r["version"], r["object"], r["rule"], r["flows"], r["last_matched"]] for r in used]
+            out += _grid(rows)
+        out.append("STAGED POLICIES")
+        for s in c["staged"]:
+            out.append(f"  {s['policy']} v{s['version']}: would newly deny {s['newly_denied_flows']} flow(s), "
+                       f"newly allow {s['newly_allowed_flows']} flow(s)")
+            out += [f"    deny  {_conv(x)} ({x['flows']})" for x in s["newly_denied"][:5]]
+            out += [f"    allow {_conv(x)} ({x['flows']})" for x in s["newly_allowed"][:5]]
+        if not c["staged"]:
+            out.append("  none")
+        lost = (c.get("health") or {}).get("lost_ranges") or []
+        out.append(f"HEALTH: {len(lost)} lost range(s)")
+    return "\n".join(_printable(line) for line in out) + "\n"

@@ -1,0 +1,172 @@
+"""GET /api/v1/reports/validation: the validation report (query_api.report_data) as JSON or one HTML page.
+
+Any role binding may read it; what it covers is the caller's scope (a workspace admin's report covers its
+workspace, peers redacted as in flows). Parameters as `netwarden report validate`: cluster, namespace or
+workspace, since (default 24h), until, live (ask the clusters' kube APIs, default true), format json|html.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from policy_engine.roles import PermissionDenied, Principal
+from policy_engine.store import ControlPlaneStore
+from query_api.conversations import ConversationQueryError
+from query_api.report_data import ReportParamError, ReportParams, validation_report
+from query_api.report_html import render_html
+from query_api.store import FlowStore
+
+# ---- response models (OpenAPI) --------------------------------------------------------------------------
+
+
+class ReportWindow(BaseModel):
+    since: str
+    until: str
+
+
+class DirectionCoverage(BaseModel):
+    workloads: float | None = Field(description="share of the namespace's workloads some policy selects")
+    workloads_selected: int
+    workloads_total: int
+    flows: float | None = Field(description="share of the namespace's flows in this direction some policy selects")
+    flows_selected: int
+    flows_total: int
+
+
+class NamespaceReport(BaseModel):
+    namespace: str
+    workspace: str
+    default_deny: dict[str, bool] = Field(description="ingress/egress: a pod of the namespace is isolated")
+    coverage: dict[str, DirectionCoverage]
+    workloads: list[dict[str, Any]] = []
+
+
+class RuleUsage(BaseModel):
+    policy: str = Field(description="netwarden policy the object was rendered from")
+    version: int
+    object: str = Field(description="rendered object Kind/namespace/name")
+    netwarden_rule: str = ""
+    direction: str
+    rule: str = Field(description='rule as flows are attributed: "ingress[0]", "specs[1].egress[0]", ...')
+    flows: int
+    last_matched: str | None
+
+
+class ClusterReport(BaseModel):
+    cluster: str
+    desired_set: dict[str, Any] | None
+    kube: dict[str, Any] | None = Field(description="null when the kube API was not asked")
+    conversations: int
+    flows: int
+    namespaces: list[NamespaceReport]
+    not_in_effect: list[dict[str, Any]] = Field(
+        description="forwarded conversations the desired set denies, per workload, with likely causes"
+    )
+    unexpected_drops: list[dict[str, Any]] = Field(description="dropped conversations the desired set allows")
+    drops: dict[str, Any] = Field(description="by_reason, by_policy, top_conversations, buckets")
+    rules: list[RuleUsage]
+    unused_rules: list[RuleUsage]
+    staged: list[dict[str, Any]] = Field(description="per staged policy: newly_denied, newly_allowed")
+    health: dict[str, Any]
+
+
+class ValidationReportModel(BaseModel):
+    window: ReportWindow
+    clusters: list[ClusterReport]
+
+
+# ---- the router --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReportRouteDeps:
+    """What the route needs from the app: the flow store, the principal dependency, and the control-plane
+    store (a context manager giving a store usable in the calling thread)."""
+
+    store: FlowStore
+    current_principal: Callable[..., Any]
+    control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]]
+
+
+def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=422,
+        content={"detail": [{"loc": ["query", parameter], "msg": message, "type": "value_error", "input": value}]},
+    )
+
+
+def router(deps: Any) -> APIRouter:
+    """`deps`: ReportRouteDeps, or the app's route dependencies with the same attributes."""
+    api = APIRouter()
+
+    @api.get(
+        "/api/v1/reports/validation",
+        response_model=ValidationReportModel,
+        responses={
+            200: {"content": {"text/html": {"schema": {"type": "string"}}}},
+            401: {"description": "no or bad credentials"},
+            403: {"description": "the caller's roles do not cover the namespace or workspace asked for"},
+            422: {"description": "a bad parameter, named"},
+            503: {"description": "flow store unavailable"},
+        },
+    )
+    async def get_validation_report(
+        cluster: str | None = Query(None, description="only this cluster"),
+        namespace: str | None = Query(None, description="only this namespace"),
+        workspace: str | None = Query(None, description="only this workspace's namespaces"),
+        since: str | None = Query(None, description="RFC 3339 or a duration ago (default 24h)"),
+        until: str | None = Query(None, description="RFC 3339 or a duration ago (default now)"),
+        live: bool = Query(True, description="ask the clusters' kube APIs (pods, drift)"),
+        format: Literal["json", "html"] = Query("json"),
+        principal: Principal = Depends(deps.current_principal),
+    ) -> Any:
+        if not principal.bindings:
+            raise PermissionDenied("reading the validation report", "any role binding", principal)
+        params = ReportParams(cluster or None, namespace, workspace or None, since, until, live)
+
+        def run() -> Any:
+            # Refusals travel back as values: the threadpool must not turn them into 503s.
+            try:
+                with deps.control_plane() as control:
+                    return validation_report(deps.store, control, principal, params)
+            except (PermissionDenied, ReportParamError, ConversationQueryError) as exc:
+                return exc
+
+        try:
+            result = await run_in_threadpool(run)
+        except Exception:
+            raise HTTPException(503, "flow store unavailable") from None
+        if isinstance(result, PermissionDenied):
+            raise result
+        if isinstance(result, ReportParamError):
+            return _unprocessable(result.parameter, result.value, result.reason)
+        if isinstance(result, ConversationQueryError):
+            return _unprocessable(str(result).split(":")[0], None, str(result))
+        if format == "html":
+            return HTMLResponse(render_html(result))
+        return JSONResponse(result)
+
+    return api
+
+
+def store_opener(data_dir: str) -> Callable[[], AbstractContextManager[ControlPlaneStore]]:
+    """A control-plane store per request (its own SQLite connection: the API's threads never share one)."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def opened() -> Iterator[ControlPlaneStore]:
+        store = ControlPlaneStore.open(data_dir)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    return opened
