@@ -44,7 +44,18 @@ from policy_engine.evaluation.documents import (
 )
 from policy_engine.evaluation.evaluate import (
     PolicyEvaluator,
+    checked_connection,
+    describe_l4,
     evaluator_from_document,
+)
+from policy_engine.evaluation.icmp import (
+    ECHO_REQUEST,
+    ICMP_FAMILIES,
+    ICMP_PROTOCOLS,
+    ICMP_TYPE_NAMES,
+    PROTOCOL_ALIASES,
+    icmp_type_number,
+    icmp_type_problem,
 )
 from policy_engine.evaluation.matchers import (
     CIDRPeer,
@@ -101,6 +112,15 @@ from policy_engine.evaluation.model import (
 )
 
 __all__ = [
+    "checked_connection",
+    "describe_l4",
+    "ECHO_REQUEST",
+    "ICMP_FAMILIES",
+    "ICMP_PROTOCOLS",
+    "ICMP_TYPE_NAMES",
+    "PROTOCOL_ALIASES",
+    "icmp_type_number",
+    "icmp_type_problem",
     "CIDRPeer",
     "CILIUM_LABEL_SOURCES",
     "CILIUM_NS_LABEL",

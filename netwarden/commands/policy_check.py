@@ -9,7 +9,9 @@ from typing import Any
 
 from netwarden.cli import CommandError
 from policy_engine.evaluator import (
+    ECHO_REQUEST,
     PROBE_PROTOCOLS,
+    PROTOCOL_ALIASES,
     Connection,
     EvaluatorInputError,
     PolicyEvaluator,
@@ -24,7 +26,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
         description=(
             'FILE.json: {"namespaces": {ns: {labels}}, "pods": [{namespace, name, labels, ip, ports}], '
             '"policies": [NetworkPolicy / CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy objects], '
-            '"probes": [{"from": "ns/pod" or IP, "to": "ns/pod" or IP, "port": 80, "protocol": "TCP"}], '
+            '"probes": [{"from": "ns/pod" or IP, "to": "ns/pod" or IP, "port": 80, "protocol": "TCP"}] (protocol TCP, UDP, '
+            'SCTP, ICMP or ICMPv6; for ICMP the port is the ICMP type, default echo request: 8, ICMPv6 128), '
             '"engine": "kubernetes" | "cilium" (default kubernetes), optional "entities": {IP: entity} '
             'and "policyEnforcementMode": "default" | "always" | "never"}. Prints the probes with verdicts as JSON.'
         ),
@@ -60,21 +63,26 @@ def check_probes(doc: Any) -> list[dict[str, Any]]:
         path = f"probes[{i}]"
         if not isinstance(probe, dict):
             raise EvaluatorInputError(f"{path}: expected an object, got {probe!r}")
-        for key in ("from", "to", "port"):
+        for key in ("from", "to"):
             if probe.get(key) is None:
                 raise EvaluatorInputError(f"{path}.{key}: missing")
         protocol = probe.get("protocol") or "TCP"
+        protocol = PROTOCOL_ALIASES.get(protocol, protocol)
         if protocol not in PROBE_PROTOCOLS:
             raise EvaluatorInputError(
-                f"{path}.protocol: {protocol!r} is not one of {', '.join(PROBE_PROTOCOLS)}"
+                f"{path}.protocol: {probe['protocol']!r} is not one of {', '.join(PROBE_PROTOCOLS)}"
             )
-        port = probe["port"]
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise EvaluatorInputError(f"{path}.port: {port!r} is not a port number (1-65535)")
+        # An ICMP probe's port is the ICMP type; without one it is what `ping` sends (echo request).
+        port = probe.get("port", ECHO_REQUEST.get(protocol))
+        if port is None:
+            raise EvaluatorInputError(f"{path}.port: missing")
         source = evaluator.endpoint(probe["from"], f"{path}.from")
         destination = evaluator.endpoint(probe["to"], f"{path}.to")
-        verdict = evaluator.evaluate(Connection(source, destination, port, protocol))
-        results.append({**probe, **verdict.to_dict()})
+        try:
+            verdict = evaluator.evaluate(Connection(source, destination, port, protocol))
+        except EvaluatorInputError as exc:
+            raise EvaluatorInputError(f"{path}.{exc}") from None
+        results.append({**probe, "port": port, **verdict.to_dict()})
     return results
 
 

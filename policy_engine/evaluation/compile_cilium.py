@@ -13,6 +13,12 @@ from policy_engine.evaluation.documents import (
     port_number,
     require_field,
 )
+from policy_engine.evaluation.icmp import (
+    FAMILY_PROTOCOL,
+    ICMP_FAMILIES,
+    icmp_type_number,
+    icmp_type_problem,
+)
 from policy_engine.evaluation.matchers import (
     CIDRPeer,
     CiliumEndpointPeer,
@@ -60,12 +66,19 @@ def _scoped_endpoint_selector(
 
 
 def _cilium_ports(rule: Mapping[str, Any], path: str) -> tuple[tuple[PortMatcher, ...] | None, list[str]]:
-    notes: list[str] = []
+    """The rule's L4 part: None when it has neither toPorts nor icmps (every port and protocol, ICMP too)."""
     to_ports = list_field(rule, "toPorts", path)
+    icmps = list_field(rule, "icmps", path)
+    if icmps and to_ports:
+        raise EvaluatorInputError(
+            f"{path}.icmps: may not be combined with toPorts in one rule (the Cilium agent refuses it); "
+            "define a separate rule for the ICMP types"
+        )
+    if icmps:
+        return _icmp_matchers(icmps, f"{path}.icmps"), []
     if not to_ports:
-        if rule.get("icmps"):
-            return (), [f"{path}: an icmps-only rule allows ICMP, not TCP/UDP/SCTP"]
-        return None, notes
+        return None, []
+    notes: list[str] = []
     matchers: list[PortMatcher] = []
     for i, item in enumerate(to_ports):
         ipath = f"{path}.toPorts[{i}]"
@@ -87,6 +100,7 @@ def _cilium_ports(rule: Mapping[str, Any], path: str) -> tuple[tuple[PortMatcher
                 raise EvaluatorInputError(
                     f"{ppath}.protocol: {entry.get('protocol')!r} is not one of TCP, UDP, SCTP, ANY"
                 )
+            protocol = "ICMPv6" if protocol == "ICMPV6" else protocol
             port = entry.get("port")
             if port is None or str(port) == "0":
                 matchers.append(PortMatcher(protocol))
@@ -105,6 +119,26 @@ def _cilium_ports(rule: Mapping[str, Any], path: str) -> tuple[tuple[PortMatcher
                 end_port = None
             matchers.append(PortMatcher(protocol, number, end_port))
     return tuple(matchers), notes
+
+
+def _icmp_matchers(icmps: list[Any], path: str) -> tuple[PortMatcher, ...]:
+    """`icmps[].fields[]` -> one matcher per (family, type): protocol ICMP or ICMPv6, the type as port."""
+    matchers: list[PortMatcher] = []
+    for i, icmp in enumerate(icmps):
+        if not isinstance(icmp, dict):
+            raise EvaluatorInputError(f"{path}[{i}]: expected an object, got {icmp!r}")
+        for j, entry in enumerate(list_field(icmp, "fields", f"{path}[{i}]")):
+            fpath = f"{path}[{i}].fields[{j}]"
+            if not isinstance(entry, dict) or entry.get("type") is None:
+                raise EvaluatorInputError(f"{fpath}.type: missing")
+            family = entry.get("family") or "IPv4"  # the CRD's default
+            problem = icmp_type_problem(entry["type"], family)
+            if problem:
+                key = "family" if family not in ICMP_FAMILIES else "type"
+                raise EvaluatorInputError(f"{fpath}.{key}: {problem}")
+            number = icmp_type_number(entry["type"], family)
+            matchers.append(PortMatcher(FAMILY_PROTOCOL[family], number))
+    return tuple(matchers)
 
 
 def _cilium_rule(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from policy_engine.evaluation.compile_cilium import compile_cilium_policy
@@ -18,6 +18,7 @@ from policy_engine.evaluation.documents import (
     port_number,
     require_field,
 )
+from policy_engine.evaluation.icmp import ICMP_PROTOCOLS, PROTOCOL_ALIASES
 from policy_engine.evaluation.matchers import Notes, Subject
 from policy_engine.evaluation.model import (
     DROP_NONE,
@@ -44,6 +45,29 @@ from policy_engine.evaluation.model import (
     Verdict,
     pod_cilium_labels,
 )
+
+
+def checked_connection(conn: Connection) -> Connection:
+    """`conn` with its protocol in canonical form (ICMPv4 -> ICMP) after checking protocol and port: a port
+    number for TCP/UDP/SCTP, an ICMP type (0-255) for ICMP and ICMPv6."""
+    protocol = PROTOCOL_ALIASES.get(conn.protocol, conn.protocol)
+    if protocol not in PROBE_PROTOCOLS:
+        raise EvaluatorInputError(
+            f"protocol: {conn.protocol!r} is not one of {', '.join((*PROBE_PROTOCOLS, *PROTOCOL_ALIASES))}"
+        )
+    if protocol in ICMP_PROTOCOLS:
+        if isinstance(conn.port, bool) or not isinstance(conn.port, int) or not 0 <= conn.port <= 255:
+            raise EvaluatorInputError(f"port: {conn.port!r} is not an ICMP type (0-255)")
+    else:
+        port_number(conn.port, "port")
+    return conn if protocol == conn.protocol else replace(conn, protocol=protocol)
+
+
+def describe_l4(conn: Connection) -> str:
+    """"TCP/80", or "ICMP type 8" where the port is an ICMP type."""
+    if conn.protocol in ICMP_PROTOCOLS:
+        return f"{conn.protocol} type {conn.port}"
+    return f"{conn.protocol}/{conn.port}"
 
 
 @dataclass(frozen=True)
@@ -174,11 +198,7 @@ class PolicyEvaluator:
         return self.evaluate(conn)
 
     def evaluate(self, conn: Connection) -> Verdict:
-        if conn.protocol not in PROBE_PROTOCOLS:
-            raise EvaluatorInputError(
-                f"protocol: {conn.protocol!r} is not one of {', '.join(PROBE_PROTOCOLS)}"
-            )
-        port_number(conn.port, "port")
+        conn = checked_connection(conn)
         notes = Notes(self.global_notes)
         src, dst = conn.source, conn.destination
         if src.pod is not None and src.pod == dst.pod:
@@ -187,6 +207,8 @@ class PolicyEvaluator:
             )
         if self.engine == "cilium" and conn.protocol == "SCTP":
             notes.add("Cilium enforces SCTP only with sctp.enabled=true (v1.16 lists SCTP as unsupported)")
+        if conn.protocol in ICMP_PROTOCOLS:
+            self._icmp_notes(conn, notes)
         if self.engine == "cilium" and self.enforcement_mode == "never":
             return Verdict(
                 True, [], [], "allowed: Cilium policy enforcement mode is never", notes=list(notes),
@@ -208,14 +230,22 @@ class PolicyEvaluator:
     def decide(self, conn: Connection, direction: Direction) -> DirectionDecision:
         """One direction's decision on its own (the flow enricher evaluates both directions of every
         key, where `evaluate` stops at an egress drop). Same rules, no notes."""
-        if conn.protocol not in PROBE_PROTOCOLS:
-            raise EvaluatorInputError(
-                f"protocol: {conn.protocol!r} is not one of {', '.join(PROBE_PROTOCOLS)}"
-            )
-        port_number(conn.port, "port")
+        conn = checked_connection(conn)
         if self.engine == "cilium" and self.enforcement_mode == "never":
             return DirectionDecision(direction, True)
         return self._direction(conn, direction, Notes()).decision(direction)
+
+    def _icmp_notes(self, conn: Connection, notes: Notes) -> None:
+        if self.engine == "kubernetes":
+            notes.add(
+                "NetworkPolicy is defined for TCP, UDP and SCTP; for ICMP the behaviour may vary across network "
+                "plugins (Kubernetes docs, 'Network traffic filtering'). This verdict reads it as most plugins "
+                "do: a rule without ports allows ICMP, a rule with ports never does, an isolated pod drops the rest"
+            )
+        version = 6 if conn.protocol == "ICMPv6" else 4
+        for side in (conn.source, conn.destination):
+            if side.ip is not None and side.ip.version != version:
+                notes.add(f"{conn.protocol} probe, but {side.describe()} has an IPv{side.ip.version} address")
 
     def _denied(
         self,
@@ -256,7 +286,7 @@ class PolicyEvaluator:
             (conn.source, conn.destination) if direction == "egress" else (conn.destination, conn.source)
         )
         what = f"{direction} {'from' if direction == 'egress' else 'to'} {subject_ep.describe()}"
-        flow = f"{conn.protocol}/{conn.port} {'to' if direction == 'egress' else 'from'} {peer.describe()}"
+        flow = f"{describe_l4(conn)} {'to' if direction == 'egress' else 'from'} {peer.describe()}"
         if subject_ep.pod is None:
             return _DirectionVerdict(True, why=f"{what}: not a pod, no {direction} policy applies")
         subjects = self._selecting(subject_ep, direction)
@@ -295,6 +325,11 @@ class PolicyEvaluator:
         always = self.engine == "cilium" and self.enforcement_mode == "always"
         if isolating or always:
             by = f"isolated by {_refs_text(isolating)}" if isolating else "policy enforcement mode always"
+            if self.engine == "cilium" and conn.protocol in ICMP_PROTOCOLS:
+                notes.add(
+                    f"Cilium admits {conn.protocol} only by a rule without an L4 part or by an icmps rule; toPorts "
+                    "(protocol ANY included) never admits it"
+                )
             return _DirectionVerdict(
                 False,
                 isolated_by=isolating,

@@ -7,6 +7,7 @@ from typing import Protocol
 
 from policy_engine.evaluation.model import (
     CLUSTER_ENTITIES,
+    K8S_PROTOCOLS,
     Connection,
     Direction,
     Endpoint,
@@ -124,13 +125,17 @@ class UnevaluablePeer:
 
 @dataclass(frozen=True)
 class PortMatcher:
-    protocol: str  # TCP/UDP/SCTP...; ANY for Cilium's "any protocol"
+    """A port entry (toPorts, NetworkPolicy ports) or an ICMP type (Cilium icmps: protocol ICMP or ICMPv6,
+    port the type)."""
+
+    protocol: str  # TCP/UDP/SCTP, ICMP/ICMPv6; ANY for Cilium's "any protocol"
     port: int | None = None  # None: every port of the protocol
     end_port: int | None = None
     name: str | None = None  # a named port, resolved on the destination pod
 
     def matches(self, conn: Connection) -> bool:
-        if self.protocol not in ("ANY", conn.protocol):
+        # Cilium expands ANY to TCP, UDP and SCTP (pkg/policy/rule.go): a port rule never admits ICMP.
+        if not (self.protocol == conn.protocol or (self.protocol == "ANY" and conn.protocol in K8S_PROTOCOLS)):
             return False
         if self.name is not None:
             dest = conn.destination.pod

@@ -19,8 +19,9 @@ DROP_POLICY_DENY = 181  # an explicit ingressDeny/egressDeny rule matched
 
 ENGINES = ("kubernetes", "cilium")
 ENFORCEMENT_MODES = ("default", "always", "never")
-PROBE_PROTOCOLS = ("TCP", "UDP", "SCTP")
 K8S_PROTOCOLS = ("TCP", "UDP", "SCTP")
+# Connections carry one of these; for ICMP and ICMPv6 the "port" is the ICMP type (0-255).
+PROBE_PROTOCOLS = (*K8S_PROTOCOLS, "ICMP", "ICMPv6")
 CILIUM_PROTOCOLS = ("TCP", "UDP", "SCTP", "ICMP", "ICMPV6", "VRRP", "IGMP", "ANY")
 
 KIND_KNP = "NetworkPolicy"
@@ -118,8 +119,8 @@ class Endpoint:
 class Connection:
     source: Endpoint
     destination: Endpoint
-    port: int
-    protocol: str = "TCP"
+    port: int  # the server port; for ICMP and ICMPv6 the ICMP type
+    protocol: str = "TCP"  # one of PROBE_PROTOCOLS ("ICMPv4", Hubble's name, is read as ICMP)
 
 
 @dataclass(frozen=True)

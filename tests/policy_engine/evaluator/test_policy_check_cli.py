@@ -88,7 +88,12 @@ SELECTOR = ["policies", 0, "spec", "ingress", 0, "from", 0, "namespaceSelector"]
         (_broken(["probes", 0, "from"], "x/nope"), ["probes[0].from", "x/nope"]),
         (_broken(["probes", 0, "to"], "not-an-ip"), ["probes[0].to", "not-an-ip"]),
         (_broken(["probes", 0, "port"], 70000), ["probes[0].port", "70000"]),
-        (_broken(["probes", 0, "protocol"], "ICMP"), ["probes[0].protocol", "ICMP"]),
+        (_broken(["probes", 0, "protocol"], "GRE"), ["probes[0].protocol", "GRE"]),
+        (
+            _broken(["probes", 0], {"from": "y/b", "to": "x/a", "protocol": "ICMP", "port": 300}),
+            ["probes[0].port", "300", "ICMP type (0-255)"],
+        ),
+        (_broken(["probes", 0, "port"], KeyError), ["probes[0].port", "missing"]),
         (_broken(["pods", 1, "name"], KeyError), ["pods[1].name", "missing"]),
         (_broken(["pods", 1, "namespace"], "q"), ["q", "namespace"]),
         (_broken(["pods", 0, "ip"], "10.0.1"), ["pods[0].ip", "10.0.1"]),
