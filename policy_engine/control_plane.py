@@ -19,6 +19,7 @@ from policy_engine.model import (
     NamespaceRef,
     PolicyRef,
     PolicySpec,
+    PolicyState,
     PolicyVersion,
     Project,
     Workspace,
@@ -81,6 +82,11 @@ class ControlPlane:
         if pv is None:
             raise StoreError(f"no policy named {name!r}" + (f" with version {version}" if version else ""))
         return pv
+
+    def list_policy_states(self) -> list[PolicyState]:
+        """Every policy with its enforced and staged versions."""
+        self.authorizer.require_read(self.principal, "listing policies")
+        return self.store.list_policy_states()
 
     def policy_history(self, name: str) -> list[PolicyVersion]:
         self.authorizer.require_read(self.principal, f"reading the history of policy {name}")
@@ -165,13 +171,46 @@ class ControlPlane:
         validate_policy(spec)
         return self.store.put_policy(spec, author=self.principal.name, source=source, message=message)
 
+    def stage_policy(
+        self, spec: PolicySpec, *, source: str = "", message: str = ""
+    ) -> tuple[PolicyVersion, PutResult]:
+        """Stage `spec`: evaluated on every flow and in reports, never rendered to clusters. Same role rules
+        and validation as writing the policy."""
+        if (staged := self.store.get_staged_policy(spec.name)) is not None and staged.spec.hash() == spec.hash():
+            return staged, "unchanged"
+        current = self.store.get_policy(spec.name, include_deleted=True)
+        if current is not None and current.builtin:
+            raise StoreError(f"policy {spec.name} is built in and read-only; copy it under another name")
+        self._require_policy_write(spec.name, spec.scope, f"staging {spec.scope} policy {spec.name}")
+        validate_policy(spec)
+        return self.store.stage_policy(spec, author=self.principal.name, source=source, message=message)
+
+    def promote_policy(self, name: str) -> PolicyVersion:
+        """The staged version becomes the enforced one, as a new version."""
+        staged = self._staged(name)
+        self._require_policy_write(name, staged.spec.scope, f"promoting policy {name}")
+        return self.store.promote_policy(name, author=self.principal.name)
+
+    def unstage_policy(self, name: str) -> PolicyVersion:
+        """Stop evaluating the staged version; returns it."""
+        staged = self._staged(name)
+        self._require_policy_write(name, staged.spec.scope, f"unstaging policy {name}")
+        return self.store.unstage_policy(name)
+
+    def _staged(self, name: str) -> PolicyVersion:
+        staged = self.store.get_staged_policy(name)
+        if staged is None:
+            known = self.store.get_policy(name) is not None
+            raise StoreError(f"policy {name} has no staged version" if known else f"no policy named {name!r}")
+        return staged
+
     def rollback_policy(self, name: str, to_version: int) -> PolicyVersion:
         current = self.get_policy(name)
         self._require_policy_write(name, current.spec.scope, f"rolling back policy {name}")
         return self.store.rollback_policy(name, to_version, author=self.principal.name)
 
     def delete_policy(self, name: str) -> None:
-        current = self.store.get_policy(name)
+        current = self.store.get_policy(name) or self.store.get_staged_policy(name)
         if current is None:
             return
         if current.builtin:
@@ -250,8 +289,12 @@ class ControlPlane:
 
     def _check_policy_ref(self, ref: PolicyRef, scope: str, field: str) -> None:
         pv = self.store.get_policy(ref.name, ref.version)
+        if pv is None and ref.version is None:
+            pv = self.store.get_staged_policy(ref.name)  # a staged-only policy: rendered once promoted
         if pv is None:
             raise StoreError(f"{field}: unknown policy {str(ref)!r}")
+        if ref.version is not None and pv.staged:
+            raise StoreError(f"{field}: version {ref.version} of policy {ref.name} is staged; pin an enforced version")
         if pv.spec.scope != scope:
             raise StoreError(f"{field}: policy {ref.name} has scope {pv.spec.scope}, expected {scope}")
 
@@ -274,7 +317,7 @@ class ControlPlane:
             self._check_engine(blueprint.spec, assignment.clusters)
         else:
             assert assignment.policy is not None
-            pv = self.store.get_policy(assignment.policy)
+            pv = self.store.get_policy(assignment.policy) or self.store.get_staged_policy(assignment.policy)
             if pv is None:
                 raise StoreError(f"spec.policy: unknown policy {assignment.policy!r}")
             if pv.spec.scope != "namespace":
@@ -333,8 +376,15 @@ class ControlPlane:
         self.authorizer.require_cluster_write(self.principal, f"syncing cluster {cluster_name}", [cluster_name])
 
 
-def resolve_policy_set(store: ControlPlaneStore, cluster_name: str, live_namespaces: Iterable[str] = ()) -> ClusterPolicySet:
-    """Gather from the store what decides one cluster's objects (no role check: callers do it)."""
+def resolve_policy_set(
+    store: ControlPlaneStore, cluster_name: str, live_namespaces: Iterable[str] = (), *, staged: bool = False
+) -> ClusterPolicySet:
+    """Gather from the store what decides one cluster's objects (no role check: callers do it).
+
+    The desired set (the default) holds enforced versions only: that is what render, sync and diff send to
+    clusters. `staged=True` gives the staged set: the same with every policy's staged version in place of its
+    enforced one (and staged-only policies added); blueprint references pinned to a version stay pinned. It is
+    only ever evaluated (flow enrichment, reports), never rendered to a cluster."""
     cluster = store.get_cluster(cluster_name)
     if cluster is None:
         raise StoreError(f"unknown cluster {cluster_name!r}")
@@ -361,22 +411,31 @@ def resolve_policy_set(store: ControlPlaneStore, cluster_name: str, live_namespa
     for ns_set in placements.values():
         namespaces.update(ns_set)
 
-    def load(ref: PolicyRef) -> PolicyVersion:
-        pv = store.get_policy(ref.name, ref.version)
+    def current(name: str) -> PolicyVersion | None:
+        if staged and (pv := store.get_staged_policy(name)) is not None:
+            return pv
+        return store.get_policy(name)
+
+    def load(ref: PolicyRef) -> PolicyVersion | None:
+        pv = current(ref.name) if ref.version is None else store.get_policy(ref.name, ref.version)
         if pv is None:
+            if ref.version is None and store.get_staged_policy(ref.name) is not None:
+                return None  # staged only: not part of the desired set
             raise StoreError(f"blueprint {blueprint.name if blueprint else ''} names unknown policy {str(ref)!r}")
         return pv
 
     cluster_policies: tuple[PolicyVersion, ...] = ()
     namespace_policies: list[NamespacePlacement] = []
     if blueprint is not None:
-        cluster_policies = tuple(load(r) for r in blueprint.spec.cluster_policies)
+        cluster_policies = tuple(pv for r in blueprint.spec.cluster_policies if (pv := load(r)) is not None)
         defaults_ns = tuple(sorted(ns for ns in namespaces if ns not in blueprint.spec.exclude_namespaces))
         namespace_policies += [
-            NamespacePlacement(load(r), defaults_ns, blueprint.name) for r in blueprint.spec.namespace_policies
+            NamespacePlacement(pv, defaults_ns, blueprint.name)
+            for r in blueprint.spec.namespace_policies
+            if (pv := load(r)) is not None
         ]
     for name in sorted(placements):
-        pv = store.get_policy(name)
+        pv = current(name)
         if pv is not None:
             namespace_policies.append(NamespacePlacement(pv, tuple(sorted(placements[name]))))
     return ClusterPolicySet(
@@ -387,6 +446,12 @@ def resolve_policy_set(store: ControlPlaneStore, cluster_name: str, live_namespa
         namespace_policies=tuple(namespace_policies),
         namespaces=tuple(sorted(namespaces)),
     )
+
+
+def staged_versions(policy_set: ClusterPolicySet) -> list[PolicyVersion]:
+    """The staged versions a (staged) policy set uses; empty: it equals the desired set."""
+    used = [*policy_set.cluster_policies, *(p.policy for p in policy_set.namespace_policies)]
+    return sorted({pv.name: pv for pv in used if pv.staged}.values(), key=lambda pv: pv.name)
 
 
 def validate_policy(spec: PolicySpec) -> None:

@@ -12,7 +12,12 @@ write. The Kafka shell (policy_engine.inventory_publisher) sends what the outbox
 write never waits for, or fails with, Kafka; a full republish after a broker restart is the same rows.
 
 Revisions: `revision` per cluster bumps on any change of its message; `desired.revision` only when the
-desired set itself changes (ownership changes leave it, so verdict caches keyed by it stay warm).
+desired set itself changes (ownership changes leave it, so verdict caches keyed by it stay warm), and
+`staged.revision` likewise for the staged set.
+
+The staged set (control_plane.resolve_policy_set(staged=True)) is the desired set with staged policy versions
+in place; with nothing staged on the cluster it is the desired set's content (no second render) with no
+`staged_versions`, so staged verdicts equal desired ones: "what would change if I promoted" is nothing.
 """
 
 from __future__ import annotations
@@ -22,17 +27,25 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from policy_engine.blueprints import cilium_enforces
-from policy_engine.model import content_hash
+from policy_engine.model import PolicyVersion, content_hash
 from policy_engine.render import (
     POLICY_LABEL,
     POLICY_VERSION_LABEL,
     RULE_LABEL,
+    ClusterPolicySet,
     RenderError,
     render_cluster,
 )
 from policy_engine.store import ControlPlaneStore, StoreError
 from policy_engine.tenancy import WORKSPACE_LABEL, OwnershipIndex, ownership_index_of
-from schemas.inventory import ClusterInventory, NamespaceOwner, PolicySet, RenderedFrom, cluster_key
+from schemas.inventory import (
+    ClusterInventory,
+    NamespaceOwner,
+    PolicySet,
+    RenderedFrom,
+    StagedVersion,
+    cluster_key,
+)
 
 
 @dataclass(frozen=True)
@@ -46,20 +59,44 @@ class OutboxMessage:
         return cluster_key(self.cluster)
 
 
-def desired_policy_set(store: ControlPlaneStore, cluster: str, index: OwnershipIndex) -> PolicySet:
-    """What the cluster's blueprint and assignments render for its engine, as the evaluator takes it."""
-    from policy_engine.control_plane import resolve_policy_set  # control_plane imports the store
+def desired_policy_set(
+    store: ControlPlaneStore, cluster: str, index: OwnershipIndex, *, staged: bool = False
+) -> PolicySet:
+    """What the cluster's blueprint and assignments render for its engine, as the evaluator takes it
+    (`staged`: the staged set, with the staged versions it uses)."""
+    # control_plane imports the store
+    from policy_engine.control_plane import resolve_policy_set, staged_versions
 
     try:
-        policy_set = resolve_policy_set(store, cluster)
+        policy_set = resolve_policy_set(store, cluster, staged=staged)
     except StoreError as exc:
         return PolicySet(0, "kubernetes", error=str(exc))
+    return policy_set_of(policy_set, cluster, index, _overlay(store, staged_versions(policy_set)))
+
+
+def _overlay(store: ControlPlaneStore, staged: Sequence[PolicyVersion]) -> tuple[StagedVersion, ...]:
+    out = []
+    for pv in staged:
+        enforced = store.get_policy(pv.name)
+        out.append(StagedVersion(pv.name, pv.version, enforced.version if enforced else 0))
+    return tuple(out)
+
+
+def policy_set_of(
+    policy_set: ClusterPolicySet,
+    cluster: str,
+    index: OwnershipIndex,
+    overlay: tuple[StagedVersion, ...] = (),
+) -> PolicySet:
+    """A resolved ClusterPolicySet rendered as the evaluator takes it (revision 0: the outbox numbers
+    recorded sets; what-if can render scratch sets here). Never raises: a render error is the set's `error`."""
     netwarden_engine = policy_set.engine
     engine = "cilium" if cilium_enforces(netwarden_engine) else "kubernetes"
     bp = policy_set.blueprint
     mode = bp.spec.install_profile.policy_enforcement_mode if bp else "default"
     base = PolicySet(
         0, engine, netwarden_engine, mode, bp.name if bp else "", bp.version if bp else 0,
+        staged_versions=overlay,
     )
     try:
         rendered = render_cluster(policy_set)
@@ -87,7 +124,22 @@ def desired_policy_set(store: ControlPlaneStore, cluster: str, index: OwnershipI
         policies=tuple(rendered.objects),
         rendered_from=rendered_from,
         notes=tuple(rendered.notes),
+        staged_versions=overlay,
     )
+
+
+def staged_policy_set(store: ControlPlaneStore, cluster: str, index: OwnershipIndex, desired: PolicySet) -> PolicySet:
+    """The cluster's staged set; the desired set's content when nothing staged is used on the cluster."""
+    from policy_engine.control_plane import resolve_policy_set, staged_versions
+
+    try:
+        policy_set = resolve_policy_set(store, cluster, staged=True)
+    except StoreError as exc:
+        return PolicySet(0, "kubernetes", error=str(exc))
+    staged = staged_versions(policy_set)
+    if not staged:
+        return desired
+    return policy_set_of(policy_set, cluster, index, _overlay(store, staged))
 
 
 def cluster_inventory(store: ControlPlaneStore, cluster: str, index: OwnershipIndex | None = None) -> ClusterInventory:
@@ -97,7 +149,9 @@ def cluster_inventory(store: ControlPlaneStore, cluster: str, index: OwnershipIn
     namespaces = {
         ns: NamespaceOwner(e.project, e.workspace, e.source) for (c, ns), e in index.entries().items() if c == cluster
     }
-    return ClusterInventory(cluster, 0, projects, namespaces, desired_policy_set(store, cluster, index))
+    desired = desired_policy_set(store, cluster, index)
+    staged = staged_policy_set(store, cluster, index, desired)
+    return ClusterInventory(cluster, 0, projects, namespaces, desired, staged)
 
 
 def _now() -> str:
@@ -111,7 +165,8 @@ def record_inventory(store: ControlPlaneStore) -> list[str]:
     rows = {
         r[0]: r
         for r in store.execute(
-            "SELECT cluster, revision, content_hash, policy_revision, policy_hash, value FROM inventory_outbox"
+            "SELECT cluster, revision, content_hash, policy_revision, policy_hash, value, staged_revision, "
+            "staged_hash FROM inventory_outbox"
         )
     }
     changed: list[str] = []
@@ -119,6 +174,7 @@ def record_inventory(store: ControlPlaneStore) -> list[str]:
     for name in names:
         inventory = cluster_inventory(store, name, index)
         policy_hash = content_hash(inventory.desired.to_dict()) if inventory.desired else ""
+        staged_hash = content_hash(inventory.staged.to_dict()) if inventory.staged else ""
         digest = content_hash(inventory.to_dict())
         row = rows.get(name)
         if row is not None and row[2] == digest and row[5] is not None:
@@ -127,18 +183,24 @@ def record_inventory(store: ControlPlaneStore) -> list[str]:
         policy_revision = int(row[3]) if row else 0
         if row is None or row[4] != policy_hash or row[5] is None:
             policy_revision += 1
+        staged_revision = int(row[6]) if row else 0
+        if row is None or row[7] != staged_hash or row[5] is None:
+            staged_revision += 1
         inventory = replace(
             inventory,
             revision=revision,
             desired=replace(inventory.desired, revision=policy_revision) if inventory.desired else None,
+            staged=replace(inventory.staged, revision=staged_revision) if inventory.staged else None,
         )
         store.execute(
             """INSERT INTO inventory_outbox (cluster, revision, content_hash, policy_revision, policy_hash, value,
-                   published_revision, updated_at) VALUES (?, ?, ?, ?, ?, ?, 0, ?)
+                   published_revision, updated_at, staged_revision, staged_hash) VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?)
                ON CONFLICT (cluster) DO UPDATE SET revision = excluded.revision,
                    content_hash = excluded.content_hash, policy_revision = excluded.policy_revision,
-                   policy_hash = excluded.policy_hash, value = excluded.value, updated_at = excluded.updated_at""",
-            (name, revision, digest, policy_revision, policy_hash, inventory.to_json().decode(), _now()),
+                   policy_hash = excluded.policy_hash, value = excluded.value, updated_at = excluded.updated_at,
+                   staged_revision = excluded.staged_revision, staged_hash = excluded.staged_hash""",
+            (name, revision, digest, policy_revision, policy_hash, inventory.to_json().decode(), _now(),
+             staged_revision, staged_hash),
         )
         changed.append(name)
     for name, row in rows.items():

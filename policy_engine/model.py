@@ -20,6 +20,8 @@ ENFORCERS = ("cilium", "kubernetes")
 RULE_KINDS = ("cilium", "kubernetes")
 ENGINES = ("cilium-chaining", "cilium-primary", "primary-cni")
 ENFORCEMENT_MODES = ("default", "always", "never")
+# A policy version is enforced (rendered to clusters) or staged (evaluated on flows and in reports only).
+POLICY_MODES = ("enforced", "staged")
 CLUSTER_TYPES = ("eks", "aks", "upstream", "bare-metal", "vm", "microk8s", "mks")
 
 Scope = Literal["cluster", "namespace"]
@@ -157,6 +159,7 @@ class VersionInfo:
     created_by: str
     source: str = ""
     message: str = ""
+    mode: str = "enforced"  # POLICY_MODES; blueprints are always enforced
 
 
 @dataclass(frozen=True)
@@ -172,6 +175,25 @@ class PolicyVersion:
     @property
     def version(self) -> int:
         return self.info.version
+
+    @property
+    def staged(self) -> bool:
+        return self.info.mode == "staged"
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """A policy's versions in effect: the enforced current one (rendered to clusters) and the staged one
+    (evaluated only); either may be missing (a new policy can be staged before it is ever enforced)."""
+
+    name: str
+    scope: Scope
+    enforced: PolicyVersion | None = None
+    staged: PolicyVersion | None = None
+
+    @property
+    def builtin(self) -> bool:
+        return any(v.builtin for v in (self.enforced, self.staged) if v is not None)
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from policy_engine.model import (
     NamespaceOwner,
     NamespaceRef,
     PolicySpec,
+    PolicyState,
     PolicyVersion,
     Project,
     VersionInfo,
@@ -56,6 +57,8 @@ class Migration:
     id: str
     statements: tuple[str, ...]
 
+
+STAGED_MIGRATION = "policy-engine/0003-staged-policy-versions"
 
 CORE_MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -164,6 +167,18 @@ CORE_MIGRATIONS: tuple[Migration, ...] = (
                 updated_at TEXT NOT NULL)""",
         ),
     ),
+    # Staged policies: a version is enforced or staged; a policy has at most one current enforced version
+    # (current_version, 0 while it was only ever staged) and one staged version. The outbox numbers the
+    # staged set's revisions like the desired set's.
+    Migration(
+        STAGED_MIGRATION,
+        (
+            "ALTER TABLE policy_versions ADD COLUMN mode TEXT NOT NULL DEFAULT 'enforced'",
+            "ALTER TABLE policies ADD COLUMN staged_version INTEGER",
+            "ALTER TABLE inventory_outbox ADD COLUMN staged_revision INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE inventory_outbox ADD COLUMN staged_hash TEXT NOT NULL DEFAULT ''",
+        ),
+    ),
 )
 
 # Tables the inventory is derived from: a write to any of them re-records it (policy_engine.inventory).
@@ -196,7 +211,10 @@ class ControlPlaneStore:
         self._depth = 0
         self._inventory_dirty = False
         self._recording = False
-        self.apply_migrations(CORE_MIGRATIONS)
+        applied = self.apply_migrations(CORE_MIGRATIONS)
+        if STAGED_MIGRATION in applied and self.execute("SELECT cluster FROM inventory_outbox"):
+            # Messages recorded before staging existed carry no staged set: record them again.
+            self._record_inventory()
 
     @classmethod
     def open(cls, data_dir: str | os.PathLike[str]) -> ControlPlaneStore:
@@ -445,49 +463,122 @@ class ControlPlaneStore:
     def put_policy(
         self, spec: PolicySpec, *, author: str, source: str = "", message: str = "", builtin: bool = False
     ) -> tuple[PolicyVersion, PutResult]:
-        """Store `spec` as a new version unless it equals the current one (idempotent apply)."""
+        """Store `spec` as the new enforced version unless it equals the current one (idempotent apply).
+        A staged version, if any, stays staged."""
         row = self.execute("SELECT current_version, deleted_at, scope FROM policies WHERE name = ?", (spec.name,))
         if row:
-            current = self.get_policy(spec.name, include_deleted=True)
-            assert current is not None
-            if current.spec.hash() == spec.hash() and row[0][1] is None:
+            current = self.get_policy(spec.name, include_deleted=True)  # None while only ever staged
+            deleted = row[0][1] is not None
+            if current is not None and current.spec.hash() == spec.hash() and not deleted:
                 return current, "unchanged"
-            if row[0][2] != spec.scope:
-                # The scope decides CNP vs CCNP and who may write: changing it is a new policy.
-                raise StoreError(
-                    f"policy {spec.name} has scope {row[0][2]}; a policy's scope cannot change (use a new name)"
-                )
-            result: PutResult = "updated" if row[0][1] is None else "created"
-            if current.spec.hash() == spec.hash():
+            self._check_scope(spec, row[0][2])
+            result: PutResult = "updated" if current is not None and not deleted else "created"
+            if current is not None and current.spec.hash() == spec.hash():
                 self.execute("UPDATE policies SET deleted_at = NULL WHERE name = ?", (spec.name,))
                 return current, result
-            version = int(row[0][0]) + 1
-        else:
-            result, version = "created", 1
-        now = _now()
-        if version == 1:
-            self.execute(
-                "INSERT INTO policies (name, scope, current_version, builtin, created_at) VALUES (?, ?, ?, ?, ?)",
-                (spec.name, spec.scope, 1, int(builtin), now),
-            )
-        else:
+            version = self._next_version(spec.name)
             self.execute(
                 "UPDATE policies SET current_version = ?, deleted_at = NULL WHERE name = ?", (version, spec.name)
             )
-        content = spec.to_content()
+        else:
+            result, version = "created", 1
+            self._insert_policy(spec, current_version=1, builtin=builtin)
+        info = self._insert_version(spec, version, author, source, message, "enforced")
+        return PolicyVersion(spec, info, builtin), result
+
+    def stage_policy(
+        self, spec: PolicySpec, *, author: str, source: str = "", message: str = ""
+    ) -> tuple[PolicyVersion, PutResult]:
+        """Store `spec` as the policy's staged version (evaluated, never rendered) unless it equals the
+        staged one; the enforced version, if any, stays in effect."""
+        row = self.execute("SELECT current_version, deleted_at, scope FROM policies WHERE name = ?", (spec.name,))
+        if row:
+            self._check_scope(spec, row[0][2])
+            deleted = row[0][1] is not None
+            staged = None if deleted else self.get_staged_policy(spec.name)
+            if staged is not None and staged.spec.hash() == spec.hash():
+                return staged, "unchanged"
+            version = self._next_version(spec.name)
+            if deleted:  # a deleted policy comes back staged only: nothing of it is enforced
+                self.execute(
+                    "UPDATE policies SET current_version = 0, deleted_at = NULL WHERE name = ?", (spec.name,)
+                )
+            self.execute("UPDATE policies SET staged_version = ? WHERE name = ?", (version, spec.name))
+            result: PutResult = "updated" if staged is not None else "created"
+        else:
+            result, version = "created", 1
+            self._insert_policy(spec, current_version=0, staged_version=1)
+        info = self._insert_version(spec, version, author, source, message, "staged")
+        return PolicyVersion(spec, info), result
+
+    def promote_policy(self, name: str, *, author: str) -> PolicyVersion:
+        """The staged version becomes the enforced one, as a new version; nothing stays staged."""
+        staged = self.get_staged_policy(name)
+        if staged is None:
+            raise StoreError(f"policy {name} has no staged version")
+        version = self._next_version(name)
+        self.execute(
+            "UPDATE policies SET current_version = ?, staged_version = NULL WHERE name = ?", (version, name)
+        )
+        info = self._insert_version(
+            staged.spec, version, author, staged.info.source, f"promoted staged version {staged.version}", "enforced"
+        )
+        return PolicyVersion(staged.spec, info, staged.builtin)
+
+    def unstage_policy(self, name: str) -> PolicyVersion:
+        """Stop evaluating the staged version (it stays in the history); returns it. A policy that was only
+        staged is then deleted (soft: its versions stay)."""
+        staged = self.get_staged_policy(name)
+        if staged is None:
+            raise StoreError(f"policy {name} has no staged version")
+        self.execute("UPDATE policies SET staged_version = NULL WHERE name = ?", (name,))
+        self.execute("UPDATE policies SET deleted_at = ? WHERE name = ? AND current_version = 0", (_now(), name))
+        return staged
+
+    def get_staged_policy(self, name: str) -> PolicyVersion | None:
+        head = self.execute("SELECT staged_version, builtin, deleted_at FROM policies WHERE name = ?", (name,))
+        if not head or head[0][0] is None or head[0][2] is not None:
+            return None
+        return self.get_policy(name, int(head[0][0]))
+
+    def _check_scope(self, spec: PolicySpec, scope: str) -> None:
+        if scope != spec.scope:
+            # The scope decides CNP vs CCNP and who may write: changing it is a new policy.
+            raise StoreError(
+                f"policy {spec.name} has scope {scope}; a policy's scope cannot change (use a new name)"
+            )
+
+    def _next_version(self, name: str) -> int:
+        # Enforced and staged versions share one sequence, so a version number names one content.
+        return int(self.execute("SELECT MAX(version) FROM policy_versions WHERE policy = ?", (name,))[0][0] or 0) + 1
+
+    def _insert_policy(
+        self, spec: PolicySpec, *, current_version: int, staged_version: int | None = None, builtin: bool = False
+    ) -> None:
+        self.execute(
+            "INSERT INTO policies (name, scope, current_version, staged_version, builtin, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (spec.name, spec.scope, current_version, staged_version, int(builtin), _now()),
+        )
+
+    def _insert_version(
+        self, spec: PolicySpec, version: int, author: str, source: str, message: str, mode: str
+    ) -> VersionInfo:
+        now = _now()
         self.execute(
             """INSERT INTO policy_versions (policy, version, content, content_hash, created_at, created_by,
-                   source, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-            (spec.name, version, json.dumps(content, sort_keys=True), spec.hash(), now, author, source, message),
+                   source, message, mode) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (spec.name, version, json.dumps(spec.to_content(), sort_keys=True), spec.hash(), now, author, source,
+             message, mode),
         )
-        return PolicyVersion(spec, VersionInfo(version, now, author, source, message), builtin), result
+        return VersionInfo(version, now, author, source, message, mode)
 
     def get_policy(self, name: str, version: int | None = None, *, include_deleted: bool = False) -> PolicyVersion | None:
         head = self.execute("SELECT current_version, builtin, deleted_at FROM policies WHERE name = ?", (name,))
         if not head or (head[0][2] is not None and not include_deleted and version is None):
             return None
         rows = self.execute(
-            "SELECT version, content, created_at, created_by, source, message FROM policy_versions "
+            "SELECT version, content, created_at, created_by, source, message, mode FROM policy_versions "
             "WHERE policy = ? AND version = ?",
             (name, version if version is not None else head[0][0]),
         )
@@ -498,7 +589,7 @@ class ControlPlaneStore:
         if not head:
             raise StoreError(f"no policy named {name!r}")
         rows = self.execute(
-            "SELECT version, content, created_at, created_by, source, message FROM policy_versions "
+            "SELECT version, content, created_at, created_by, source, message, mode FROM policy_versions "
             "WHERE policy = ? ORDER BY version",
             (name,),
         )
@@ -510,25 +601,24 @@ class ControlPlaneStore:
         if old is None:
             known = ", ".join(str(v.version) for v in self.policy_history(name))
             raise StoreError(f"policy {name} has no version {to_version} (versions: {known})")
-        current = self.execute("SELECT current_version FROM policies WHERE name = ?", (name,))[0][0]
-        version, now = int(current) + 1, _now()
+        version = self._next_version(name)
         message = f"rollback to version {to_version}"
         self.execute("UPDATE policies SET current_version = ?, deleted_at = NULL WHERE name = ?", (version, name))
-        self.execute(
-            """INSERT INTO policy_versions (policy, version, content, content_hash, created_at, created_by,
-                   source, message) VALUES (?, ?, ?, ?, ?, ?, ?, ?)""",
-            (name, version, json.dumps(old.spec.to_content(), sort_keys=True), old.spec.hash(), now, author,
-             old.info.source, message),
-        )
-        return PolicyVersion(old.spec, VersionInfo(version, now, author, old.info.source, message), old.builtin)
+        info = self._insert_version(old.spec, version, author, old.info.source, message, "enforced")
+        return PolicyVersion(old.spec, info, old.builtin)
 
     def list_policies(self) -> list[PolicyVersion]:
         names = [r[0] for r in self.execute("SELECT name FROM policies WHERE deleted_at IS NULL ORDER BY name")]
         return [p for p in (self.get_policy(n) for n in names) if p is not None]
 
+    def list_policy_states(self) -> list[PolicyState]:
+        """Every policy not deleted, with its enforced and staged versions."""
+        rows = self.execute("SELECT name, scope FROM policies WHERE deleted_at IS NULL ORDER BY name")
+        return [PolicyState(n, scope, self.get_policy(n), self.get_staged_policy(n)) for n, scope in rows]
+
     def delete_policy(self, name: str) -> None:
-        """Soft delete: the policy stops rendering; its versions stay for history and audit."""
-        self.execute("UPDATE policies SET deleted_at = ? WHERE name = ?", (_now(), name))
+        """Soft delete: the policy stops rendering and being evaluated; its versions stay for history and audit."""
+        self.execute("UPDATE policies SET deleted_at = ?, staged_version = NULL WHERE name = ?", (_now(), name))
 
     # -- blueprints -----------------------------------------------------------------------------
     def put_blueprint(
@@ -663,9 +753,9 @@ def _cluster(row: Sequence[Any]) -> Cluster:
 
 
 def _policy_version(name: str, row: Sequence[Any], builtin: bool) -> PolicyVersion:
-    version, content, created_at, created_by, source, message = row
+    version, content, created_at, created_by, source, message, mode = row
     return PolicyVersion(
         PolicySpec.from_content(name, json.loads(content)),
-        VersionInfo(int(version), created_at, created_by, source, message),
+        VersionInfo(int(version), created_at, created_by, source, message, mode),
         builtin,
     )

@@ -9,7 +9,11 @@ the current inventory. A deleted cluster gets a tombstone (null value). Each mes
 - `desired`: the cluster's desired policy set, as the evaluator takes it (policy objects as plain dicts,
   the enforcing engine, policyEnforcementMode, namespace labels), with its own `revision` (bumped only when
   the set changes) and per object the netwarden policy, version and rule it was rendered from;
-- `staged`: the same for the staged set (audit mode); null until the control plane stages policies.
+- `staged`: the same for the staged set: the desired set with every staged policy version in place of the
+  enforced one (and staged-only policies added), with its own `revision` and `stagedVersions` (which staged
+  versions it uses). With nothing staged on the cluster it has the desired set's content and no
+  `stagedVersions` (so the stream copies the desired verdicts instead of evaluating twice). Null only in
+  messages recorded before staging existed.
 
 The format is versioned (`format`); readers refuse other versions with a clear error.
 """
@@ -57,6 +61,15 @@ class RenderedFrom:
 
 
 @dataclass(frozen=True)
+class StagedVersion:
+    """A staged policy version a staged set uses in place of the enforced one (0: the policy is staged only)."""
+
+    policy: str
+    version: int
+    enforced_version: int = 0
+
+
+@dataclass(frozen=True)
 class PolicySet:
     """A cluster's policy set as the evaluator takes it (policy_engine.evaluator.PolicyEvaluator)."""
 
@@ -73,6 +86,8 @@ class PolicySet:
     notes: tuple[str, ...] = ()
     # Rendering failed: the set is unknown and flows of the cluster are not evaluated (verdict 0).
     error: str = ""
+    # Staged sets: the staged versions overlaid on the desired set (empty: same content as the desired set).
+    staged_versions: tuple[StagedVersion, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +105,10 @@ class PolicySet:
             },
             "notes": list(self.notes),
             "error": self.error,
+            "stagedVersions": [
+                {"policy": v.policy, "version": v.version, "enforcedVersion": v.enforced_version}
+                for v in self.staged_versions
+            ],
         }
 
     @classmethod
@@ -122,6 +141,14 @@ class PolicySet:
             },
             notes=tuple(str(n) for n in d.get("notes") or ()),
             error=str(d.get("error") or ""),
+            staged_versions=tuple(
+                StagedVersion(
+                    _str(_object(v, f"{path}.stagedVersions[{i}]").get("policy"), f"{path}.stagedVersions[{i}].policy"),
+                    _int(v.get("version"), f"{path}.stagedVersions[{i}].version"),
+                    _int(v.get("enforcedVersion", 0), f"{path}.stagedVersions[{i}].enforcedVersion"),
+                )
+                for i, v in enumerate(d.get("stagedVersions") or ())
+            ),
         )
 
 

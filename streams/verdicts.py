@@ -16,6 +16,11 @@ reason: policy_engine.flow_keys (one place, shared with what-if, reports and "wh
 there equals what is stored here for the same key. verdict_mismatch: Hubble's verdict (1 FORWARDED / 2 DROPPED)
 and the desired set's are both known and differ.
 
+Staged set (`staged_*`): the verdict under the cluster's staged set (its desired set with staged policy versions
+in place). With nothing staged on the cluster the staged set is the desired set, so `staged_*` equal `desired_*`
+(copied, not evaluated twice) with the staged set's own `staged_revision`: comparing the two columns answers
+"what would change if I promoted" (nothing, then). Both are 0 only where the desired set is unknown too.
+
 Attribution per direction: the policy "Kind/namespace/name" (namespace empty for clusterwide policies), the
 rule that decided ("ingress[0]", "egressDeny[1]", "specs[1].egress[0]", "default-deny", "allow-localhost";
 empty when no policy selects the endpoint) and the netwarden policy version it was rendered from.
@@ -157,7 +162,13 @@ class PolicyEnricher:
             src, dst, key["l4_protocol"], key["dst_port"], key["is_reply"], key["traffic_direction"]
         )
         desired = self._set_columns(cluster, inventory, "desired", conn)
-        staged = self._set_columns(cluster, inventory, "staged", conn)
+        staged_set = inventory.staged if inventory is not None else None
+        if staged_set is not None and not staged_set.staged_versions and not staged_set.error:
+            # Nothing staged on the cluster: the staged set is the desired set's content, so its verdicts are
+            # the desired ones (under the staged set's own revision), without a second evaluation.
+            staged: tuple[Any, ...] = (staged_set.revision, *desired[1:])
+        else:
+            staged = self._set_columns(cluster, inventory, "staged", conn)
         hubble = key["verdict"]
         mismatch = (
             hubble in (FORWARDED, DROPPED) and desired[1] in (FORWARDED, DROPPED) and hubble != desired[1]

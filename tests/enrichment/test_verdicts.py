@@ -90,8 +90,16 @@ def assert_verdicts_match_policy_check(
     for key, row in by_key.items():
         if key.l4_protocol not in (1, 2, 5):
             assert row["desired_verdict"] == 0 and not row["verdict_mismatch"]
-        assert row["staged_verdict"] == 0 and row["staged_revision"] == 0  # no staged sets yet
+        # Nothing staged: the staged set is the desired set, under its own revision.
+        inv = inventory.get(key.cluster)
+        assert inv is not None and inv.staged is not None and not inv.staged.staged_versions
+        assert row["staged_revision"] == inv.staged.revision > 0
+        assert [row[f"staged_{c}"] for c in SET_FIELDS] == [row[f"desired_{c}"] for c in SET_FIELDS], key
     return compared
+
+
+SET_FIELDS = ("verdict", "drop_reason", "egress_verdict", "egress_policy", "egress_rule", "egress_version",
+              "ingress_verdict", "ingress_policy", "ingress_rule", "ingress_version")
 
 
 def demo_keys(flows_per_cluster: int) -> list[FlowKey]:

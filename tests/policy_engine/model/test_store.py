@@ -37,7 +37,8 @@ def store(tmp_path: Path) -> ControlPlaneStore:
 
 def test_file_location_and_migrations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with ControlPlaneStore.open(tmp_path / "d") as s:
-        assert s.applied_migrations() == ["policy-engine/0001-initial", "policy-engine/0002-inventory-outbox"]
+        assert s.applied_migrations() == ["policy-engine/0001-initial", "policy-engine/0002-inventory-outbox",
+                                          "policy-engine/0003-staged-policy-versions"]
         # a later component (users, tokens for the query API) adds its own tables the same way
         extra = Migration("tenancy/0001-users", (
             "CREATE TABLE users (name TEXT PRIMARY KEY, created_at TEXT NOT NULL)",
@@ -50,7 +51,8 @@ def test_file_location_and_migrations(tmp_path: Path, monkeypatch: pytest.Monkey
     assert (tmp_path / "d" / STORE_FILE).is_file()
     with ControlPlaneStore.open(tmp_path / "d") as s:  # reopening re-applies nothing
         assert s.applied_migrations() == [
-            "policy-engine/0001-initial", "policy-engine/0002-inventory-outbox", "tenancy/0001-users"]
+            "policy-engine/0001-initial", "policy-engine/0002-inventory-outbox",
+            "policy-engine/0003-staged-policy-versions", "tenancy/0001-users"]
     monkeypatch.setenv("NETWARDEN_DATA_DIR", "/x/y")
     assert resolve_data_dir(None) == Path("/x/y") and resolve_data_dir("z") == Path("z")
     monkeypatch.delenv("NETWARDEN_DATA_DIR")
