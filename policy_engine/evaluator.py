@@ -18,6 +18,16 @@ The enforcement engine decides the few places where semantics differ:
   pods or nodes (cilium#9209, "CIDR rules do not apply to Cilium-managed endpoints"); traffic from the
   local host is allowed on ingress (agent default `--allow-localhost=always`).
 
+ICMP: a connection of protocol ICMP or ICMPv6 carries the ICMP type as its port (`policy check` probes
+default to echo request, 8 / 128; Hubble's "ICMPv4" reads as ICMP). Under Cilium a rule without an L4 part
+allows every protocol, ICMP included; `toPorts` admits TCP, UDP and SCTP only (protocol ANY included), so once
+only port rules select an endpoint in a direction ICMP is dropped there; `icmps` fields (type number or name,
+family IPv4 by default) admit exactly their (family, type) pairs, as allow or deny rules. NetworkPolicy
+cannot name ICMP and Kubernetes leaves other protocols to the plugin ("the behaviour may vary across network
+plugins"); under the `kubernetes` engine a rule without ports allows ICMP, a rule with ports does not and an
+isolated pod drops it (what Cilium does with NetworkPolicy and what plugins that filter ICMP do), and every
+such verdict carries a note saying so. Rendering refuses `icmps` for clusters where the primary CNI enforces.
+
 Loopback (a pod connecting to itself) is evaluated like any other connection; implementations differ
 (kubernetes#95879) and the verdict carries a note.
 

@@ -345,7 +345,9 @@ def _why_unsupported_peer(key: str) -> str:
     return {
         "toFQDNs": "DNS-name (toFQDNs) rules",
         "toServices": "service selectors (toServices)",
-        "icmps": "ICMP rules",
+        # NetworkPolicy ports name TCP, UDP and SCTP only; dropping the ICMP types would allow less than
+        # written and a port-less rule would allow every protocol, so the rule is refused.
+        "icmps": "ICMP rules (NetworkPolicy ports name only TCP, UDP and SCTP)",
         "fromRequires": "requirement selectors (fromRequires)",
         "toRequires": "requirement selectors (toRequires)",
         "fromGroups": "cloud groups",

@@ -32,6 +32,8 @@ import yaml
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError as SchemaError
 
+from policy_engine.evaluation.icmp import ICMP_FAMILIES, icmp_type_problem
+
 __all__ = [
     "API_VERSIONS",
     "PolicyValidationError",
@@ -424,6 +426,7 @@ def _semantic_errors(kind: str, obj: dict[str, Any]) -> Iterator[tuple[list[str 
             yield ([], "one of spec or specs must be set (Cilium refuses an empty policy)", None)
         yield from _cilium_cidr_errors(obj)
         yield from _cilium_port_errors(obj)
+        yield from _cilium_icmp_errors(obj)
 
 
 def _metadata_errors(kind: str, meta: dict[str, Any]) -> Iterator[tuple[list[str | int], str, Any]]:
@@ -599,6 +602,37 @@ def _cilium_port_errors(obj: dict[str, Any]) -> Iterator[tuple[list[str | int], 
                         f"Invalid value {_show(number)}: a port number must be 0-65535",
                         number,
                     )
+
+
+def _cilium_icmp_errors(obj: dict[str, Any]) -> Iterator[tuple[list[str | int], str, Any]]:
+    """What the agent refuses in ICMP rules and the schema lets through (pkg/policy/api icmp.go,
+    rule_validation.go): `icmps` next to `toPorts` in one rule, and a type name of the other family."""
+    for key in ("spec", "specs"):
+        for path, icmps in _find_keys(obj.get(key), ("icmps",), [key]):
+            if not isinstance(icmps, list):
+                continue
+            rule_path = path[:-1]
+            rule = obj
+            for part in rule_path:
+                rule = rule[part]
+            if icmps and isinstance(rule, dict) and rule.get("toPorts"):
+                yield (
+                    path,
+                    "Forbidden: icmps may not be combined with toPorts in one rule (the Cilium agent refuses the "
+                    "policy); define a separate rule for the ICMP types",
+                    None,
+                )
+            for i, icmp in enumerate(icmps):
+                fields = icmp.get("fields") if isinstance(icmp, dict) else None
+                for j, entry in enumerate(fields if isinstance(fields, list) else []):
+                    if not isinstance(entry, dict) or entry.get("type") is None:
+                        continue  # the schema reports it
+                    family = entry.get("family") or "IPv4"
+                    if family not in ICMP_FAMILIES:
+                        continue  # the schema's enum reports it
+                    problem = icmp_type_problem(entry["type"], family)
+                    if problem:
+                        yield (path + [i, "fields", j, "type"], f"Invalid value: {problem}", entry["type"])
 
 
 def _except_errors(

@@ -205,6 +205,37 @@ SEL = {"matchLabels": {"app": "web"}}
             {"http": [{}]},
             "unknown field",
         ),
+        # The agent's ICMP checks, which the CRD schema lets through (pkg/policy/api icmp.go, rule_validation.go).
+        (
+            {
+                "endpointSelector": SEL,
+                "ingress": [
+                    {
+                        "fromEntities": ["world"],
+                        "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}],
+                        "icmps": [{"fields": [{"type": 8}]}],
+                    }
+                ],
+            },
+            "spec.ingress[0].icmps",
+            None,
+            "may not be combined with toPorts",
+        ),
+        (
+            {"endpointSelector": SEL, "egress": [{"icmps": [{"fields": [{"type": "PacketTooBig"}]}]}]},
+            "spec.egress[0].icmps[0].fields[0].type",
+            "PacketTooBig",
+            "not an IPv4 ICMP type name",
+        ),
+        (
+            {
+                "endpointSelector": SEL,
+                "egressDeny": [{"icmps": [{"fields": [{"type": "Echo", "family": "IPv6"}]}]}],
+            },
+            "spec.egressDeny[0].icmps[0].fields[0].type",
+            "Echo",
+            "not an IPv6 ICMP type name",
+        ),
     ],
 )
 def test_invalid_cilium_rules_are_refused_with_the_path(
