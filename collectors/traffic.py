@@ -8,6 +8,13 @@ kube-dns (L3/L4 plus L7 DNS records with names), UDP to upstream resolvers, ICMP
 egress to the internet with destination names, and connections DROPPED by policy (drop reasons 133
 POLICY_DENIED and 181 POLICY_DENY) with the policy attribution of a v1.19 agent.
 
+Who decides the verdicts: a `PolicyJudge` given by the composition root (netwarden.demo.enforcement judges
+with policy_engine's evaluator over the policy objects on the demo cluster's kube API stand-in, as Cilium
+enforces what is on its cluster). The conversations are what the applications attempt; the judge says,
+per distinct connection and per direction, allowed or dropped (133/181) and by which policy, or nothing
+for pods Cilium does not manage. Without a judge each conversation keeps the verdict it was written with
+(`nominal`: the demo as it was before policies, for tests and benchmarks).
+
 Speed: every observation of every conversation is built once as a protobuf template and serialized;
 a generated flow is that template's bytes plus a freshly encoded time, l4 (ephemeral port) and uuid,
 concatenated (protobuf parses concatenated fields as one message), so 100k+ flows/s is affordable.
@@ -20,12 +27,13 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf import wrappers_pb2
 
+from schemas.conversation import Side
 from schemas.hubble.flow import flow_pb2
 from schemas.hubble.observer import observer_pb2
 
@@ -140,10 +148,79 @@ class _Step:
     flags: bytes
 
 
+# -- what the datapath enforces (the judge's questions and answers) ---------------------------------
+
+@dataclass(frozen=True)
+class Peer:
+    """One side of a demo connection as the judge sees it: Hubble's view of it plus the pod's name."""
+
+    side: Side
+    pod: str = ""  # "" for sides that are not pods
+
+
+@dataclass(frozen=True)
+class DemoConnection:
+    client: Peer
+    server: Peer
+    port: int
+    protocol: str  # "TCP" | "UDP"
+
+
+PolicyName = tuple[str, str, str]  # (kind, namespace, name), as Hubble attributes; namespace "" for CCNPs
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """One direction's decision at its enforcement point."""
+
+    allowed: bool = True
+    drop_reason: int = 0  # 133 POLICY_DENIED (default deny) or 181 POLICY_DENY (deny rule)
+    policy: PolicyName | None = None  # Hubble's *_allowed_by / *_denied_by (None: nothing attributed)
+
+
+@dataclass(frozen=True)
+class ConnectionVerdict:
+    egress: Enforcement = Enforcement()
+    ingress: Enforcement = Enforcement()
+
+    @property
+    def allowed(self) -> bool:
+        return self.egress.allowed and self.ingress.allowed
+
+
+class PolicyJudge(Protocol):
+    """What the demo cluster's datapath decides for a connection. `revision` (Cilium's policy revision,
+    shown in Hubble's attribution) changes whenever an answer may have; answers are cached per revision."""
+
+    @property
+    def revision(self) -> int: ...
+
+    def __call__(self, connection: DemoConnection) -> ConnectionVerdict: ...
+
+
+ALLOWED = ConnectionVerdict()
+
+
+@dataclass
+class _Exchange:
+    """One connection of a conversation: who talks to whom, and its flows under a given verdict."""
+
+    connection: DemoConnection | None  # None: not judged (ICMP: the evaluator has no ICMP yet)
+    nominal: ConnectionVerdict
+    build: Callable[[ConnectionVerdict, int], list[_Step]]  # (verdict, policy revision) -> steps
+
+
+@dataclass
+class _Variant:
+    exchanges: list[_Exchange]
+    revision: int = -1  # policy revision `steps` were built for
+    steps: list[_Step] = field(default_factory=list)
+
+
 @dataclass
 class _Conversation:
     weight: float
-    variants: list[list[_Step]] = field(default_factory=list)
+    variants: list[_Variant] = field(default_factory=list)
 
 
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
@@ -156,14 +233,29 @@ def _policy(kind: str, name: str, namespace: str, revision: int) -> flow_pb2.Pol
     return flow_pb2.Policy(name=name, namespace=namespace, labels=sorted(labels), revision=revision, kind=kind)
 
 
+_RESERVED_NAMES = {ID_HOST: "host", ID_WORLD: "world", ID_HEALTH: "health", ID_REMOTE_NODE: "remote-node"}
+
+
+def _peer(pod: Pod) -> Peer:
+    ep = pod.endpoint
+    workload = ep.workloads[0] if ep.workloads else None
+    return Peer(Side(
+        namespace=ep.namespace, workload=workload.name if workload else "", workload_kind=workload.kind if workload else "",
+        labels=tuple(ep.labels), identity=ep.identity, ip="" if ep.namespace else pod.ip,
+        reserved="" if ep.namespace else _RESERVED_NAMES.get(ep.identity, "world"),
+    ), ep.pod_name)
+
+
 class DemoTraffic:
     """Generated Hubble traffic of one demo cluster; deterministic topology for a given seed."""
 
-    def __init__(self, cluster: str, seed: int = 0) -> None:
+    def __init__(self, cluster: str, seed: int = 0, judge: PolicyJudge | None = None) -> None:
         self.cluster = cluster
+        self.judge = judge  # settable: the composition root may attach it once the topology is known
         # demo-east/demo-west get 10.10/16 and 10.20/16; any other name a stable block in 10.30-10.229.
         index = DEMO_CLUSTERS.index(cluster) if cluster in DEMO_CLUSTERS else 2 + sum(map(ord, cluster)) % 200
         self._rng = random.Random(f"{cluster}/{seed}")
+        self._build_rng = random.Random(f"{cluster}/{seed}/build")  # flows built lazily: their own stream
         node_count = 3 if index % 2 == 0 else 2
         self.nodes = [f"{cluster}-control-plane"] + [
             f"{cluster}-worker" + (str(i + 1) if i else "") for i in range(node_count - 1)]
@@ -323,20 +415,32 @@ class DemoTraffic:
         return steps
 
     def _denied(self, client: Pod, server: Pod, port: int, code: int, egress: bool,
-                policies: list[flow_pb2.Policy], attempts: int = 3) -> list[_Step]:
-        """A TCP connect retried `attempts` times, each SYN denied by policy (no reply ever comes)."""
+                policies: list[flow_pb2.Policy], attempts: int = 3, *, l4_kind: int = 1,
+                egress_allowed: list[flow_pb2.Policy] | None = None) -> list[_Step]:
+        """A connect retried `attempts` times, each first packet (TCP SYN, or UDP) denied by policy on
+        egress at the client or on ingress at the server; no reply ever comes. `policies` are Hubble's
+        *_denied_by (a deny rule's policy; empty for default deny), `egress_allowed` the policies that let
+        it out of the client when ingress drops it."""
         steps = []
-        syn = flow_pb2.TCPFlags(SYN=True)
+        syn = flow_pb2.TCPFlags(SYN=True) if l4_kind == 1 else None
+        summary = "TCP Flags: SYN" if l4_kind == 1 else "UDP"
         node = client.node if egress else server.node
         direction = flow_pb2.EGRESS if egress else flow_pb2.INGRESS
         for _ in range(attempts):
+            if not egress and egress_allowed and client.node:
+                pv = self._base(client, server, False, flow_pb2.EGRESS)
+                pv.event_type.type = _POLICY_VERDICT
+                pv.policy_match_type = 2  # L3-L4
+                pv.Summary = summary
+                pv.egress_allowed_by.extend(egress_allowed)
+                steps.append(self._step(client.node, pv, l4_kind, True, port, syn))
             if not egress and client.node and client.node != server.node:
                 fwd = self._base(client, server, False, flow_pb2.EGRESS)
                 fwd.event_type.type, fwd.event_type.sub_type = _TRACE, _TO_OVERLAY
                 fwd.trace_observation_point = flow_pb2.TO_OVERLAY
                 fwd.trace_reason = flow_pb2.NEW
-                fwd.Summary = "TCP Flags: SYN"
-                steps.append(self._step(client.node, fwd, 1, True, port, syn))
+                fwd.Summary = summary
+                steps.append(self._step(client.node, fwd, l4_kind, True, port, syn))
             for event in (_POLICY_VERDICT, _DROP):
                 flow = self._base(client, server, False, direction)
                 flow.verdict = flow_pb2.DROPPED
@@ -347,14 +451,14 @@ class DemoTraffic:
                     flow.event_type.sub_type = code
                     flow.file.name = "bpf_lxc.c"
                     flow.file.line = 2129 if egress else 2341
-                flow.Summary = "TCP Flags: SYN"
+                flow.Summary = summary
                 (flow.egress_denied_by if egress else flow.ingress_denied_by).extend(policies)
-                steps.append(self._step(node, flow, 1, True, port, syn))
+                steps.append(self._step(node, flow, l4_kind, True, port, syn))
         return steps
 
-    def _dns(self, client: Pod, query: str, answers: list[str], allowed: list[flow_pb2.Policy]) -> list[_Step]:
+    def _dns(self, client: Pod, dns_pod: Pod, query: str, answers: list[str],
+             allowed: list[flow_pb2.Policy]) -> list[_Step]:
         """UDP/53 to kube-dns through Cilium's DNS proxy: L3/L4 redirects plus L7 DNS records."""
-        dns_pod = self._rng.choice(self.pods["kube-system/coredns"])
         node = client.node
         fqdn = query if query.endswith(".") else query + "."
         steps = []
@@ -380,7 +484,7 @@ class DemoTraffic:
             l7_resp.Type = flow_pb2.L7
             l7_resp.event_type.type = _L7
             l7_resp.l7.type = flow_pb2.RESPONSE
-            l7_resp.l7.latency_ns = 180_000 + self._rng.randrange(2_500_000)
+            l7_resp.l7.latency_ns = 180_000 + self._build_rng.randrange(2_500_000)
             dns = l7_resp.l7.dns
             dns.query, dns.observation_source, dns.rcode = fqdn, "proxy", 0
             dns.qtypes.append(qtype)
@@ -427,23 +531,69 @@ class DemoTraffic:
                 steps.append(self._step(node, flow, 0, True, 0))
         return steps
 
+    # -- conversations: what the applications attempt; the judge decides what gets through ----------
+
+    def _policies(self, enforcement: Enforcement, revision: int) -> list[flow_pb2.Policy]:
+        if enforcement.policy is None:
+            return []
+        kind, namespace, name = enforcement.policy
+        return [_policy(kind, name, namespace, revision)]
+
+    def _connection(self, client: Pod, server: Pod, port: int, protocol: str) -> DemoConnection:
+        return DemoConnection(_peer(client), _peer(server), port, protocol)
+
+    def _denial(self, client: Pod, server: Pod, port: int, verdict: ConnectionVerdict, revision: int,
+                l4_kind: int) -> list[_Step]:
+        egress = not verdict.egress.allowed
+        decided = verdict.egress if egress else verdict.ingress
+        # Hubble attributes a drop only to a deny rule (181); default deny (133) names no policy.
+        denied_by = self._policies(decided, revision) if decided.drop_reason == 181 else []
+        return self._denied(client, server, port, decided.drop_reason or 133, egress, denied_by,
+                            l4_kind=l4_kind, egress_allowed=self._policies(verdict.egress, revision))
+
+    def _tcp_exchange(self, client: Pod, server: Pod, port: int, nominal: ConnectionVerdict = ALLOWED,
+                      data_packets: int = 1) -> _Exchange:
+        def build(v: ConnectionVerdict, rev: int) -> list[_Step]:
+            if not v.allowed:
+                return self._denial(client, server, port, v, rev, 1)
+            return self._tcp(client, server, port, self._policies(v.egress, rev), self._policies(v.ingress, rev),
+                             data_packets)
+        return _Exchange(self._connection(client, server, port, "TCP"), nominal, build)
+
+    def _udp_exchange(self, client: Pod, server: Pod, port: int, nominal: ConnectionVerdict = ALLOWED) -> _Exchange:
+        def build(v: ConnectionVerdict, rev: int) -> list[_Step]:
+            return self._udp(client, server, port) if v.allowed else self._denial(client, server, port, v, rev, 2)
+        return _Exchange(self._connection(client, server, port, "UDP"), nominal, build)
+
+    def _dns_exchange(self, client: Pod, query: str, answers: list[str], nominal: ConnectionVerdict) -> _Exchange:
+        dns_pod = self._rng.choice(self.pods["kube-system/coredns"])
+
+        def build(v: ConnectionVerdict, rev: int) -> list[_Step]:
+            if not v.allowed:
+                return self._denial(client, dns_pod, 53, v, rev, 2)
+            return self._dns(client, dns_pod, query, answers, self._policies(v.egress, rev))
+        return _Exchange(self._connection(client, dns_pod, 53, "UDP"), nominal, build)
+
+    def _icmp_exchange(self, client: Pod, server: Pod) -> _Exchange:
+        return _Exchange(None, ALLOWED, lambda v, rev: self._icmp(client, server))
+
     def _build_conversations(self) -> list[_Conversation]:
         p = self.pods
-        rev = self.revision
         cnp, ccnp, knp = "CiliumNetworkPolicy", "CiliumClusterwideNetworkPolicy", "NetworkPolicy"
-        allow_dns = [_policy(ccnp, "allow-kube-dns", "", rev)]
-        cart_from_frontend = [_policy(cnp, "cart-allow-frontend", "shop", rev)]
-        checkout_from_frontend = [_policy(cnp, "checkout-allow-frontend", "shop", rev)]
-        payments_from_checkout = [_policy(cnp, "payments-allow-checkout", "shop", rev)]
-        payments_egress = [_policy(cnp, "payments-egress-stripe", "shop", rev)]
-        frontend_from_world = [_policy(cnp, "frontend-allow-world", "shop", rev)]
-        redis_from_shop = [_policy(knp, "redis-allow-shop", "data", rev)]
-        postgres_from_payments = [_policy(knp, "postgres-allow-payments", "data", rev)]
-        scrape = [_policy(ccnp, "allow-prometheus-scrape", "", rev)]
-        checkout_egress = [_policy(cnp, "checkout-egress", "shop", rev)]
-        deny_metadata = [_policy(ccnp, "deny-cloud-metadata", "", rev)]
-        deny_blocklist = [_policy(ccnp, "deny-blocklisted-egress", "", rev)]
-        redis_deny_monitoring = [_policy(cnp, "redis-deny-monitoring", "data", rev)]
+
+        # The verdicts this demo was written with (used without a judge).
+        def ingress_by(kind: str, namespace: str, name: str) -> ConnectionVerdict:
+            return ConnectionVerdict(ingress=Enforcement(policy=(kind, namespace, name)))
+
+        def egress_by(kind: str, namespace: str, name: str) -> ConnectionVerdict:
+            return ConnectionVerdict(egress=Enforcement(policy=(kind, namespace, name)))
+
+        def denied(egress: bool, code: int, policy: PolicyName | None = None) -> ConnectionVerdict:
+            drop = Enforcement(False, code, policy)
+            return ConnectionVerdict(egress=drop) if egress else ConnectionVerdict(ingress=drop)
+
+        allow_dns = egress_by(ccnp, "", "allow-kube-dns")
+        scrape = ingress_by(ccnp, "", "allow-prometheus-scrape")
 
         stripe = self._world("54.187.174.169", "api.stripe.com")
         cdn = self._world("151.101.65.195", "images.fastly-cdn.net")
@@ -457,43 +607,71 @@ class DemoTraffic:
 
         convs: list[_Conversation] = []
 
-        def add(weight: float, variants: list[list[_Step]]) -> None:
-            convs.append(_Conversation(weight, variants))
+        def add(weight: float, variants: list[list[_Exchange]]) -> None:
+            convs.append(_Conversation(weight, [_Variant(v) for v in variants]))
 
-        add(14, [self._tcp(c, s, 7070, [], cart_from_frontend, 2) for c, s in pairs(p["shop/frontend"], p["shop/cart"])])
-        add(8, [self._tcp(c, s, 5050, [], checkout_from_frontend) for c, s in pairs(p["shop/frontend"], p["shop/checkout"])])
-        add(5, [self._tcp(c, s, 8443, [], payments_from_checkout) for c, s in pairs(p["shop/checkout"], p["shop/payments"])])
-        add(10, [self._tcp(c, s, 6379, [], redis_from_shop, 3) for c, s in pairs(p["shop/cart"], p["data/redis"])])
-        add(5, [self._tcp(c, s, 5432, [], postgres_from_payments, 2)
-                for c, s in pairs(p["shop/payments"], p["data/postgres"])])
-        add(3, [self._dns(c, "api.stripe.com", [stripe.ip], allow_dns) + self._tcp(c, stripe, 443, payments_egress, [])
+        def tcp(pairs_: list[tuple[Pod, Pod]], port: int, nominal: ConnectionVerdict = ALLOWED,
+                data_packets: int = 1) -> list[list[_Exchange]]:
+            return [[self._tcp_exchange(c, s, port, nominal, data_packets)] for c, s in pairs_]
+
+        add(14, tcp(pairs(p["shop/frontend"], p["shop/cart"]), 7070, ingress_by(cnp, "shop", "cart-allow-frontend"), 2))
+        add(8, tcp(pairs(p["shop/frontend"], p["shop/checkout"]), 5050,
+                   ingress_by(cnp, "shop", "checkout-allow-frontend")))
+        add(5, tcp(pairs(p["shop/checkout"], p["shop/payments"]), 8443,
+                   ingress_by(cnp, "shop", "payments-allow-checkout")))
+        add(10, tcp(pairs(p["shop/cart"], p["data/redis"]), 6379, ingress_by(knp, "data", "redis-allow-shop"), 3))
+        add(5, tcp(pairs(p["shop/payments"], p["data/postgres"]), 5432,
+                   ingress_by(knp, "data", "postgres-allow-payments"), 2))
+        add(3, [[self._dns_exchange(c, "api.stripe.com", [stripe.ip], allow_dns),
+                 self._tcp_exchange(c, stripe, 443, egress_by(cnp, "shop", "payments-egress-stripe"))]
                 for c in p["shop/payments"]])
-        add(3, [self._tcp(c, cdn, 443, [], []) for c in p["shop/frontend"]])
-        add(8, [self._tcp(w, s, 8080, [], frontend_from_world, 2) for w, s in pairs(shoppers, p["shop/frontend"])])
-        add(10, [self._dns(c, f"{svc}.{ns}.svc.cluster.local", [self._service_ip(ns, svc)], allow_dns)
+        add(3, tcp([(c, cdn) for c in p["shop/frontend"]], 443))
+        add(8, tcp(pairs(shoppers, p["shop/frontend"]), 8080, ingress_by(cnp, "shop", "frontend-allow-world"), 2))
+        add(10, [[self._dns_exchange(c, f"{svc}.{ns}.svc.cluster.local", [self._service_ip(ns, svc)], allow_dns)]
                  for c, (ns, svc) in ((c, t) for c in p["shop/frontend"] + p["shop/cart"] + p["shop/checkout"]
                                       for t in (("shop", "cart"), ("shop", "checkout"), ("data", "redis")))])
-        add(3, [self._udp(c, upstream, 53) for c in p["kube-system/coredns"]])
-        add(4, [self._tcp(c, s, port, [], scrape) for c in p["monitoring/prometheus"]
+        add(3, [[self._udp_exchange(c, upstream, 53)] for c in p["kube-system/coredns"]])
+        add(4, [[self._tcp_exchange(c, s, port, scrape)] for c in p["monitoring/prometheus"]
                 for key, port in (("shop/frontend", 8080), ("shop/cart", 7070), ("data/redis", 6379))
                 for s in p[key]])
-        # kubelet readiness probes come from the node itself (reserved:host), always allowed.
-        add(4, [self._tcp(host, s, port, [], [])
+        # kubelet readiness probes come from the node itself (reserved:host).
+        add(4, [[self._tcp_exchange(host, s, port)]
                 for key, port in (("shop/frontend", 8080), ("shop/cart", 7070), ("data/postgres", 5432))
                 for s in p[key] for host in p["kube-system/cilium"] if host.node == s.node])
-        add(3, [self._icmp(a, b) for a, b in pairs(p["health"], p["health"]) if a is not b] or
-            [self._icmp(p["health"][0], p["health"][0])])
-        # Denied by policy: 133 = an allow policy selects the endpoint and nothing allows this peer;
-        # 181 = an explicit deny rule (ingressDeny/egressDeny) matched.
-        add(1.5, [self._denied(c, s, 5432, 133, False, postgres_from_payments)
-                  for c, s in pairs(p["shop/frontend"], p["data/postgres"])])
-        add(1.5, [self._denied(c, s, 6379, 133, True, checkout_egress)
-                  for c, s in pairs(p["shop/checkout"], p["data/redis"])])
-        add(1, [self._denied(c, metadata, 80, 181, True, deny_metadata) for c in p["shop/cart"]])
-        add(0.5, [self._denied(c, miner, 3333, 181, True, deny_blocklist) for c in p["shop/frontend"]])
-        add(1, [self._denied(c, s, 6379, 181, False, redis_deny_monitoring)
-                for c, s in pairs(p["monitoring/prometheus"], p["data/redis"])])
+        add(3, [[self._icmp_exchange(a, b)] for a, b in pairs(p["health"], p["health"]) if a is not b] or
+            [[self._icmp_exchange(p["health"][0], p["health"][0])]])
+        # Attempts policy is meant to stop: 133 = an allow policy selects the endpoint and nothing allows
+        # this peer; 181 = an explicit deny rule (ingressDeny/egressDeny) matched.
+        add(1.5, tcp(pairs(p["shop/frontend"], p["data/postgres"]), 5432, denied(False, 133)))
+        add(1.5, tcp(pairs(p["shop/checkout"], p["data/redis"]), 6379, denied(True, 133)))
+        add(1, tcp([(c, metadata) for c in p["shop/cart"]], 80, denied(True, 181, (ccnp, "", "deny-cloud-metadata"))))
+        add(0.5, tcp([(c, miner) for c in p["shop/frontend"]], 3333,
+                     denied(True, 181, (ccnp, "", "deny-blocklisted-egress"))))
+        add(1, tcp(pairs(p["monitoring/prometheus"], p["data/redis"]), 6379,
+                   denied(False, 181, (cnp, "data", "redis-deny-monitoring"))))
         return convs
+
+    def connections(self) -> list[DemoConnection]:
+        """Every distinct connection the applications attempt (what a judge is asked)."""
+        seen: dict[DemoConnection, None] = {}
+        for conv in self._conversations:
+            for variant in conv.variants:
+                for x in variant.exchanges:
+                    if x.connection is not None:
+                        seen.setdefault(x.connection)
+        return list(seen)
+
+    def _variant_steps(self, variant: _Variant) -> list[_Step]:
+        """The variant's flows under the current verdicts: rebuilt only when the policy revision moved."""
+        judge = self.judge
+        revision = judge.revision if judge is not None else self.revision
+        if variant.revision != revision:
+            steps: list[_Step] = []
+            for x in variant.exchanges:
+                verdict = judge(x.connection) if judge is not None and x.connection is not None else x.nominal
+                steps.extend(x.build(verdict, revision))
+            variant.steps, variant.revision = steps, revision
+        return variant.steps
 
     def _service_ip(self, namespace: str, name: str) -> str:
         h = sum(map(ord, f"{namespace}/{name}"))
@@ -510,7 +688,7 @@ class DemoTraffic:
             conv = rng.choices(self._conversations, self._weights)[0]
             variant = rng.choice(conv.variants)
             port = rng.randrange(32768, 61000)
-            self._pending.extend((step, port) for step in variant)
+            self._pending.extend((step, port) for step in self._variant_steps(variant))
 
     def serialized(self, n: int, now_ns: int | None = None, spacing_ns: int = 1000) -> list[tuple[int, str, bytes]]:
         """n flows as (time_ns, node_name, serialized GetFlowsResponse), times increasing, the last at now."""

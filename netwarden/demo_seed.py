@@ -11,12 +11,18 @@ outside their scope (shown redacted), and the project users see one cluster but 
 
 Idempotent: re-running keeps tokens that still work (the file is read back and each token checked)
 and mints new ones only for users whose token is missing, revoked or expired.
+
+`seed_demo_policies` gives the demo its policy (netwarden/demo/policies.yaml: blueprint demo-zero-trust on
+both clusters, namespace policies for the demo applications, with the faults netwarden/demo/FAULTS.md
+describes) and registers each cluster's kube API (the stand-in `up` serves) as its apiServer; also
+idempotent: applying the same documents again writes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,9 @@ from policy_engine.store import ControlPlaneStore
 from policy_engine.tenancy import Tenancy, parse_binding
 
 TOKENS_FILE = "demo-tokens.json"
+DEMO_POLICIES = Path(__file__).parent / "demo" / "policies.yaml"
+# With a policy, the demo clusters run Calico with Cilium chained (pods that predate Cilium exist there).
+DEMO_PRIMARY_CNI = "calico"
 DEMO_NAMESPACES = ("shop", "data", "monitoring", "kube-system")
 
 CLUSTERS = (
@@ -88,6 +97,26 @@ def seed_demo(store: ControlPlaneStore, data_dir: str | os.PathLike[str]) -> lis
         entries.append({"name": user, "role": role, "scope": scope, "token": token})
     _write_tokens(path, entries)
     return entries
+
+
+def seed_demo_policies(store: ControlPlaneStore, api_servers: Mapping[str, str]) -> list[str]:
+    """Apply the demo's policy documents and point each demo cluster at its kube API (`api_servers`:
+    cluster -> URL); returns the changes made ("create Policy x (version 1)", ...), [] when all was there."""
+    from policy_engine.control_plane import ControlPlane
+    from policy_engine.gitops import apply_documents, load_documents
+
+    changes: list[str] = []
+    with store.transaction():
+        cp = ControlPlane(store, Principal.with_role("org-admin", name="netwarden-demo"))
+        for cluster in CLUSTERS:
+            wanted = Cluster(cluster.name, cluster.cluster_type, DEMO_PRIMARY_CNI,
+                             api_server=api_servers.get(cluster.name), namespaces=cluster.namespaces)
+            if cp.put_cluster(wanted) != "unchanged":
+                changes.append(f"update    Cluster {cluster.name} (apiServer {wanted.api_server})")
+        for change in apply_documents(cp, load_documents(DEMO_POLICIES)):
+            if change.action != "unchanged":
+                changes.append(str(change))
+    return changes
 
 
 def _read_tokens(path: Path) -> dict[str, str]:

@@ -194,8 +194,9 @@ class PipelineStack:
         return child
 
     async def spawn_demo_server(self, cluster: str, *, rate: float = 50.0, ring: int = 4095, seed: int = 0,
-                                preload: int = 0, timeout_s: float = 30.0) -> str:
+                                preload: int = 0, timeout_s: float = 30.0, kube_api: str | None = None) -> str:
         """A supervised `netwarden hubble-serve` generating `cluster`'s demo traffic; returns host:port.
+        With `kube_api` (the cluster's API, netwarden.demo.world) its verdicts follow the policies there.
 
         The port is fixed at first start, so a restarted server is found again by its collector."""
         port = free_port()
@@ -203,6 +204,8 @@ class PipelineStack:
                            "--rate", f"{rate:g}", "--ring", str(ring), "--seed", str(seed))
         if preload:
             argv += ["--preload", str(preload)]
+        if kube_api:
+            argv += ["--kube-api", kube_api]
         child = Child(f"hubble-{cluster}", argv)
         await child.start()
         self.server_children[cluster] = child

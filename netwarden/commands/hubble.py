@@ -14,6 +14,7 @@ from netwarden.cli import CommandError
 
 if TYPE_CHECKING:
     from collectors.hubble_server import ServerTLS
+    from netwarden.demo.enforcement import StandInJudge
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -38,6 +39,11 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
                        help="generate N flows per --generate cluster up front and serve only those (benchmarks); "
                             "rings grow to hold them")
     serve.add_argument("--ring", type=int, default=4095, help="ring buffer capacity per node (default 4095)")
+    serve.add_argument("--kube-api", metavar="URL",
+                       help="the generated cluster's kube API: verdicts follow the policies on it, as Cilium "
+                            "enforces them (pods without a CiliumEndpoint unenforced); re-read when it changes")
+    serve.add_argument("--kube-poll-seconds", type=float, default=2.0, metavar="S",
+                       help="how often to check the kube API for changes (default 2)")
     serve.add_argument("--tls-cert", metavar="FILE", help="server certificate chain (PEM); enables TLS")
     serve.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
     serve.add_argument("--tls-client-ca", metavar="FILE", help="require client certificates signed by this CA (mTLS)")
@@ -68,6 +74,10 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CommandError(f"--preload: must be >= 0, got {args.preload}")
     if args.preload and not args.generate:
         raise CommandError("--preload needs --generate CLUSTER")
+    if args.kube_api and len(args.generate) != 1:
+        raise CommandError("--kube-api needs exactly one --generate CLUSTER (the cluster it is the API of)")
+    if args.kube_poll_seconds <= 0:
+        raise CommandError(f"--kube-poll-seconds: must be > 0, got {args.kube_poll_seconds:g}")
     if args.generate and args.rate <= 0:
         raise CommandError(f"--rate: must be > 0, got {args.rate:g}")
     if not 0 <= args.port <= 65535:
@@ -88,7 +98,8 @@ async def serve(args: argparse.Namespace, tls: ServerTLS | None) -> None:
     from collectors.jsonl import read_capture
     from collectors.traffic import DemoTraffic
 
-    generators = [DemoTraffic(cluster, seed=args.seed) for cluster in args.generate]
+    judge = _judge(args.kube_api) if args.kube_api else None
+    generators = [DemoTraffic(cluster, seed=args.seed, judge=judge) for cluster in args.generate]
     ring = max(args.ring, args.preload + 1)
     server = HubbleServer(node_names=[n for g in generators for n in g.node_names] or None, ring_capacity=ring)
     for g in generators:
@@ -120,12 +131,16 @@ async def serve(args: argparse.Namespace, tls: ServerTLS | None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     feeders = [] if args.preload else [asyncio.create_task(g.run(server, args.rate, stop)) for g in generators]
+    if judge is not None:
+        feeders.append(asyncio.create_task(_follow_kube(judge, args.kube_poll_seconds, stop)))
     lines = [f"netwarden hubble-serve: Observer API at {args.host}:{port} ({'TLS' if tls else 'plaintext'}"
              f"{', mTLS' if tls and tls.client_ca else ''}), ring {ring} per node"]
     if args.capture:
         lines.append(f"  captures   {loaded} responses from {len(args.capture)} file(s), {skipped} bad line(s) skipped")
     for g in generators:
         what = f"{args.preload} flows preloaded" if args.preload else f"generating at {args.rate:g} flows/s"
+        if judge is not None:
+            what += f", verdicts by the policies on {args.kube_api}"
         lines.append(f"  {g.cluster}: {what} on {', '.join(g.node_names)}")
     lines.append("Ctrl-C to stop.")
     print("\n".join(lines), flush=True)
@@ -136,3 +151,31 @@ async def serve(args: argparse.Namespace, tls: ServerTLS | None) -> None:
             task.cancel()
         await asyncio.gather(*feeders, return_exceptions=True)
         await server.stop(grace=1.0)
+
+
+def _judge(url: str) -> StandInJudge:
+    from netwarden.demo.enforcement import StandInJudge
+
+    judge = StandInJudge(url)
+    try:
+        judge.refresh()
+    except OSError as exc:  # the first poll tries again; until then nothing is enforced
+        print(f"netwarden: kube API {url} not reachable yet: {exc}", file=sys.stderr)
+    return judge
+
+
+async def _follow_kube(judge: StandInJudge, every_s: float, stop: asyncio.Event) -> None:
+    """Re-read the cluster's policies when they change: the next conversations follow them."""
+    failing = False
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), every_s)
+        except TimeoutError:
+            pass
+        try:
+            await asyncio.to_thread(judge.refresh)
+            failing = False
+        except (OSError, ValueError) as exc:
+            if not failing:  # once per outage; the last state stays in force
+                print(f"netwarden: kube API {judge.url}: {exc}", file=sys.stderr, flush=True)
+            failing = True

@@ -2,6 +2,12 @@
 
 The demo Hubble servers and the collectors are supervised child processes; the broker is a child too;
 the worker and the API share this process with chDB. Ctrl-C or SIGTERM stops everything in order.
+
+Each demo cluster also gets its kube API here (netwarden.demo.world: a stand-in on 127.0.0.1, registered as
+the cluster's apiServer) and its policy (netwarden.demo_seed.seed_demo_policies). A cluster built fresh is
+synced like `netwarden sync` does and then gets the demo's faults (netwarden/demo/FAULTS.md); a cluster
+restored from the data dir is left as it was. The demo Hubble servers judge their flows by the policies on
+these APIs (netwarden.demo.enforcement).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 from netwarden.commands.pipeline import add_data_dir, run_stack
 
 DEMO_CLUSTERS = ("demo-east", "demo-west")
+log = logging.getLogger("netwarden.up")
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
@@ -70,7 +77,9 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
     import uvicorn
     from prometheus_client import REGISTRY
 
-    from netwarden.demo_seed import format_demo_tokens, seed_demo
+    from netwarden.demo.faults import UNMANAGED, plant_drift, sync_cluster
+    from netwarden.demo.world import DemoCluster
+    from netwarden.demo_seed import format_demo_tokens, seed_demo, seed_demo_policies
     from netwarden.embedded import PipelineStack, StackConfig
     from policy_engine.store import ControlPlaneStore
     from policy_engine.tenancy import Tenancy
@@ -87,19 +96,34 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
                                       retention_days=retention[0], rollup_retention_days=retention[1]))
     api: uvicorn.Server | None = None
     api_task: asyncio.Task[None] | None = None
+    clusters: dict[str, DemoCluster] = {}
+    saver: asyncio.Task[None] | None = None
     # A ring per node holds >= 1 s of the cluster's traffic (~3 s of its node's): with the collector's own
     # buffer, a collector paused while the broker rotates loses nothing.
     ring = max(4095, int(rate))
     try:
         await stack.start()
         lines = [f"netwarden up: data in {data_dir.resolve()}", f"  broker     Tansu at {stack.bootstrap}"]
+        control_plane = ControlPlaneStore.open(data_dir)
+        demo_users = seed_demo(control_plane, data_dir)
         for cluster in DEMO_CLUSTERS:
-            target = await stack.spawn_demo_server(cluster, rate=rate, ring=ring)
+            clusters[cluster] = DemoCluster.open(data_dir, cluster, unmanaged=UNMANAGED.get(cluster, ()))
+        seed_demo_policies(control_plane, {name: c.url for name, c in clusters.items()})
+        for name, demo in clusters.items():
+            state = "as left last time"
+            if demo.fresh:
+                ok, output = await asyncio.to_thread(sync_cluster, control_plane, demo)
+                if not ok:
+                    log.warning("first sync of %s failed:\n%s", name, output)
+                drift = plant_drift(demo)
+                state = "synced" + (f"; then {drift}" if drift else "")
+            lines.append(f"  kube API   {name}: {demo.url} ({state})")
+        saver = asyncio.create_task(_save_clusters(list(clusters.values()), stop))
+        for cluster in DEMO_CLUSTERS:
+            target = await stack.spawn_demo_server(cluster, rate=rate, ring=ring, kube_api=clusters[cluster].url)
             collector = await stack.spawn_collector(cluster, target)
             lines.append(f"  hubble     {cluster}: Hubble-compatible server at {target} ({rate:g} flows/s), "
                          f"collector pid {collector.pid}")
-        control_plane = ControlPlaneStore.open(data_dir)
-        demo_users = seed_demo(control_plane, data_dir)
         tenancy = Tenancy(control_plane)
         assert stack.flow_store is not None
         store = stack.flow_store
@@ -117,6 +141,7 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
             f"  api        http://{host}:{port}/api/v1/flows  (/healthz, /metrics)",
             f"demo users (tokens also in {(data_dir / 'demo-tokens.json').resolve()}):",
             *(f"  {line}" for line in format_demo_tokens(demo_users)),
+            "demo faults to find: netwarden/demo/FAULTS.md (netwarden sync / diff --data-dir reach the kube APIs)",
             "Ctrl-C to stop.",
         ]
         print("\n".join(lines), flush=True)
@@ -134,3 +159,19 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
             with contextlib.suppress(TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(api_task, 3.0)
         await stack.stop()
+        if saver is not None:
+            saver.cancel()
+        for demo in clusters.values():
+            demo.close()
+
+
+async def _save_clusters(clusters: list[Any], stop: asyncio.Event) -> None:
+    """Keep the demo clusters' state in the data dir while they change (and `up` saves at exit too)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+        for demo in clusters:
+            try:
+                demo.save()
+            except OSError as exc:
+                log.warning("cannot save demo cluster %s: %s", demo.name, exc)
