@@ -436,9 +436,11 @@ def _object_cause(key: str, drift: Mapping[str, ObjectDrift], facts: ClusterFact
 def _unmanaged_cause(facts: ClusterFacts, namespace: str, workload: str) -> dict[str, Any] | None:
     if facts.kube is None:
         return None
+    # The pod listing knows each pod's workload (Deployment through its ReplicaSet's pod-template-hash).
+    owners = {(p.namespace, p.name): p.workload for p in facts.kube.pods}
     pods = [
         p for p in facts.kube.unmanaged_pods
-        if p.namespace == namespace and workload in (p.owner_name, p.name)
+        if p.namespace == namespace and workload in (p.owner_name, p.name, owners.get((p.namespace, p.name)))
     ]
     if not pods:
         return None

@@ -13,9 +13,10 @@ or namespace the caller cannot see is refused (403), an unknown one too (422, na
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -282,10 +283,10 @@ def kube_facts(
             UnmanagedPod(p.namespace, p.name, p.owner_kind or "", p.owner_name or "", p.reason)
             for p in kube.unmanaged_pods()
         )
+        # Raw JSON: the client's models refuse pods that lack fields they require (e.g. containers).
+        listing = core.list_pod_for_all_namespaces(_request_timeout=KUBE_TIMEOUT_S, _preload_content=False)
         pods = tuple(
-            pod
-            for item in core.list_pod_for_all_namespaces(_request_timeout=KUBE_TIMEOUT_S).items
-            if (pod := _kube_pod(item)) is not None
+            pod for item in json.loads(listing.data).get("items") or () if (pod := _kube_pod(item)) is not None
         )
     except Exception as exc:  # one unreachable or broken cluster must not fail the report
         log.warning("cluster %s: kube API not usable for the report: %s", cluster.name, exc)
@@ -293,19 +294,19 @@ def kube_facts(
     return KubeFacts(True, "", pods, unmanaged, drift, len(objects))
 
 
-def _kube_pod(item: Any) -> KubePod | None:
-    meta, spec, status = item.metadata, item.spec, item.status
-    if spec is not None and spec.host_network:
+def _kube_pod(item: Mapping[str, Any]) -> KubePod | None:
+    meta, spec, status = item.get("metadata") or {}, item.get("spec") or {}, item.get("status") or {}
+    if spec.get("hostNetwork"):
         return None  # Cilium never manages host-network pods
-    if status is not None and status.phase in ("Succeeded", "Failed"):
+    if status.get("phase") in ("Succeeded", "Failed"):
         return None
-    labels = dict(meta.labels or {})
-    owner = next((r for r in meta.owner_references or () if r.controller), None)
-    kind, name = (owner.kind, owner.name) if owner is not None else ("", meta.name)
+    labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
+    owner = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), None)
+    kind, name = (owner["kind"], owner["name"]) if owner is not None else ("", meta.get("name", ""))
     template_hash = labels.get("pod-template-hash")
     if kind == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
         kind, name = "Deployment", name[: -len(template_hash) - 1]  # the Deployment's ReplicaSet
-    return KubePod(meta.namespace or "", meta.name, labels, name, kind)
+    return KubePod(meta.get("namespace") or "", meta.get("name", ""), labels, name, kind)
 
 
 __all__ = [
