@@ -509,4 +509,7 @@ def create_app(
         app.include_router(
             live_router(live_hub, current_principal, lambda p: ScopeFilter.for_principal(p, tenancy()))
         )
+    from query_api.report_routes import app_router as report_router
+
+    app.include_router(report_router(store, current_principal, authenticator))
     return app

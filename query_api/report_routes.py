@@ -93,7 +93,7 @@ class ReportRouteDeps:
 
     store: FlowStore
     current_principal: Callable[..., Any]
-    control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]]
+    control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]] | None
 
 
 def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
@@ -131,6 +131,8 @@ def router(deps: Any) -> APIRouter:
         if not principal.bindings:
             raise PermissionDenied("reading the validation report", "any role binding", principal)
         params = ReportParams(cluster or None, namespace, workspace or None, since, until, live)
+        if deps.control_plane is None:
+            raise HTTPException(503, "this API has no control-plane store: the report needs the policy sets")
 
         def run() -> Any:
             # Refusals travel back as values: the threadpool must not turn them into 503s.
@@ -155,6 +157,41 @@ def router(deps: Any) -> APIRouter:
         return JSONResponse(result)
 
     return api
+
+
+def app_router(store: FlowStore, current_principal: Callable[..., Any], authenticator: Any) -> APIRouter:
+    """The route as create_app wires it: the control-plane store is the authenticator's tenancy store
+    (each request opens its own connection to the same SQLite file)."""
+    tenancy = getattr(authenticator, "tenancy", None)
+    opener = control_plane_of(tenancy.store) if tenancy is not None else None
+    return router(ReportRouteDeps(store, current_principal, opener))
+
+
+def control_plane_of(shared: ControlPlaneStore) -> Callable[[], AbstractContextManager[ControlPlaneStore]]:
+    """Per-request stores on the file `shared` uses; an in-memory store is shared under a lock."""
+    import sqlite3
+    import threading
+    from contextlib import contextmanager
+
+    rows = shared.execute("PRAGMA database_list")
+    path = next((str(r[2]) for r in rows if r[1] == "main" and r[2]), "")
+    lock = threading.Lock()
+
+    @contextmanager
+    def opened() -> Iterator[ControlPlaneStore]:
+        if not path:
+            with lock:
+                yield shared
+            return
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA foreign_keys = ON")
+        store = ControlPlaneStore(conn)
+        try:
+            yield store
+        finally:
+            store.close()
+
+    return opened
 
 
 def store_opener(data_dir: str) -> Callable[[], AbstractContextManager[ControlPlaneStore]]:

@@ -17,19 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from netwarden.cli import main
 from policy_engine.roles import Principal
 from policy_engine.store import ControlPlaneStore
 from query_api.report_data import ReportParams, validation_report
-from query_api.report_routes import ReportRouteDeps, router, store_opener
 from query_api.store import FlowStore, open_clickhouse
-from tests.kube_api_stub import KubeApiStub
-from tests.query_api.conftest import bearer_principals, encode
 from schemas.clickhouse import FLOWS_TABLE
 from streams.decode import FlowDecoder
+from tests.kube_api_stub import KubeApiStub
+from tests.query_api.conftest import encode
 
 CLUSTER = "rep-it"
 AGENT_START = "2026-01-01T10:00:00Z"
@@ -169,7 +167,7 @@ def _flows(now_ns: int) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def world(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory, capsys_module: Any = None) -> Iterator[dict[str, Any]]:
+def world(chdb_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     data = tmp_path_factory.mktemp("report-control-plane")
     with KubeApiStub(cilium=True, namespaces=("default", "kube-system", "shop", "blog")) as stub:
         _seed_cluster(stub)
@@ -263,24 +261,38 @@ def test_workspace_admin_sees_only_its_workspace(world: dict[str, Any]) -> None:
 
 
 @pytest.fixture(scope="module")
-def client(world: dict[str, Any]) -> TestClient:
-    app = FastAPI()
-    principals = {"org": ORG, "wendy": BLOG_ADMIN, "nobody": Principal(name="nobody", bindings=())}
-    app.include_router(router(ReportRouteDeps(world["flows"], bearer_principals(principals),
-                                              store_opener(str(world["data"])))))
-    from policy_engine.roles import PermissionDenied
+def tokens(world: dict[str, Any]) -> dict[str, str]:
+    """Real API tokens, as `netwarden admin token create` makes them."""
+    from policy_engine.tenancy import Tenancy
 
-    @app.exception_handler(PermissionDenied)
-    async def denied(_: Any, exc: PermissionDenied) -> Any:
-        from fastapi.responses import JSONResponse
+    tenancy = Tenancy(world["control"])
+    out = {}
+    for user, role, scope in (("rep-org", "org-admin", None), ("rep-wendy", "workspace-admin", "rep-blog")):
+        tenancy.create_user(user)
+        tenancy.add_binding(user, role, scope)
+        out[user] = tenancy.create_token(user)[1]
+    tenancy.create_user("rep-nobody")
+    out["rep-nobody"] = tenancy.create_token("rep-nobody")[1]
+    return out
 
-        return JSONResponse(status_code=403, content={"detail": str(exc), "needed": exc.needed})
 
-    return TestClient(app)
+@pytest.fixture(scope="module")
+def client(world: dict[str, Any], tokens: dict[str, str]) -> Iterator[TestClient]:
+    """The API as `netwarden up` builds it: create_app with an Authenticator on the control-plane store."""
+    from policy_engine.tenancy import Tenancy
+    from query_api.app import create_app
+    from query_api.auth import Authenticator
+
+    tenancy = Tenancy.open(world["data"])
+    app = create_app(world["flows"], authenticator=Authenticator(tenancy), ownership=tenancy.ownership)
+    with TestClient(app) as c:
+        yield c
+    tenancy.close()
 
 
-def test_route_json_html_and_refusals(client: TestClient) -> None:
-    auth = {"Authorization": "Bearer org"}
+def test_route_json_html_and_refusals(client: TestClient, tokens: dict[str, str]) -> None:
+    auth = {"Authorization": f"Bearer {tokens['rep-org']}"}
+    wendy_auth = {"Authorization": f"Bearer {tokens['rep-wendy']}"}
     r = client.get("/api/v1/reports/validation", params={"cluster": CLUSTER}, headers=auth)
     assert r.status_code == 200, r.text
     body = r.json()
@@ -298,15 +310,15 @@ def test_route_json_html_and_refusals(client: TestClient) -> None:
         assert external not in html
 
     wendy = client.get("/api/v1/reports/validation", params={"cluster": CLUSTER},
-                       headers={"Authorization": "Bearer wendy"})
+                       headers=wendy_auth)
     assert [n["namespace"] for n in wendy.json()["clusters"][0]["namespaces"]] == ["blog"]
     assert client.get("/api/v1/reports/validation", params={"workspace": "rep-shop"},
-                      headers={"Authorization": "Bearer wendy"}).status_code == 403
+                      headers=wendy_auth).status_code == 403
     bad = client.get("/api/v1/reports/validation", params={"workspace": "no-such"}, headers=auth)
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "workspace"]
     assert client.get("/api/v1/reports/validation", params={"since": "yesterday"}, headers=auth).status_code == 422
     assert client.get("/api/v1/reports/validation").status_code == 401
-    assert client.get("/api/v1/reports/validation", headers={"Authorization": "Bearer nobody"}).status_code == 403
+    assert client.get("/api/v1/reports/validation", headers={"Authorization": f"Bearer {tokens['rep-nobody']}"}).status_code == 403
 
 
 def test_cli_local_table_json_and_errors(world: dict[str, Any], chdb_dir: Path, monkeypatch: pytest.MonkeyPatch,
