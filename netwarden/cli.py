@@ -20,7 +20,9 @@ COMMAND_MODULES = [
     "netwarden.commands.gitops",
     "netwarden.commands.admin",
     "netwarden.commands.hubble",
+    "netwarden.commands.policy_stage",
     "netwarden.commands.report",
+    "netwarden.commands.policy_traffic",
 ]
 
 
