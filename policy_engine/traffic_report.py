@@ -28,6 +28,7 @@ Sections per cluster:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -169,6 +170,27 @@ def conversation_doc(conv: Conversation) -> dict[str, Any]:
         "first_seen": _iso(conv.first_seen),
         "last_seen": _iso(conv.last_seen),
     }
+
+
+def merge_docs(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Conversation documents that differ only in counts merged (the same connection seen at both of
+    Hubble's observation points, or peers that redaction makes alike), biggest first."""
+    merged: dict[str, dict[str, Any]] = {}
+    for doc in docs:
+        key = json.dumps({k: v for k, v in doc.items() if k not in _COUNTS}, sort_keys=True, default=str)
+        into = merged.get(key)
+        if into is None:
+            merged[key] = dict(doc)
+            continue
+        into["flows"] += doc["flows"]
+        if doc.get("first_seen") and (not into.get("first_seen") or doc["first_seen"] < into["first_seen"]):
+            into["first_seen"] = doc["first_seen"]
+        if doc.get("last_seen") and (not into.get("last_seen") or doc["last_seen"] > into["last_seen"]):
+            into["last_seen"] = doc["last_seen"]
+    return sorted(merged.values(), key=lambda d: -d["flows"])
+
+
+_COUNTS = ("flows", "first_seen", "last_seen")
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -504,8 +526,8 @@ def _not_in_effect(facts: ClusterFacts, judged: Sequence[_Judged], view: ReportV
                 "rule": rule,
                 "version": version,
                 "flows": sum(j.conv.flows for j in members),
-                "conversation_count": len(members),
-                "conversations": [conversation_doc(j.shown) for j in members[:CONVERSATIONS_PER_GROUP]],
+                "conversation_count": len(shown := merge_docs(conversation_doc(j.shown) for j in members)),
+                "conversations": shown[:CONVERSATIONS_PER_GROUP],
                 "cause": causes[0]["cause"],
                 "causes": causes,
             }
@@ -574,17 +596,17 @@ def _unexpected_drops(facts: ClusterFacts, judged: Sequence[_Judged], view: Repo
                 "causes": [cause],
             }
         )
-    out.sort(key=lambda d: -d["flows"])
-    return out
+    return merge_docs(out)
 
 
 # -- drops ----------------------------------------------------------------------------------------------
 
 
 def _drops(facts: ClusterFacts, judged: Sequence[_Judged]) -> dict[str, Any]:
-    dropped = sorted((j for j in judged if j.conv.verdict == DROPPED), key=lambda j: -j.conv.flows)
     top = []
-    for j in dropped[:TOP_CONVERSATIONS]:
+    for j in judged:
+        if j.conv.verdict != DROPPED:
+            continue
         top.append(
             {
                 **conversation_doc(j.shown),
@@ -596,7 +618,7 @@ def _drops(facts: ClusterFacts, judged: Sequence[_Judged]) -> dict[str, Any]:
     return {
         "by_reason": [dict(r) for r in facts.rollups.by_reason],
         "by_policy": [dict(r) for r in facts.rollups.by_policy],
-        "top_conversations": top,
+        "top_conversations": merge_docs(top)[:TOP_CONVERSATIONS],
         "buckets": [dict(b) for b in facts.rollups.buckets],
     }
 
@@ -700,7 +722,8 @@ def _staged(facts: ClusterFacts, judged: Sequence[_Judged]) -> list[dict[str, An
                                            "newly_allowed": [], "newly_denied_flows": 0,
                                            "newly_allowed_flows": 0})
         entry[f"{what}_flows"] += j.conv.flows
-        if len(entry[what]) < CONVERSATIONS_PER_GROUP:
-            entry[what].append({**conversation_doc(j.shown), "direction": direction, "object": policy,
-                                "rule": rule})
+        entry[what].append({**conversation_doc(j.shown), "direction": direction, "object": policy, "rule": rule})
+    for entry in entries.values():
+        for what in ("newly_denied", "newly_allowed"):
+            entry[what] = merge_docs(entry[what])[:CONVERSATIONS_PER_GROUP]
     return list(entries.values())

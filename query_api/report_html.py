@@ -47,7 +47,8 @@ def _endpoint(side: Mapping[str, Any]) -> str:
     if side.get("namespace"):
         text = f"{side['namespace']}/{side.get('workload') or '*'}"
     else:
-        text = side.get("reserved") or side.get("ip") or "unknown"
+        reserved, ip = side.get("reserved") or "", side.get("ip") or ""
+        text = f"{reserved} ({ip})" if reserved and ip else reserved or ip or "unknown"
     return _e(text)
 
 

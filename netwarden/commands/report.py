@@ -146,7 +146,8 @@ def _grid(rows: Sequence[Sequence[Any]], indent: str = "  ") -> list[str]:
 def _endpoint(side: Mapping[str, Any]) -> str:
     if side.get("namespace"):
         return f"{side['namespace']}/{side.get('workload') or '*'}"
-    return str(side.get("reserved") or side.get("ip") or "unknown")
+    reserved, ip = side.get("reserved") or "", side.get("ip") or ""
+    return f"{reserved} ({ip})" if reserved and ip else reserved or ip or "unknown"
 
 
 def _pct(value: Any) -> str:

@@ -237,3 +237,12 @@ def test_drops_from_rollups() -> None:
     (cl,) = report(ClusterFacts(CLUSTER, [], DESIRED, rollups=rollups))["clusters"]
     assert cl["drops"]["by_reason"] == [{"reason": "POLICY_DENIED", "flows": 12}]
     assert cl["drops"]["by_policy"][0]["name"] == "x"
+
+
+def test_one_connection_seen_at_both_observation_points_is_listed_once() -> None:
+    egress_point = conv(DB, BLOG, 5432, 1, 30, traffic_direction=2)
+    ingress_point = conv(DB, BLOG, 5432, 1, 10, traffic_direction=1)
+    (cl,) = report(ClusterFacts(CLUSTER, [egress_point, ingress_point], DESIRED))["clusters"]
+    (group,) = cl["not_in_effect"]
+    assert group["conversation_count"] == 1 and group["flows"] == 40
+    assert group["conversations"][0]["flows"] == 40
