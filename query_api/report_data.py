@@ -100,9 +100,11 @@ def _selection(
     if params.namespace and params.workspace:
         raise ReportParamError("workspace", params.workspace, "give --namespace or --workspace, not both")
     if params.workspace is None:
-        if params.namespace and params.cluster and not scope.can_see_namespace(params.cluster, params.namespace):
+        clusters = [params.cluster] if params.cluster else sorted(scope.clusters | {c for c, _ in scope.namespaces})
+        visible = scope.everything or any(scope.can_see_namespace(c, params.namespace or "") for c in clusters)
+        if params.namespace and not visible:
             raise PermissionDenied(
-                f"reporting on namespace {params.cluster}/{params.namespace}",
+                f"reporting on namespace {params.namespace}" + (f" of {params.cluster}" if params.cluster else ""),
                 "a role whose scope includes that namespace", principal,
             )
         return None

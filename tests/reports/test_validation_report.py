@@ -337,3 +337,13 @@ def test_cli_local_table_json_and_errors(world: dict[str, Any], chdb_dir: Path, 
     assert [n["namespace"] for n in json.loads(capsys.readouterr().out)["clusters"][0]["namespaces"]] == ["blog"]
     assert main(["report", "validate", "--since", "soon"]) == 2
     assert "--since" in capsys.readouterr().err
+
+
+def test_namespace_selection(world: dict[str, Any]) -> None:
+    (c,) = _report(world, ORG, namespace="shop")["clusters"]
+    assert [n["namespace"] for n in c["namespaces"]] == ["shop"]
+    assert [g["workload"] for g in c["not_in_effect"]] == ["db"]
+    from policy_engine.roles import PermissionDenied
+
+    with pytest.raises(PermissionDenied):
+        _report(world, BLOG_ADMIN, namespace="shop")
