@@ -161,10 +161,12 @@ def router(deps: Any) -> APIRouter:
 
 def app_router(store: FlowStore, current_principal: Callable[..., Any], authenticator: Any) -> APIRouter:
     """The route as create_app wires it: the control-plane store is the authenticator's tenancy store
-    (each request opens its own connection to the same SQLite file)."""
+    (each request opens its own connection to the same SQLite file). An app without one (no token
+    authenticator, e.g. a test app) has no report route."""
     tenancy = getattr(authenticator, "tenancy", None)
-    opener = control_plane_of(tenancy.store) if tenancy is not None else None
-    return router(ReportRouteDeps(store, current_principal, opener))
+    if tenancy is None:
+        return APIRouter()  # no control plane, no policy sets: the API serves no report
+    return router(ReportRouteDeps(store, current_principal, control_plane_of(tenancy.store)))
 
 
 def control_plane_of(shared: ControlPlaneStore) -> Callable[[], AbstractContextManager[ControlPlaneStore]]:
