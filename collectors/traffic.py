@@ -391,20 +391,22 @@ class DemoTraffic:
             (False, flow_pb2.TCPFlags(ACK=True), "ACK", flow_pb2.ESTABLISHED),
         ]
         steps = []
+        # The first packet of a connection gets a policy-verdict event at each endpoint where policy
+        # applies: egress at the client's, ingress at the server's (also when both share a node).
+        verdict_events = [(client.node, flow_pb2.EGRESS, egress_by), (server.node, flow_pb2.INGRESS, ingress_by)]
         for reply, flags, summary, reason in packets:
             src, dst = (server, client) if reply else (client, server)
-            for node, point, direction in self._observations(client, server, reply):
-                if flags.SYN and not reply:
-                    # The first packet of a connection gets a policy-verdict event where policy applies.
-                    at_client = node == client.node and direction == flow_pb2.EGRESS
-                    allowed = egress_by if at_client else ingress_by
-                    if allowed:
+            if flags.SYN and not reply:
+                for node, direction, allowed in verdict_events:
+                    if allowed and node:
                         pv = self._base(src, dst, False, direction)
                         pv.event_type.type = _POLICY_VERDICT
                         pv.policy_match_type = 2  # L3-L4
                         pv.Summary = f"TCP Flags: {summary}"
-                        (pv.egress_allowed_by if at_client else pv.ingress_allowed_by).extend(allowed)
+                        (pv.egress_allowed_by if direction == flow_pb2.EGRESS else pv.ingress_allowed_by).extend(
+                            allowed)
                         steps.append(self._step(node, pv, 1, True, port, flags))
+            for node, point, direction in self._observations(client, server, reply):
                 flow = self._base(src, dst, reply, direction)
                 flow.event_type.type = _TRACE
                 flow.event_type.sub_type = point

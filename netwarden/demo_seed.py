@@ -14,8 +14,9 @@ and mints new ones only for users whose token is missing, revoked or expired.
 
 `seed_demo_policies` gives the demo its policy (netwarden/demo/policies.yaml: blueprint demo-zero-trust on
 both clusters, namespace policies for the demo applications, with the faults netwarden/demo/FAULTS.md
-describes) and registers each cluster's kube API (the stand-in `up` serves) as its apiServer; also
-idempotent: applying the same documents again writes nothing.
+describes) and registers each cluster's kube API (the stand-in `up` serves) as its apiServer. The documents are
+applied only while the demo blueprint does not exist yet, so a restarted `up` writes nothing and keeps what
+users changed since.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from policy_engine.tenancy import Tenancy, parse_binding
 
 TOKENS_FILE = "demo-tokens.json"
 DEMO_POLICIES = Path(__file__).parent / "demo" / "policies.yaml"
+DEMO_BLUEPRINT = "demo-zero-trust"
 # With a policy, the demo clusters run Calico with Cilium chained (pods that predate Cilium exist there).
 DEMO_PRIMARY_CNI = "calico"
 DEMO_NAMESPACES = ("shop", "data", "monitoring", "kube-system")
@@ -113,9 +115,9 @@ def seed_demo_policies(store: ControlPlaneStore, api_servers: Mapping[str, str])
                              api_server=api_servers.get(cluster.name), namespaces=cluster.namespaces)
             if cp.put_cluster(wanted) != "unchanged":
                 changes.append(f"update    Cluster {cluster.name} (apiServer {wanted.api_server})")
-        for change in apply_documents(cp, load_documents(DEMO_POLICIES)):
-            if change.action != "unchanged":
-                changes.append(str(change))
+        # Once: what users change afterwards (apply, stage, promote, rollback) is theirs to keep across restarts.
+        if store.get_blueprint(DEMO_BLUEPRINT) is None:
+            changes += [str(c) for c in apply_documents(cp, load_documents(DEMO_POLICIES)) if c.action != "unchanged"]
     return changes
 
 
