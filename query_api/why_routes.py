@@ -1,0 +1,281 @@
+"""GET /api/v1/why and the gathering behind `netwarden why`: one pair's history, verdicts and fix.
+
+The answer is assembled by policy_engine.why (pure); this module reads what it needs: the pair's
+conversations (query_api.conversations, one GROUP BY over the hourly table, scoped in SQL, read unredacted
+because the sides' labels decide the verdicts, then redacted by why's own rule), which workload a pod name or
+pod IP belongs to (one small lookup in `flows`), the cluster's desired and staged policy sets (the recorded
+inventory, as the stream enriches with), ownership (scope and who may write) and each policy's scope.
+
+Any role binding may ask, about a pair with at least one side in its scope (403 otherwise); the side
+outside the scope is shown as flows show it (namespace, reserved identity).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from policy_engine.roles import PermissionDenied, Principal
+from policy_engine.store import ControlPlaneStore
+from policy_engine.why import PeerSpec, WhyInputError, WhyQuery, explain, pair_conversations, parse_query
+from query_api.conversations import ConversationQueryError, read_conversations
+from query_api.flow_query import FilterValueError, parse_time_ns
+from query_api.scope import ScopeFilter
+from query_api.store import FlowStore
+from schemas.clickhouse import FLOWS_TABLE
+
+DEFAULT_SINCE = "24h"
+
+
+@dataclass(frozen=True)
+class WhyParams:
+    cluster: str | None
+    source: str | None
+    destination: str | None
+    port: int | None = None
+    protocol: str | None = None
+    since: str | None = None  # RFC 3339 or a duration ago; default 24h
+    until: str | None = None
+
+
+def _window(params: WhyParams, now_ns: int) -> tuple[datetime, datetime]:
+    try:
+        until_ns = parse_time_ns("until", params.until, now_ns) if params.until else now_ns
+        since_ns = parse_time_ns("since", params.since or DEFAULT_SINCE, now_ns)
+    except FilterValueError as exc:
+        raise WhyInputError(exc.parameter, exc.value, exc.reason) from None
+    if since_ns >= until_ns:
+        raise WhyInputError("since", params.since, "since must be before until")
+    return datetime.fromtimestamp(since_ns / 1e9, tz=UTC), datetime.fromtimestamp(until_ns / 1e9, tz=UTC)
+
+
+def _window_sql(window: tuple[datetime, datetime]) -> tuple[str, dict[str, Any]]:
+    return (
+        "time >= fromUnixTimestamp64Nano({w_since:Int64}) AND time < fromUnixTimestamp64Nano({w_until:Int64})",
+        {"w_since": int(window[0].timestamp() * 1e9), "w_until": int(window[1].timestamp() * 1e9)},
+    )
+
+
+def resolve_peer(client: Any, cluster: str, spec: PeerSpec, window: tuple[datetime, datetime]) -> tuple[PeerSpec, str]:
+    """(spec, workload): a pod IP becomes NS/POD; a pod name gets the workload Hubble named for it ("" when
+    the name is no pod seen in the window, e.g. already a workload name). One LIMIT 1 lookup per side."""
+    cond, params = _window_sql(window)
+    params["cluster"] = cluster
+    if spec.ip:
+        params["ip"] = spec.ip
+        where = "cluster = {cluster:String} AND " + cond
+        sql = " UNION ALL ".join(
+            f"(SELECT {s}_namespace AS ns, {s}_pod AS pod, "
+            f"if(notEmpty({s}_workload_names), {s}_workload_names[1], {s}_pod) AS workload FROM {FLOWS_TABLE} "
+            f"WHERE {where} AND ip_{s} = toIPv6({{ip:String}}) AND {s}_namespace != '' AND {s}_pod != '' LIMIT 1)"
+            for s in ("src", "dst")
+        )
+        rows = client.query(sql, parameters=params).result_rows
+        if not rows:
+            return spec, ""
+        namespace, pod, workload = rows[0]
+        return PeerSpec(spec.text, namespace=namespace, name=pod), workload
+    params.update(ns=spec.namespace, pod=spec.name)
+    sql = " UNION ALL ".join(
+        f"(SELECT if(notEmpty({s}_workload_names), {s}_workload_names[1], {s}_pod) FROM {FLOWS_TABLE} "
+        f"WHERE cluster = {{cluster:String}} AND {s}_namespace = {{ns:String}} AND {s}_pod = {{pod:String}} "
+        f"AND {cond} LIMIT 1)"
+        for s in ("src", "dst")
+    )
+    rows = client.query(sql, parameters=params).result_rows
+    return spec, (rows[0][0] if rows else "")
+
+
+def why_report(
+    flows: FlowStore,
+    control: ControlPlaneStore,
+    principal: Principal,
+    params: WhyParams,
+    *,
+    now_ns: int | None = None,
+) -> dict[str, Any]:
+    """The why document (policy_engine.why.explain) for what `principal` may see."""
+    import time
+
+    from policy_engine.inventory import cluster_inventory, latest_inventory
+    from policy_engine.tenancy import ownership_index_of
+    from policy_engine.validation import validate_object
+
+    window = _window(params, time.time_ns() if now_ns is None else now_ns)
+    query = parse_query(params.cluster, params.source, params.destination, params.port, params.protocol)
+    ownership = ownership_index_of(control).merged_ownership()
+    scope = ScopeFilter.for_principal(principal, ownership)
+    if scope.empty:
+        raise PermissionDenied("asking why", "any role binding", principal)
+    client = flows.client
+    source, source_workload = resolve_peer(client, query.cluster, query.source, window)
+    destination, destination_workload = resolve_peer(client, query.cluster, query.destination, window)
+    query = WhyQuery(query.cluster, source, destination, query.port, query.protocol)
+    if not (scope.can_see_namespace(query.cluster, source.namespace)
+            or scope.can_see_namespace(query.cluster, destination.namespace)):
+        raise PermissionDenied(
+            f"asking why about {query.source.text} -> {query.destination.text} in cluster {query.cluster}",
+            "a role whose scope includes one of the two sides", principal,
+        )
+    places = {(query.cluster, s.namespace) for s in (source, destination) if s.namespace}
+    conversations = read_conversations(
+        client, since=window[0], until=window[1], clusters=[query.cluster], scope=scope,
+        places=places or None, port=query.port, protocol=query.protocol, redact=False,
+    )
+    workloads = {s.name: w for s, w in ((source, source_workload), (destination, destination_workload)) if w}
+    if not pair_conversations(conversations, query, workloads) and places:
+        # No history of the pair: read the sides' other conversations for their labels.
+        conversations = read_conversations(
+            client, since=window[0], until=window[1], clusters=[query.cluster], scope=scope, places=places,
+            redact=False,
+        )
+    inventory = latest_inventory(control).get(query.cluster)
+    if inventory is None and control.get_cluster(query.cluster) is not None:
+        inventory = cluster_inventory(control, query.cluster)
+    if inventory is None and not conversations:
+        raise WhyInputError("cluster", query.cluster, f"unknown cluster {query.cluster!r}")
+
+    def policy_scope(name: str) -> str:
+        version = control.get_policy(name)
+        return version.spec.scope if version is not None else ""
+
+    return explain(
+        query, conversations, inventory.desired if inventory else None, inventory.staged if inventory else None,
+        window=window, visible=scope.can_see_namespace, ownership=ownership, workloads=workloads,
+        policy_scope=policy_scope, validate=validate_object,
+        existing_policies={pv.name for pv in control.list_policies()},
+    )
+
+
+# ---- the route ---------------------------------------------------------------------------------------------
+
+
+class WhyDirection(BaseModel):
+    verdict: str
+    policy: str = Field(description="deciding rendered object, Kind/namespace/name")
+    rule: str = Field(description='deciding rule: "ingress[0]", "egressDeny[1]", "default-deny", ...')
+    netwarden_policy: str
+    netwarden_rule: str
+    version: int
+
+
+class WhyDecision(BaseModel):
+    verdict: str = Field(description="FORWARDED, DROPPED or NOT_EVALUATED (the connection's: egress, then ingress)")
+    drop_reason: str
+    revision: int
+    egress: WhyDirection
+    ingress: WhyDirection
+    differs: bool | None = Field(None, description="staged only: the staged verdict differs from the desired one")
+    staged_versions: list[dict[str, Any]] | None = None
+
+
+class WhyFix(BaseModel):
+    directions: list[dict[str, Any]] = Field(
+        description="per denied direction: where it is enforced, the action, the policy to apply or the deny "
+        "rule in the way, and the roles that may write there"
+    )
+    documents: list[dict[str, Any]] = Field(description="netwarden.io/v1 Policy and Assignment documents")
+    yaml: str = Field(description="the documents as YAML, for `netwarden apply -f`")
+    verified: bool | None = Field(description="the desired set with the documents added allows the pair")
+    notes: list[str]
+
+
+class WhyAnswer(BaseModel):
+    query: dict[str, Any]
+    window: dict[str, Any]
+    source: dict[str, Any]
+    destination: dict[str, Any]
+    observed: dict[str, Any] = Field(description="what Hubble saw: flows per verdict, drop reason, attribution")
+    desired: WhyDecision | None
+    staged: WhyDecision | None
+    fix: WhyFix | None
+    notes: list[str]
+
+
+@dataclass
+class WhyRouteDeps:
+    """The flow store, the principal dependency and a control-plane store opener (None: not configured)."""
+
+    store: FlowStore
+    current_principal: Callable[..., Any]
+    control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]] | None
+
+
+def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=422,
+        content={"detail": [{"loc": ["query", parameter], "msg": message, "type": "value_error", "input": value}]},
+    )
+
+
+def router(deps: WhyRouteDeps) -> APIRouter:
+    api = APIRouter()
+
+    @api.get(
+        "/api/v1/why",
+        response_model=WhyAnswer,
+        responses={
+            401: {"description": "no or bad credentials"},
+            403: {"description": "neither side of the pair is in the caller's scope"},
+            422: {"description": "a bad parameter, named"},
+            503: {"description": "flow store or control plane unavailable"},
+        },
+    )
+    async def get_why(
+        cluster: str = Query(..., description="the cluster the pair lives in"),
+        source: str = Query(..., alias="from", description="NAMESPACE/WORKLOAD, NAMESPACE/POD or an IP"),
+        destination: str = Query(..., alias="to", description="NAMESPACE/WORKLOAD, NAMESPACE/POD or an IP"),
+        port: int | None = Query(None, description="server port; for ICMP the type (default echo request)"),
+        protocol: str = Query("TCP", description="TCP, UDP, SCTP, ICMP or ICMPv6"),
+        since: str | None = Query(None, description="RFC 3339 or a duration ago (default 24h)"),
+        until: str | None = Query(None, description="RFC 3339 or a duration ago (default now)"),
+        principal: Principal = Depends(deps.current_principal),
+    ) -> Any:
+        if not principal.bindings:
+            raise PermissionDenied("asking why", "any role binding", principal)
+        if deps.control_plane is None:
+            raise HTTPException(503, "control plane not configured")
+        opener = deps.control_plane
+        params = WhyParams(cluster, source, destination, port, protocol, since, until)
+
+        def run() -> Any:
+            # Refusals travel back as values: the threadpool must not turn them into 503s.
+            try:
+                with opener() as control:
+                    return why_report(deps.store, control, principal, params)
+            except (PermissionDenied, WhyInputError, ConversationQueryError) as exc:
+                return exc
+
+        try:
+            result = await run_in_threadpool(run)
+        except Exception:
+            raise HTTPException(503, "flow store unavailable") from None
+        if isinstance(result, PermissionDenied):
+            raise result
+        if isinstance(result, WhyInputError):
+            return _unprocessable(result.parameter, result.value, result.reason)
+        if isinstance(result, ConversationQueryError):
+            return _unprocessable(str(result).split(":")[0], None, str(result))
+        return JSONResponse(result)
+
+    return api
+
+
+def app_router(store: FlowStore, current_principal: Callable[..., Any], authenticator: Any) -> APIRouter:
+    """The route as create_app wires it: the control-plane store is the authenticator's tenancy store."""
+    from query_api.report_routes import control_plane_of
+
+    tenancy = getattr(authenticator, "tenancy", None)
+    opener = control_plane_of(tenancy.store) if tenancy is not None else None
+    return router(WhyRouteDeps(store, current_principal, opener))
+
+
+__all__ = ["WhyParams", "WhyRouteDeps", "app_router", "resolve_peer", "router", "why_report"]
