@@ -115,13 +115,23 @@ def what_if(
 
 
 def recommend_scope(
-    store: ControlPlaneStore, principal: Principal, cluster: str, namespace: str | None, workspace: str | None
+    store: ControlPlaneStore,
+    principal: Principal,
+    cluster: str,
+    namespace: str | None,
+    workspace: str | None,
+    namespaces: Sequence[str] | None = None,
 ) -> list[str]:
-    """The namespaces of the request on `cluster`, each visible to the principal (PermissionDenied otherwise)."""
-    if (namespace is None) == (workspace is None):
+    """The namespaces of the request on `cluster` (a namespace, a workspace's, or a list), each visible to the
+    principal (PermissionDenied otherwise)."""
+    if [namespace, workspace, namespaces].count(None) != 2:
         raise TrafficParamError("namespace", namespace, "exactly one of namespace or workspace")
     if store.get_cluster(cluster) is None:
         raise TrafficParamError("cluster", cluster, f"unknown cluster {cluster!r}")
+    if namespaces is not None:
+        for ns in namespaces:
+            recommend_scope(store, principal, cluster, ns, None)
+        return sorted(set(namespaces))
     if workspace is not None:
         ws = store.get_workspace(workspace)
         if ws is None:
@@ -162,11 +172,12 @@ def recommendation(
     cluster: str,
     namespace: str | None = None,
     workspace: str | None = None,
+    namespaces: Sequence[str] | None = None,
     engine: str = "auto",
 ) -> Recommendation:
-    """Least-privilege documents for the namespace or workspace on `cluster` from the window's conversations,
-    each rule validated against the real schemas (a failure is a bug: it raises PolicyInvalid)."""
-    namespaces = recommend_scope(store, principal, cluster, namespace, workspace)
+    """Least-privilege documents for the namespace, workspace or namespaces on `cluster` from the window's
+    conversations, each rule validated against the real schemas (a failure is a bug: it raises PolicyInvalid)."""
+    namespaces = recommend_scope(store, principal, cluster, namespace, workspace, namespaces)
     form = recommendation_form(store, cluster, engine)
     scope = ScopeFilter.for_principal(principal, store.ownership())
     conversations = read_conversations(
