@@ -224,6 +224,8 @@ def test_route_answers_in_scope_and_refuses_clearly(app: FastAPI) -> None:
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "port"]
     bad = client.get("/api/v1/why", params={**query, "to": "api"}, headers={"Authorization": "Bearer org"})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "to"]
+    bad = client.get("/api/v1/why", params={**query, "cluster": "no-such"}, headers={"Authorization": "Bearer org"})
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "cluster"]
     assert client.get("/api/v1/why", params=query).status_code == 401
     assert client.get("/api/v1/why", params=query, headers={"Authorization": "Bearer nobody"}).status_code == 403
     assert "/api/v1/why" in client.get("/openapi.json").json()["paths"]
