@@ -202,11 +202,11 @@ class WhyAnswer(BaseModel):
 
 @dataclass
 class WhyRouteDeps:
-    """The flow store, the principal dependency and a control-plane store opener (None: not configured)."""
+    """The flow store, the principal dependency and a control-plane store opener (one store per request)."""
 
     store: FlowStore
     current_principal: Callable[..., Any]
-    control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]] | None
+    control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]]
 
 
 def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
@@ -226,7 +226,7 @@ def router(deps: WhyRouteDeps) -> APIRouter:
             401: {"description": "no or bad credentials"},
             403: {"description": "neither side of the pair is in the caller's scope"},
             422: {"description": "a bad parameter, named"},
-            503: {"description": "flow store or control plane unavailable"},
+            503: {"description": "flow store unavailable"},
         },
     )
     async def get_why(
@@ -241,8 +241,6 @@ def router(deps: WhyRouteDeps) -> APIRouter:
     ) -> Any:
         if not principal.bindings:
             raise PermissionDenied("asking why", "any role binding", principal)
-        if deps.control_plane is None:
-            raise HTTPException(503, "control plane not configured")
         opener = deps.control_plane
         params = WhyParams(cluster, source, destination, port, protocol, since, until)
 
@@ -274,8 +272,9 @@ def app_router(store: FlowStore, current_principal: Callable[..., Any], authenti
     from query_api.report_routes import control_plane_of
 
     tenancy = getattr(authenticator, "tenancy", None)
-    opener = control_plane_of(tenancy.store) if tenancy is not None else None
-    return router(WhyRouteDeps(store, current_principal, opener))
+    if tenancy is None:
+        return APIRouter()  # no control plane (e.g. a test app): no policy sets to explain with
+    return router(WhyRouteDeps(store, current_principal, control_plane_of(tenancy.store)))
 
 
 __all__ = ["WhyParams", "WhyRouteDeps", "app_router", "resolve_peer", "router", "why_report"]
