@@ -3,8 +3,8 @@
 Input per cluster (`ClusterFacts`): the window's conversations (schemas.conversation, read UNREDACTED so they
 can be judged; the report redacts what it shows through `ReportView.redact`), the cluster's desired and staged
 policy sets (schemas.inventory.PolicySet), what its kube API said (`KubeFacts`: pods, pods Cilium does not
-enforce, drift of the rendered objects; None when it was not asked or not reachable) and the drop rollups
-(query_api.summary). query_api.report_data gathers them; this module only decides and groups.
+enforce, drift of the rendered objects; None when it was not asked or not reachable); for the whole report, the
+drop rollups (query_api.summary: one query however many clusters). query_api.report_data gathers them; this module only decides and groups.
 
 Each conversation's decision under the current set is the one the stream stored when it is current (verdict
 evaluated, same revision), else it is decided again with policy_engine.flow_keys (same rules as the stream).
@@ -18,7 +18,8 @@ Sections per cluster:
   missing, drifted or at an older version on the cluster);
 - unexpected_drops: conversations Hubble DROPPED that the desired set allows, with the cause from Hubble's
   attribution, the drift of the allowing objects, or the drop reason;
-- drops: by reason and by policy (rollups), the top dropped conversations;
+- drops: by reason and by policy (Hubble's attribution), the top dropped conversations; the report's own
+  `drops` (all its clusters) adds the verdicts over time, from the rollups;
 - rules / unused_rules: every rule of every object in effect with the flows it decided in the window and the
   last time it did (empty Cilium rules, which only switch default deny on, count the default-deny decisions
   of their policy and direction); unused_rules are those that decided none;
@@ -96,7 +97,7 @@ class KubeFacts:
 
 @dataclass(frozen=True)
 class DropRollups:
-    """Drops of the window from the rollups (query_api.summary documents)."""
+    """The report's drops and verdicts over time from the rollups (query_api.summary documents)."""
 
     by_reason: tuple[Mapping[str, Any], ...] = ()
     by_policy: tuple[Mapping[str, Any], ...] = ()
@@ -112,7 +113,6 @@ class ClusterFacts:
     namespace_workspaces: Mapping[str, str] = field(default_factory=dict)
     known_namespaces: Iterable[str] = ()  # declared namespaces (workspaces, policy set) besides those seen
     kube: KubeFacts | None = None
-    rollups: DropRollups = field(default_factory=DropRollups)
     lost_ranges: tuple[Mapping[str, Any], ...] = ()
 
 
@@ -246,12 +246,18 @@ def _netwarden_policy(policy_set: PolicySet | None, key: str) -> tuple[str, int]
 
 def validation_report(
     since: datetime, until: datetime, clusters: Sequence[ClusterFacts], view: ReportView,
-    decider: Decider | None = None,
+    decider: Decider | None = None, rollups: DropRollups | None = None,
 ) -> dict[str, Any]:
-    """The report document (JSON-ready): {"window": {"since", "until"}, "clusters": [...]}."""
+    """The report document (JSON-ready): {"window": {"since", "until"}, "drops", "clusters": [...]}."""
     decider = decider or Decider()
+    rollups = rollups or DropRollups()
     return {
         "window": {"since": _iso(since), "until": _iso(until)},
+        "drops": {
+            "by_reason": [dict(r) for r in rollups.by_reason],
+            "by_policy": [dict(r) for r in rollups.by_policy],
+            "buckets": [dict(b) for b in rollups.buckets],
+        },
         "clusters": [_cluster_report(facts, view, decider) for facts in clusters],
     }
 
@@ -295,7 +301,7 @@ def _cluster_report(facts: ClusterFacts, view: ReportView, decider: Decider) -> 
         "namespaces": _namespaces(facts, judged, view, decider),
         "not_in_effect": _not_in_effect(facts, judged, view),
         "unexpected_drops": _unexpected_drops(facts, judged, view),
-        "drops": _drops(facts, judged),
+        "drops": _drops(judged),
     }
     rules = _rules(facts, judged, view, decider)
     doc["rules"] = rules
@@ -602,11 +608,18 @@ def _unexpected_drops(facts: ClusterFacts, judged: Sequence[_Judged], view: Repo
 # -- drops ----------------------------------------------------------------------------------------------
 
 
-def _drops(facts: ClusterFacts, judged: Sequence[_Judged]) -> dict[str, Any]:
+def _drops(judged: Sequence[_Judged]) -> dict[str, Any]:
+    """Drops by reason and by the policies Hubble names (conversations count what the rollups count)."""
+    reasons: dict[str, int] = {}
+    policies: dict[str, int] = {}
     top = []
     for j in judged:
         if j.conv.verdict != DROPPED:
             continue
+        name = drop_reason_name(j.conv.drop_reason) or "UNKNOWN"
+        reasons[name] = reasons.get(name, 0) + j.conv.flows
+        for policy in j.conv.hubble_denied_by:
+            policies[policy] = policies.get(policy, 0) + j.conv.flows
         top.append(
             {
                 **conversation_doc(j.shown),
@@ -615,11 +628,15 @@ def _drops(facts: ClusterFacts, judged: Sequence[_Judged]) -> dict[str, Any]:
                 "desired": VERDICT_NAMES.get(j.desired.verdict, "") or "not evaluated",
             }
         )
+    by_policy = []
+    for key, n in sorted(policies.items(), key=lambda kv: (-kv[1], kv[0])):
+        kind, _, rest = key.partition("/")
+        namespace, _, name = rest.partition("/")
+        by_policy.append({"kind": kind, "namespace": namespace, "name": name, "flows": n})
     return {
-        "by_reason": [dict(r) for r in facts.rollups.by_reason],
-        "by_policy": [dict(r) for r in facts.rollups.by_policy],
+        "by_reason": [{"reason": r, "flows": n} for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "by_policy": by_policy,
         "top_conversations": merge_docs(top)[:TOP_CONVERSATIONS],
-        "buckets": [dict(b) for b in facts.rollups.buckets],
     }
 
 

@@ -3,7 +3,8 @@
 `validation_report(flows, control_plane_store, principal, params)` reads what policy_engine.traffic_report
 assembles: the window's conversations (one GROUP BY over the hourly conversation table, scoped in SQL, read
 unredacted so they can be judged again and redacted for display), each cluster's desired and staged sets (the
-recorded inventory, i.e. what the stream enriched with), the drop rollups (query_api.summary) and, unless
+recorded inventory, i.e. what the stream enriched with), the drop rollups of the report's scope (query_api.summary,
+one summary however many clusters) and, unless
 `live=False`, what each cluster's kube API says: its pods, the pods Cilium does not enforce and the drift of the
 rendered objects (policy_engine.kube, the same calls `netwarden sync` and `diff` make).
 
@@ -176,7 +177,7 @@ def validation_report(
     owners = index.entries()
 
     clock = time.perf_counter()
-    rollups = {c: _rollups(flows, c, scope, params, places, since_ns, until_ns, now_ns) for c in sorted(names)}
+    rollups = _rollups(flows, scope, params, places, since_ns, until_ns, now_ns)
     t_roll = time.perf_counter() - clock
     clock = time.perf_counter()
     kube: dict[str, KubeFacts | None] = {}
@@ -204,12 +205,11 @@ def validation_report(
                 namespace_workspaces={ns: e.workspace for (c, ns), e in owners.items() if c == name},
                 known_namespaces=sorted(known),
                 kube=kube[name],
-                rollups=rollups[name],
             )
         )
     clock = time.perf_counter()
     view = ReportView(in_report=in_report, redact=lambda c: redact_conversation(c, scope))
-    report = assemble(_dt(since_ns), _dt(until_ns), facts, view, Decider())
+    report = assemble(_dt(since_ns), _dt(until_ns), facts, view, Decider(), rollups)
     t_assemble = time.perf_counter() - clock
     if timings is not None:
         timings.update(conversations_s=t_conv, rollups_s=t_roll, kube_s=t_kube, assemble_s=t_assemble,
@@ -219,7 +219,6 @@ def validation_report(
 
 def _rollups(
     flows: FlowStore,
-    cluster: str,
     scope: ScopeFilter,
     params: ReportParams,
     places: set[tuple[str, str]] | None,
@@ -232,7 +231,7 @@ def _rollups(
     if places is not None:  # a workspace: its visible namespaces are the scope of the summary
         narrowed = ScopeFilter(namespaces=frozenset(places))
     window = parse_window(rfc3339(since_ns), rfc3339(until_ns), None, now_ns)
-    flt = FlowFilter(cluster=cluster, namespace=params.namespace)
+    flt = FlowFilter(cluster=params.cluster, namespace=params.namespace)
     doc = summarize(flows, flt, window, None if narrowed.everything else narrowed, top=0, max_edges=0)
     return DropRollups(
         by_reason=tuple(doc["drops_by_reason"]),

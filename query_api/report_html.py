@@ -176,7 +176,6 @@ def _cluster_html(c: Mapping[str, Any]) -> str:
         + "</div>"
     )
     drops = c.get("drops") or {}
-    parts.append("<h3>Flows per verdict</h3>" + verdict_chart(drops.get("buckets") or []))
 
     parts.append("<h3>Zero-trust coverage</h3>")
     rows = []
@@ -257,7 +256,15 @@ def _cluster_html(c: Mapping[str, Any]) -> str:
 def render_html(report: Mapping[str, Any]) -> str:
     window = report.get("window") or {}
     clusters = report.get("clusters") or []
-    body = "".join(_cluster_html(c) for c in clusters) or '<p class="muted">no cluster in this report</p>'
+    drops = report.get("drops") or {}
+    overview = (
+        "<h2>All clusters in this report</h2><h3>Flows per verdict</h3>" + verdict_chart(drops.get("buckets") or [])
+        + "<h3>Drops by reason</h3>"
+        + bar_chart([(str(r["reason"]), int(r["flows"])) for r in drops.get("by_reason") or []])
+    )
+    body = overview + (
+        "".join(_cluster_html(c) for c in clusters) or '<p class="muted">no cluster in this report</p>'
+    )
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

@@ -161,6 +161,10 @@ def _conv(c: Mapping[str, Any]) -> str:
 def render_table(report: Mapping[str, Any]) -> str:
     window = report.get("window") or {}
     out = [f"validation report {window.get('since')} .. {window.get('until')}"]
+    fleet = report.get("drops") or {}
+    total = sum(sum((b.get("verdicts") or {}).values()) for b in fleet.get("buckets") or [])
+    reasons = ", ".join(f"{r['reason']} {r['flows']}" for r in fleet.get("by_reason") or []) or "none"
+    out.append(f"all clusters: {total} flow(s); drops by reason: {reasons}")
     for c in report.get("clusters") or []:
         desired = c.get("desired_set") or {}
         kube = c.get("kube")

@@ -231,12 +231,18 @@ def test_scope_limits_namespaces_and_redacts_peers() -> None:
     assert top["drops"]["top_conversations"][0]["source"]["workload"] == ""
 
 
-def test_drops_from_rollups() -> None:
-    rollups = DropRollups(by_reason=({"reason": "POLICY_DENIED", "flows": 12},),
-                          by_policy=({"kind": "CiliumNetworkPolicy", "namespace": "shop", "name": "x", "flows": 3},))
-    (cl,) = report(ClusterFacts(CLUSTER, [], DESIRED, rollups=rollups))["clusters"]
-    assert cl["drops"]["by_reason"] == [{"reason": "POLICY_DENIED", "flows": 12}]
-    assert cl["drops"]["by_policy"][0]["name"] == "x"
+def test_drops_by_reason_and_policy() -> None:
+    denied = conv(WEB, API, 8080, 2, 7, drop_reason=181, hubble_denied_by=("CiliumNetworkPolicy/shop/x",))
+    isolated = conv(DB, BLOG, 5432, 2, 5, drop_reason=133)
+    rollups = DropRollups(by_reason=({"reason": "POLICY_DENY", "flows": 7}, {"reason": "POLICY_DENIED", "flows": 5}),
+                          buckets=({"start": "2026-11-29T10:00:00Z", "verdicts": {"DROPPED": 12}},))
+    doc = validation_report(T0, T0 + timedelta(hours=1), [ClusterFacts(CLUSTER, [denied, isolated], DESIRED)],
+                            ReportView(everything), rollups=rollups)
+    (cl,) = doc["clusters"]
+    assert cl["drops"]["by_reason"] == [{"reason": "POLICY_DENY", "flows": 7}, {"reason": "POLICY_DENIED", "flows": 5}]
+    assert cl["drops"]["by_policy"] == [{"kind": "CiliumNetworkPolicy", "namespace": "shop", "name": "x", "flows": 7}]
+    assert doc["drops"]["by_reason"] == cl["drops"]["by_reason"]
+    assert doc["drops"]["buckets"][0]["verdicts"] == {"DROPPED": 12}
 
 
 def test_one_connection_seen_at_both_observation_points_is_listed_once() -> None:

@@ -226,6 +226,12 @@ def test_each_planted_fault_lands_in_its_list(world: dict[str, Any]) -> None:
     assert shop["coverage"]["egress"]["workloads_selected"] == shop["coverage"]["egress"]["workloads_total"] == 3
     # drops from the rollups, the top dropped conversations from history
     assert {r["reason"]: r["flows"] for r in c["drops"]["by_reason"]} == {"POLICY_DENY": 7, "POLICY_DENIED": 4}
+    assert c["drops"]["by_policy"] == [{"kind": "CiliumNetworkPolicy", "namespace": "blog", "name": "hand-made",
+                                        "flows": 7}]
+    # the report's own drops come from the rollups: the same counts
+    report = _report(world, ORG)
+    assert {r["reason"]: r["flows"] for r in report["drops"]["by_reason"]} == {"POLICY_DENY": 7, "POLICY_DENIED": 4}
+    assert sum(sum(b["verdicts"].values()) for b in report["drops"]["buckets"]) == 56
     assert [t["flows"] for t in c["drops"]["top_conversations"]] == [7, 4]
 
 
