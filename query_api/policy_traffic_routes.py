@@ -18,22 +18,35 @@ functions (`what_if`, `recommendation`) are also what the CLI's local mode and `
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import yaml
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
 from policy_engine.blueprints import cilium_enforces
 from policy_engine.control_plane import ControlPlane, resolve_policy_set, validate_policy
-from policy_engine.gitops import Document
+from policy_engine.gitops import Document, GitOpsErrors
 from policy_engine.recommend import Form, Recommendation, recommend
 from policy_engine.roles import PermissionDenied, Principal
 from policy_engine.store import ControlPlaneStore, StoreError
-from policy_engine.whatif import WhatIfReport, candidate_policy_sets, compare, current_policy_sets
-from query_api.conversations import read_conversations, redact_conversation
+from policy_engine.whatif import (
+    WhatIfReport,
+    candidate_policy_sets,
+    compare,
+    current_policy_sets,
+    parse_documents,
+)
+from query_api.conversations import ConversationQueryError, read_conversations, redact_conversation
 from query_api.flow_query import parse_time_ns
 from query_api.scope import ScopeFilter
+from query_api.store import FlowStore
 
 DEFAULT_SINCE = "7d"
 ENGINES = ("auto", "cilium", "kubernetes")
@@ -191,30 +204,206 @@ def recommendation(
 
 
 @contextmanager
-def scratch_copy(store_path: str) -> Iterator[ControlPlaneStore]:
-    """A private in-memory copy of the SQLite control-plane store at `store_path`: a what-if in a server
-    never holds a transaction on the store every request authenticates against."""
-    source = sqlite3.connect(store_path, timeout=30)
+def scratch_copy(store: ControlPlaneStore) -> Iterator[ControlPlaneStore]:
+    """A private in-memory copy of a SQLite control-plane store: a what-if in a server never holds a transaction
+    on the file every request authenticates against (what_if rolls its writes back on the copy too). A store
+    without a file (tests) is used as it is."""
+    rows = store.execute("PRAGMA database_list")
+    path = next((str(r[2]) for r in rows if r[1] == "main" and r[2]), "")
+    if not path:
+        yield store
+        return
+    source = sqlite3.connect(path, timeout=30)
     copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
     try:
         source.backup(copy)
     finally:
         source.close()
     copy.execute("PRAGMA foreign_keys = ON")
-    store = ControlPlaneStore(copy)
+    scratch = ControlPlaneStore(copy)
     try:
-        yield store
+        yield scratch
     finally:
-        store.close()
+        scratch.close()
+
+
+# -- the routes ----------------------------------------------------------------------------------------------
+
+
+class PlaceModel(BaseModel):
+    namespace: str
+    workload: str = Field(description="workload name; reserved:NAME for reserved identities; '' if redacted")
+
+
+class ConversationGroupModel(BaseModel):
+    source: PlaceModel
+    destination: PlaceModel
+    port: int
+    protocol: str
+    flows: int
+    first_seen: str
+    last_seen: str
+
+
+class ClusterChangesModel(BaseModel):
+    cluster: str
+    newly_denied: list[ConversationGroupModel]
+    newly_allowed: list[ConversationGroupModel]
+
+
+class WhatIfModel(BaseModel):
+    clusters: list[ClusterChangesModel]
+
+
+class RecommendationModel(BaseModel):
+    documents: list[dict[str, Any]] = Field(description="netwarden.io/v1 Policy and Assignment documents")
+    notes: list[str]
+    conversations: int = Field(description="observed conversations the rules come from")
+
+
+@dataclass
+class PolicyTrafficRouteDeps:
+    """The flow store, the principal dependency and a control-plane store opener (None: not configured)."""
+
+    store: FlowStore
+    current_principal: Callable[..., Any]
+    control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]] | None
+
+
+def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
+    return JSONResponse(
+        status_code=422,
+        content={"detail": [{"loc": [parameter], "msg": message, "type": "value_error", "input": value}]},
+    )
+
+
+def _documents_refused(exc: GitOpsErrors) -> JSONResponse:
+    """403 when the caller may not write a document (as `apply` refuses it), else 422; one line per problem."""
+    lines = [str(e) for e in exc.errors]
+    denied = [line for line in lines if "permission denied" in line]
+    if denied:
+        needed = denied[0].split(" needs ", 1)[-1].split(";", 1)[0] if " needs " in denied[0] else ""
+        return JSONResponse(status_code=403, content={"detail": "\n".join(lines), "needed": needed})
+    return JSONResponse(status_code=422, content={"detail": "\n".join(lines)})
+
+
+def _body_documents(body: bytes) -> list[Any]:
+    """YAML (multi-document) or JSON: one document or a list of them."""
+    try:
+        return [d for d in yaml.safe_load_all(body.decode("utf-8")) if d is not None]
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise TrafficParamError("body", None, f"not YAML or JSON: {str(exc).splitlines()[0]}") from None
+
+
+def router(deps: PolicyTrafficRouteDeps) -> APIRouter:
+    api = APIRouter()
+    errors = {
+        401: {"description": "no or bad credentials"},
+        403: {"description": "the caller may not write a document, or see the namespace"},
+        422: {"description": "a bad parameter or document, named"},
+        503: {"description": "flow store or control plane unavailable"},
+    }
+
+    async def answer(principal: Principal, work: Callable[[ControlPlaneStore], Any]) -> Any:
+        if not principal.bindings:
+            raise PermissionDenied("replaying history", "any role binding", principal)
+        opener = deps.control_plane
+        if opener is None:
+            raise HTTPException(503, "this API has no control-plane store")
+
+        def run() -> Any:
+            # Refusals travel back as values: the threadpool must not turn them into 503s.
+            try:
+                with opener() as control:
+                    return work(control)
+            except (PermissionDenied, TrafficParamError, GitOpsErrors, ConversationQueryError, StoreError) as exc:
+                return exc
+
+        try:
+            result = await run_in_threadpool(run)
+        except Exception:
+            raise HTTPException(503, "flow store unavailable") from None
+        if isinstance(result, PermissionDenied):
+            raise result
+        if isinstance(result, GitOpsErrors):
+            return _documents_refused(result)
+        if isinstance(result, TrafficParamError):
+            return _unprocessable(result.parameter, result.value, result.reason)
+        if isinstance(result, ConversationQueryError | StoreError):
+            return _unprocessable(str(result).split(":")[0], None, str(result))
+        return JSONResponse(result)
+
+    @api.post(
+        "/api/v1/policies/what-if",
+        response_model=WhatIfModel,
+        responses=errors,
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "application/yaml": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"type": "array", "items": {"type": "object"}}},
+        }}},
+    )
+    async def post_what_if(
+        request: Request,
+        since: str | None = Query(None, description="RFC 3339 or a duration ago (default 7d)"),
+        until: str | None = Query(None, description="RFC 3339 or a duration ago (default now)"),
+        cluster: list[str] = Query([], description="only these clusters (repeatable)"),
+        baseline: str = Query("desired", description="desired: the current set; observed: what Hubble saw"),
+        principal: Principal = Depends(deps.current_principal),
+    ) -> Any:
+        """The observed conversations the documents would newly deny and allow, per affected cluster."""
+        body = await request.body()
+
+        def work(control: ControlPlaneStore) -> Any:
+            window = parse_window(since, until)
+            documents = parse_documents(_body_documents(body), "request body")
+            with scratch_copy(control) as scratch:
+                report = what_if(deps.store.client, scratch, principal, documents, window,
+                                 clusters=cluster or None, baseline=baseline)
+            return report.to_dict()
+
+        return await answer(principal, work)
+
+    @api.get("/api/v1/policies/recommendation", response_model=RecommendationModel, responses=errors)
+    async def get_recommendation(
+        cluster: str = Query(..., description="the cluster whose traffic is learned from"),
+        namespace: str | None = Query(None, description="this namespace"),
+        workspace: str | None = Query(None, description="or this workspace's namespaces on the cluster"),
+        since: str | None = Query(None, description="RFC 3339 or a duration ago (default 7d)"),
+        until: str | None = Query(None, description="RFC 3339 or a duration ago (default now)"),
+        engine: str = Query("auto", description="auto (the cluster's engine), cilium or kubernetes"),
+        principal: Principal = Depends(deps.current_principal),
+    ) -> Any:
+        """Least-privilege Policy and Assignment documents from the observed traffic of the scope."""
+
+        def work(control: ControlPlaneStore) -> Any:
+            result = recommendation(deps.store.client, control, principal, parse_window(since, until),
+                                    cluster=cluster, namespace=namespace, workspace=workspace, engine=engine)
+            return {"documents": list(result.documents), "notes": list(result.notes),
+                    "conversations": result.conversations}
+
+        return await answer(principal, work)
+
+    return api
+
+
+def app_router(store: FlowStore, current_principal: Callable[..., Any], authenticator: Any) -> APIRouter:
+    """The routes as create_app wires them: the control-plane store is the authenticator's tenancy store."""
+    from query_api.report_routes import control_plane_of
+
+    tenancy = getattr(authenticator, "tenancy", None)
+    opener = control_plane_of(tenancy.store) if tenancy is not None else None
+    return router(PolicyTrafficRouteDeps(store, current_principal, opener))
 
 
 __all__ = [
     "DEFAULT_SINCE",
-    "StoreError",
+    "PolicyTrafficRouteDeps",
     "TrafficParamError",
     "Window",
+    "app_router",
     "parse_window",
     "recommendation",
+    "router",
     "scratch_copy",
     "what_if",
 ]

@@ -26,8 +26,8 @@ OTHER = "wi-west"
 FLOWS = 12_000
 
 
-def deny_port(port: int, blueprint: str = "wi-guard") -> list[dict[str, Any]]:
-    """A cluster-wide policy denying every pod's egress to `port`, in a blueprint assigned to CLUSTER (default
+def deny_port(port: int, blueprint: str = "wi-guard", cluster: str = CLUSTER) -> list[dict[str, Any]]:
+    """A cluster-wide policy denying every pod's egress to `port`, in a blueprint assigned to `cluster` (default
     deny off: in Cilium a deny section alone would isolate every pod)."""
     ports = [{"port": str(port), "protocol": "UDP"}, {"port": str(port), "protocol": "TCP"}]
     return [
@@ -38,7 +38,7 @@ def deny_port(port: int, blueprint: str = "wi-guard") -> list[dict[str, Any]]:
         {"apiVersion": "netwarden.io/v1", "kind": "Blueprint", "metadata": {"name": blueprint},
          "spec": {"clusterPolicies": [f"deny-egress-{port}"]}},
         {"apiVersion": "netwarden.io/v1", "kind": "Assignment", "metadata": {"name": blueprint},
-         "spec": {"blueprint": blueprint, "clusters": [CLUSTER]}},
+         "spec": {"blueprint": blueprint, "clusters": [cluster]}},
     ]
 
 
