@@ -256,6 +256,8 @@ def _kube_client(cluster: Any) -> Any:
     else:
         api = kube.KubeCluster.from_kubeconfig(cluster.kubeconfig, cluster.kube_context)
     api.timeout = KUBE_TIMEOUT_S
+    # No retries with backoff (urllib3's default of 3): an unreachable cluster is reported, not waited for.
+    api.api.rest_client.pool_manager.connection_pool_kw["retries"] = False
     return api
 
 
