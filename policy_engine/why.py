@@ -342,7 +342,11 @@ def _dns_name(text: str, limit: int = 63) -> str:
 
 
 def _side_name(side: Side) -> str:
-    return side.workload or side.reserved or (side.ip.replace(":", "-").replace(".", "-") if side.ip else "") or side.namespace
+    if side.workload:
+        return side.workload
+    if side.ip and side.reserved in ("", "world"):
+        return side.ip.replace(":", "-").replace(".", "-")
+    return side.reserved or side.namespace
 
 
 def _shown(side: Side, visible: bool) -> Side:
@@ -532,6 +536,23 @@ def smallest_fix(
 # -- the answer -----------------------------------------------------------------------------------------
 
 
+def _disagreements(pair: Sequence[Conversation], decision: SetDecision) -> list[str]:
+    """Where what Hubble saw and what the desired set says differ, the likely reasons (the validation report
+    names them per cluster)."""
+    seen = {c.verdict for c in pair}
+    notes = []
+    if decision.verdict == DROPPED and FORWARDED in seen:
+        notes.append("Hubble forwarded flows the desired set denies: the policy is not in effect there (pods started "
+                     "before Cilium, an object missing or edited on the cluster, or the cluster not synced); "
+                     "`netwarden report validate` names the cause")
+    if decision.verdict == FORWARDED and DROPPED in seen:
+        denied_by = sorted({p for c in pair for p in c.hubble_denied_by})
+        by = f" (Hubble names {', '.join(denied_by)})" if denied_by else ""
+        notes.append(f"Hubble dropped flows the desired set allows: something netwarden does not manage denies "
+                     f"them{by}, or the cluster is not synced to the current version")
+    return notes
+
+
 def _side_dict(side: Side, visible: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"namespace": side.namespace, "workload": side.workload if visible else "",
                            "workload_kind": side.workload_kind if visible else "",
@@ -576,6 +597,7 @@ def explain(
         notes.append(f"cluster {query.cluster} has no desired policy set (no blueprint or policies assigned yet)")
     elif decision.verdict == NOT_EVALUATED:
         notes.append(f"the desired set of {query.cluster} cannot be evaluated: {desired.error or 'invalid objects'}")
+    notes += _disagreements(pair, decision)
     fix = smallest_fix(query, source, destination, decision, desired, visible=visible, ownership=ownership,
                        policy_scope=policy_scope, validate=validate, existing_policies=existing_policies)
     staged_doc = decision_dict(staged_decision, staged) if staged is not None else None

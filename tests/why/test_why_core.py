@@ -210,6 +210,21 @@ def test_allowed_pair_has_no_fix_and_staged_difference_is_shown() -> None:
     assert doc["staged"]["verdict"] == "DROPPED" and doc["staged"]["differs"] is True
 
 
+def test_hubble_and_desired_disagreeing_is_explained() -> None:
+    allowed_now = policy_set(DEFAULT_DENY, WEB_EGRESS, {
+        "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+        "metadata": {"name": "api-in", "namespace": "shop"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "api"}},
+                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "web"}}]}]}})
+    dropped = [conv(WEB, API, 8080, 2, 4, reason=181, denied_by=("CiliumNetworkPolicy/shop/hand-made",))]
+    doc = why("shop/web", "shop/api", 8080, dropped, allowed_now)
+    assert any("something netwarden does not manage" in n and "CiliumNetworkPolicy/shop/hand-made" in n
+               for n in doc["notes"])
+    forwarded = [conv(WEB, API, 8080, 1, 4)]
+    doc = why("shop/web", "shop/api", 8080, forwarded, policy_set(DEFAULT_DENY))
+    assert any("not in effect" in n for n in doc["notes"])
+
+
 def test_deny_rule_is_named_not_outweighed() -> None:
     desired = policy_set(NO_DB_FROM_SHOP)
     doc = why("shop/web", "data/db", 5432, [conv(WEB, DB, 5432, 2, 9, reason=181,
@@ -231,6 +246,7 @@ def test_world_ip_and_icmp_fixes() -> None:
     (policy, _assignment) = doc["fix"]["documents"]
     assert policy["spec"]["rules"][0]["cilium"]["egress"][0]["toCIDR"] == ["203.0.113.9/32"]
     assert doc["fix"]["verified"] is True
+    assert policy["metadata"]["name"] == "allow-web-to-203-0-113-9-tcp-443"
 
     doc = why("shop/web", "shop/api", None, [conv(WEB, API, 8, 2, 3, protocol="ICMPv4", reason=133)], desired,
               protocol="ICMP")
