@@ -2,7 +2,12 @@
 to the control plane (idempotently), or show what applying would change (`diff`).
 
 Document kinds: Cluster, Project, Workspace, Policy, Blueprint, Assignment (format in README,
-"Policies"). Every problem is reported as one line naming the file, the document's index in that
+"Policies"). A Policy document has `spec.mode: enforced` (the default) or `staged`; the files are declarative
+per policy: an enforced document sets the enforced version, a staged one the staged version (the enforced
+version, which the files then do not hold, is left as it is), and a policy with an enforced document but no
+staged one has nothing staged after apply (so promoting in Git is: delete the staged document, put its content
+in the enforced one). One policy may have one document of each mode. `stage_documents` (`netwarden policy
+stage`) stages Policy documents and refuses anything that would change what clusters enforce. Every problem is reported as one line naming the file, the document's index in that
 file (1-based) and the field: `deploy/x.yaml: document 2 (Policy web): spec.rules[0].cilium...: ...`.
 """
 
@@ -11,7 +16,7 @@ from __future__ import annotations
 import functools
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +28,7 @@ from policy_engine.model import (
     ENFORCEMENT_MODES,
     ENFORCERS,
     ENGINES,
+    POLICY_MODES,
     SCOPES,
     Assignment,
     AssignmentTarget,
@@ -33,6 +39,8 @@ from policy_engine.model import (
     PolicyRef,
     PolicyRule,
     PolicySpec,
+    PolicyState,
+    PolicyVersion,
     Project,
     Workspace,
     is_valid_name,
@@ -61,8 +69,9 @@ class DocumentRef:
 
 
 class GitOpsError(ValueError):
-    def __init__(self, ref: DocumentRef, field: str, message: str) -> None:
+    def __init__(self, ref: DocumentRef, field: str, message: str, *, denied: PermissionDenied | None = None) -> None:
         self.ref, self.field, self.message = ref, field, message
+        self.denied = denied  # a role refusal (the API answers 403 for these)
         super().__init__(f"{ref}: {field}: {message}" if field else f"{ref}: {message}")
 
 
@@ -73,6 +82,11 @@ class GitOpsErrors(ValueError):
         self.errors = list(errors)
         super().__init__("\n".join(str(e) for e in self.errors))
 
+    @property
+    def denied(self) -> PermissionDenied | None:
+        """The first role refusal among the problems, if any."""
+        return next((e.denied for e in self.errors if e.denied is not None), None)
+
 
 @dataclass(frozen=True)
 class Document:
@@ -81,13 +95,18 @@ class Document:
     name: str
     model: Model
     source: str = ""
+    mode: str = ""  # Policy: spec.mode as written ("" = not given, enforced)
+
+    @property
+    def staged(self) -> bool:
+        return self.mode == "staged"
 
 
 @dataclass(frozen=True)
 class Change:
     kind: str
     name: str
-    action: str  # create | update | unchanged | delete
+    action: str  # create | update | unchanged | delete | stage | unstage
     detail: str = ""
 
     def __str__(self) -> str:
@@ -111,6 +130,8 @@ class DiffReport:
     store: list[Change] = field(default_factory=list)
     clusters: dict[str, list[ObjectChange]] = field(default_factory=dict)
     rendered: dict[str, RenderedCluster] = field(default_factory=dict)
+    # The staged sets' objects (evaluated on flows, never synced): only clusters where they change.
+    staged: dict[str, list[ObjectChange]] = field(default_factory=dict)
 
 
 # -- loading --------------------------------------------------------------------------------------
@@ -153,7 +174,37 @@ def load_documents(path: str | Path) -> list[Document]:
         except GitOpsError as exc:
             errors.append(exc)
             continue
-        key = (parsed.kind, parsed.name)
+        key = (parsed.kind, parsed.name, parsed.mode or "enforced")
+        if key in seen:
+            what = f"{parsed.kind} {parsed.name}" + (" (staged)" if parsed.staged else "")
+            errors.append(GitOpsError(parsed.ref, "metadata.name", f"duplicate {what}, first in {seen[key]}"))
+            continue
+        seen[key] = parsed.ref
+        docs.append(parsed)
+    if errors:
+        raise GitOpsErrors(errors)
+    return docs
+
+
+def parse_documents(raw: Iterable[Any], file: str, base_dir: Path | None = None) -> list[Document]:
+    """Documents already read (an API request's body): `file` names them in errors, `fromFile` rules are
+    read relative to `base_dir` (refused without one). Raises GitOpsErrors."""
+    errors: list[GitOpsError] = []
+    docs: list[Document] = []
+    seen: dict[tuple[str, str, str], DocumentRef] = {}
+    for index, doc in enumerate(raw, start=1):
+        if doc is None:
+            continue
+        ref = DocumentRef(file, index)
+        if base_dir is None and _reads_files(doc):
+            errors.append(GitOpsError(ref, "spec.rules", "fromFile needs files: put the manifest inline (cilium: or kubernetes:)"))
+            continue
+        try:
+            parsed = parse_document(doc, ref, base_dir or Path("."))
+        except GitOpsError as exc:
+            errors.append(exc)
+            continue
+        key = (parsed.kind, parsed.name, parsed.mode or "enforced")
         if key in seen:
             errors.append(GitOpsError(parsed.ref, "metadata.name", f"duplicate {parsed.kind} {parsed.name}, first in {seen[key]}"))
             continue
@@ -162,6 +213,12 @@ def load_documents(path: str | Path) -> list[Document]:
     if errors:
         raise GitOpsErrors(errors)
     return docs
+
+
+def _reads_files(doc: Any) -> bool:
+    spec = doc.get("spec") if isinstance(doc, Mapping) else None
+    rules = spec.get("rules") if isinstance(spec, Mapping) else None
+    return isinstance(rules, list) and any(isinstance(r, Mapping) and "fromFile" in r for r in rules)
 
 
 def parse_document(doc: Any, ref: DocumentRef, base_dir: Path, revision: str = "") -> Document:
@@ -182,9 +239,14 @@ def parse_document(doc: Any, ref: DocumentRef, base_dir: Path, revision: str = "
     fields = _Fields(ref, spec)
     parser = _PARSERS[kind]
     model = parser(name, fields, base_dir)
+    mode = ""
+    if kind == "Policy":
+        mode = fields.get("mode", str, "")
+        if mode not in ("", *POLICY_MODES):
+            raise fields.error("mode", f"expected one of {', '.join(POLICY_MODES)}, found {mode!r}")
     fields.refuse_unknown()
     source = f"{ref.file}#{ref.index}" + (f"@{revision}" if revision else "")
-    return Document(ref, kind, name, model, source)
+    return Document(ref, kind, name, model, source, mode)
 
 
 class _Fields:
@@ -409,13 +471,49 @@ def apply_documents(cp: ControlPlane, docs: Sequence[Document], *, prune: bool =
         return _apply(cp, docs, prune)
 
 
+def stage_documents(cp: ControlPlane, docs: Sequence[Document], *, dry_run: bool = False) -> list[Change]:
+    """`netwarden policy stage`: stage every Policy document (spec.mode staged or not given) in one transaction.
+    Other documents (e.g. the Assignment placing a new policy) are applied too, as long as nothing a cluster
+    enforces changes: staging never reaches a cluster. Raises GitOpsErrors."""
+    errors = [
+        GitOpsError(d.ref, "spec.mode", "enforced: `policy stage` stages policies; use `netwarden apply` to enforce")
+        for d in docs if d.kind == "Policy" and d.mode == "enforced"
+    ]
+    if errors:
+        raise GitOpsErrors(errors)
+    staged = [replace(d, mode="staged") if d.kind == "Policy" else d for d in docs]
+    with cp.store.transaction(rollback=dry_run):
+        before = _render_all(cp, strict=False)
+        changes = _apply(cp, staged, prune=False, unstage_missing=False)
+        after = _render_all(cp, strict=False)
+        for name in sorted(set(before) | set(after)):
+            old, new = before.get(name), after.get(name)
+            moved = object_changes(
+                old.objects if isinstance(old, RenderedCluster) else (),
+                new.objects if isinstance(new, RenderedCluster) else (),
+            )
+            if moved:
+                others = [d for d in staged if d.kind != "Policy"] or list(staged)
+                errors += [
+                    GitOpsError(d.ref, "", f"would change what cluster {name} enforces ({', '.join(' '.join(str(m).split()) for m in moved[:3])}"
+                                f"{', ...' if len(moved) > 3 else ''}); `policy stage` never does: use `netwarden apply`")
+                    for d in others
+                ]
+        if errors:
+            raise GitOpsErrors(errors)
+    return changes
+
+
 def diff_documents(cp: ControlPlane, docs: Sequence[Document], *, prune: bool = False) -> DiffReport:
-    """What applying would change in the store and in each cluster's desired objects (nothing is written)."""
+    """What applying would change in the store, in each cluster's desired objects and in its staged set
+    (nothing is written)."""
     report = DiffReport()
     with cp.store.transaction(rollback=True):
         before = _render_all(cp, strict=False)
+        staged_before = _render_all(cp, strict=False, staged=True)
         report.store = _apply(cp, docs, prune)
         after = _render_all(cp, strict=True)
+        staged_after = _render_all(cp, strict=False, staged=True)
     report.rendered = {name: r for name, r in after.items() if isinstance(r, RenderedCluster)}
     for name in sorted(set(before) | set(after)):
         old = before.get(name)
@@ -423,6 +521,14 @@ def diff_documents(cp: ControlPlane, docs: Sequence[Document], *, prune: bool = 
         report.clusters[name] = object_changes(
             old.objects if isinstance(old, RenderedCluster) else (), new.objects if new else ()
         )
+    for name in sorted(set(staged_before) | set(staged_after)):
+        old, new = staged_before.get(name), staged_after.get(name)
+        changes = object_changes(
+            old.objects if isinstance(old, RenderedCluster) else (),
+            new.objects if isinstance(new, RenderedCluster) else (),
+        )
+        if changes != report.clusters.get(name, []):
+            report.staged[name] = changes
     return report
 
 
@@ -440,14 +546,21 @@ def object_changes(old: Iterable[Mapping[str, Any]], new: Iterable[Mapping[str, 
     return sorted(changes, key=lambda c: (c.kind, c.namespace, c.name, c.action))
 
 
-def _apply(cp: ControlPlane, docs: Sequence[Document], prune: bool) -> list[Change]:
+def _apply(cp: ControlPlane, docs: Sequence[Document], prune: bool, *, unstage_missing: bool = True) -> list[Change]:
     changes: list[Change] = []
     errors: list[GitOpsError] = []
-    by_kind = {k: [d for d in docs if d.kind == k] for k in KINDS}
+    # Enforced policy versions before staged ones, so a staged document's checks see its enforced version.
+    by_kind = {k: sorted((d for d in docs if d.kind == k), key=lambda d: d.staged) for k in KINDS}
+    staged_names = {d.name for d in by_kind["Policy"] if d.staged}
     for kind in KINDS:
         for doc in by_kind[kind]:
             try:
                 changes.append(_put(cp, doc))
+                if unstage_missing and doc.kind == "Policy" and not doc.staged and doc.name not in staged_names:
+                    # Declarative: the files hold no staged version of this policy.
+                    if (staged := cp.store.get_staged_policy(doc.name)) is not None:
+                        cp.unstage_policy(doc.name)
+                        changes.append(Change(doc.kind, doc.name, "unstage", f"staged version {staged.version}"))
             except PolicyInvalid as exc:
                 shown = f" (value {exc.value!r})" if exc.value is not None else ""
                 field = f"spec.rules[{exc.rule_index}].{exc.rule_kind}.{exc.path}"
@@ -455,7 +568,7 @@ def _apply(cp: ControlPlane, docs: Sequence[Document], prune: bool) -> list[Chan
             except (PermissionDenied, StoreError, ValueError) as exc:
                 errors.append(_doc_error(doc, exc))
     if prune and not errors:
-        wanted = {(d.kind, d.name) for d in docs}
+        wanted = {(d.kind, d.name) for d in docs}  # a policy is kept by a document of either mode
         for kind in reversed(KINDS):
             for name in _store_names(cp, kind):
                 if (kind, name) in wanted:
@@ -480,6 +593,9 @@ def _put(cp: ControlPlane, doc: Document) -> Change:
         return Change(doc.kind, doc.name, _verb(cp.put_project(m)))
     if isinstance(m, Workspace):
         return Change(doc.kind, doc.name, _verb(cp.put_workspace(m)))
+    if isinstance(m, PolicySpec) and doc.staged:
+        pv, result = cp.stage_policy(m, source=doc.source)
+        return Change(doc.kind, doc.name, "unchanged" if result == "unchanged" else "stage", f"staged version {pv.version}")
     if isinstance(m, PolicySpec):
         pv, result = cp.put_policy(m, source=doc.source)
         return Change(doc.kind, doc.name, _verb(result), f"version {pv.version}")
@@ -502,7 +618,7 @@ def _store_names(cp: ControlPlane, kind: str) -> list[str]:
     if kind == "Workspace":
         return [w.name for w in store.list_workspaces()]
     if kind == "Policy":
-        return [p.name for p in store.list_policies() if not p.builtin]
+        return [p.name for p in store.list_policy_states() if not p.builtin]
     if kind == "Blueprint":
         return [b.name for b in store.list_blueprints() if not b.builtin]
     return [a.name for a in store.list_assignments()]
@@ -536,7 +652,7 @@ def _doc_error(doc: Document, exc: Exception) -> GitOpsError:
         field = _PERMISSION_FIELD[doc.kind]
         if isinstance(m, Assignment):
             field = "spec.clusters" if m.blueprint else "spec.targets"
-        return GitOpsError(doc.ref, field, text)
+        return GitOpsError(doc.ref, field, text, denied=exc)
     head, sep, rest = text.partition(": ")
     if sep and head.startswith("spec.") and " " not in head:
         return GitOpsError(doc.ref, head, rest)
@@ -558,14 +674,14 @@ def _default_field(doc: Document, text: str) -> str:
     return "metadata.name"
 
 
-def _render_all(cp: ControlPlane, *, strict: bool) -> dict[str, RenderedCluster | RenderError]:
+def _render_all(cp: ControlPlane, *, strict: bool, staged: bool = False) -> dict[str, RenderedCluster | RenderError]:
     from policy_engine import validation
 
     out: dict[str, RenderedCluster | RenderError] = {}
     for cluster in cp.store.list_clusters():
         try:
             out[cluster.name] = render_cluster(
-                resolve_policy_set(cp.store, cluster.name), validate=validation.validate_object
+                resolve_policy_set(cp.store, cluster.name, staged=staged), validate=validation.validate_object
             )
         except RenderError as exc:
             if strict:
@@ -575,13 +691,18 @@ def _render_all(cp: ControlPlane, *, strict: bool) -> dict[str, RenderedCluster 
 
 
 def _render_errors(cp: ControlPlane, docs: Sequence[Document]) -> list[GitOpsError]:
-    """Refuse, at apply time, what some cluster could not enforce (e.g. L7 rules on a NetworkPolicy cluster)."""
+    """Refuse, at apply time, what some cluster could not enforce (e.g. L7 rules on a NetworkPolicy cluster),
+    in the desired set and in the staged set (a staged policy must be renderable to be evaluated)."""
     errors: list[GitOpsError] = []
-    policy_docs = {d.name: d for d in docs if d.kind == "Policy"}
-    for name, result in _render_all(cp, strict=False).items():
-        if not isinstance(result, RenderError):
+    results = [(False, name, r) for name, r in _render_all(cp, strict=False).items()]
+    results += [(True, name, r) for name, r in _render_all(cp, strict=False, staged=True).items()]
+    seen: set[str] = set()
+    for staged, name, result in results:
+        if not isinstance(result, RenderError) or str(result) in seen:
             continue
-        doc = policy_docs.get(result.policy)
+        seen.add(str(result))
+        docs_of = [d for d in docs if d.kind == "Policy" and d.name == result.policy]
+        doc = next((d for d in docs_of if d.staged == staged), docs_of[0] if docs_of else None)
         if doc is None:
             errors.append(GitOpsError(DocumentRef("store", 0, "Policy", result.policy), "", f"cluster {name}: {result}"))
             continue
@@ -592,6 +713,38 @@ def _render_errors(cp: ControlPlane, docs: Sequence[Document]) -> list[GitOpsErr
         field = f"spec.rules[{index}].{kind}" + (f".{path}" if path else "")
         errors.append(GitOpsError(doc.ref, field, str(result).split(": ", 2)[-1] + f" (cluster {name})"))
     return errors
+
+
+# -- documents of the store ----------------------------------------------------------------------
+
+
+def policy_document(p: PolicyVersion) -> dict[str, Any]:
+    """A policy version as a `netwarden.io/v1` Policy document plus `status` (staged: `spec.mode: staged`)."""
+    rules = [{"name": r.name, r.kind: dict(r.spec)} for r in p.spec.rules]
+    spec: dict[str, Any] = {"scope": p.spec.scope}
+    if p.staged:
+        spec["mode"] = "staged"
+    if p.spec.description:
+        spec["description"] = p.spec.description
+    spec["enforcers"] = list(p.spec.enforcers)
+    spec["rules"] = rules
+    return {"apiVersion": API_VERSION, "kind": "Policy", "metadata": {"name": p.name}, "spec": spec,
+            "status": {"version": p.version, "mode": p.info.mode, "builtin": p.builtin,
+                       "updatedAt": p.info.created_at, "updatedBy": p.info.created_by, "source": p.info.source}}
+
+
+def policy_documents(states: Sequence[PolicyState]) -> list[dict[str, Any]]:
+    """Documents of every policy: its enforced version and, when one is staged, a second document with
+    `spec.mode: staged`; applying them back changes nothing."""
+    docs = []
+    for state in states:
+        for pv in (state.enforced, state.staged):
+            if pv is not None:
+                doc = policy_document(pv)
+                doc["status"]["enforcedVersion"] = state.enforced.version if state.enforced else None
+                doc["status"]["stagedVersion"] = state.staged.version if state.staged else None
+                docs.append(doc)
+    return docs
 
 
 def _display(path: Path) -> str:

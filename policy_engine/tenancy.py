@@ -26,15 +26,19 @@ import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from policy_engine.model import NamespaceRef
 from policy_engine.roles import ROLE_SCOPE_KIND, Ownership, Principal, Role, RoleBinding, ScopeKind
 from policy_engine.store import STORE_FILE, ControlPlaneStore, Migration, StoreError
+
+if TYPE_CHECKING:
+    from policy_engine.control_plane import ControlPlane
 
 log = logging.getLogger("netwarden.tenancy")
 
@@ -196,6 +200,28 @@ class Tenancy:
 
     def close(self) -> None:
         self.store.close()
+
+    @contextmanager
+    def control_plane(self, principal: Principal) -> Iterator[ControlPlane]:
+        """The engine API (role checks, then the store) for `principal`, for one request of the API's policy
+        routes: on its own connection to the store's file (a write never holds up authentication), or on the
+        shared one under the lock for an in-memory store."""
+        from policy_engine.control_plane import ControlPlane  # control_plane imports the store
+
+        with self._lock:
+            rows = self.store.execute("PRAGMA database_list")
+        path = next((str(r[2]) for r in rows if r[1] == "main" and r[2]), "")
+        if not path:
+            with self._lock:
+                yield ControlPlane(self.store, principal)
+            return
+        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA foreign_keys = ON")
+        store = ControlPlaneStore(conn)
+        try:
+            yield ControlPlane(store, principal)
+        finally:
+            store.close()
 
     # -- users ----------------------------------------------------------------------------------
     def create_user(self, name: str) -> Literal["created", "unchanged"]:

@@ -512,6 +512,9 @@ def create_app(
     from query_api.report_routes import app_router as report_router
 
     app.include_router(report_router(store, current_principal, authenticator))
+    from query_api.policy_routes import app_router as policy_router
+
+    app.include_router(policy_router(current_principal, authenticator))
     from query_api.policy_traffic_routes import app_router as policy_traffic_router
 
     app.include_router(policy_traffic_router(store, current_principal, authenticator))

@@ -24,18 +24,32 @@ from netwarden.cli import CommandError
 from netwarden.commands.admin import publish_inventory
 from policy_engine.blueprints import effective_engine
 from policy_engine.control_plane import ControlPlane, PolicyInvalid
-from policy_engine.gitops import API_VERSION, GitOpsErrors, apply_documents, diff_documents, load_documents
-from policy_engine.model import Assignment, BlueprintVersion, Cluster, PolicyVersion
+from policy_engine.gitops import (
+    API_VERSION,
+    GitOpsErrors,
+    apply_documents,
+    diff_documents,
+    load_documents,
+    policy_document,
+    policy_documents,
+)
+from policy_engine.model import Assignment, BlueprintVersion, Cluster, PolicyState
 from policy_engine.render import RenderedCluster, RenderError
 from policy_engine.roles import PermissionDenied, Principal
 from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
 
 
-def register(sub: Any, groups: dict[str, Any]) -> None:
+def common_parser() -> argparse.ArgumentParser:
+    """--data-dir, --as-role, --scope: what every control-plane command takes."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", help="control-plane data directory (env NETWARDEN_DATA_DIR, default ./netwarden-data)")
     common.add_argument("--as-role", help="act with this role (env NETWARDEN_ROLE, default org-admin)")
     common.add_argument("--scope", help="project or workspace name the role is bound to (env NETWARDEN_SCOPE)")
+    return common
+
+
+def register(sub: Any, groups: dict[str, Any]) -> None:
+    common = common_parser()
 
     p = sub.add_parser("apply", parents=[common], help="apply netwarden.io/v1 documents to the control plane")
     p.add_argument("-f", "--filename", required=True, metavar="DIR|FILE", help="YAML file or directory (e.g. a Git checkout)")
@@ -155,6 +169,10 @@ def cmd_diff(args: argparse.Namespace) -> int:
             print(f"cluster {name}: desired objects")
             for oc in changes or ["no changes"]:
                 print(f"  {oc}")
+            if name in report.staged:
+                print(f"cluster {name}: staged objects (evaluated on flows, never synced)")
+                for oc in report.staged[name] or ["no changes"]:
+                    print(f"  {oc}")
             if not args.no_live and name in report.rendered:
                 _print_live_diff(cp, docs, name, prune=args.prune)
     return 0
@@ -186,8 +204,8 @@ def _print_live_diff(cp: ControlPlane, docs: Any, name: str, *, prune: bool) -> 
 def cmd_get(args: argparse.Namespace) -> int:
     with control_plane(args) as cp:
         if args.resource == "policies":
-            policies = cp.list_policies()
-            _emit([_policy_doc(p) for p in policies], args.output, lambda: _policies_table(policies))
+            states = cp.list_policy_states()
+            _emit(policy_documents(states), args.output, lambda: _policies_table(states))
         elif args.resource == "blueprints":
             blueprints = cp.list_blueprints()
             _emit([_blueprint_doc(b) for b in blueprints], args.output, lambda: _blueprints_table(blueprints))
@@ -205,13 +223,14 @@ def cmd_history(args: argparse.Namespace) -> int:
     with control_plane(args) as cp:
         history = cp.policy_history(args.name)
     data = [
-        {"version": v.version, "createdAt": v.info.created_at, "createdBy": v.info.created_by,
+        {"version": v.version, "mode": v.info.mode, "createdAt": v.info.created_at, "createdBy": v.info.created_by,
          "source": v.info.source, "message": v.info.message, "hash": v.spec.hash()[:12],
-         "spec": _policy_doc(v)["spec"]}
+         "spec": policy_document(v)["spec"]}
         for v in history
     ]
-    rows = [["VERSION", "CREATED", "BY", "SOURCE", "MESSAGE"]] + [
-        [str(v.version), v.info.created_at, v.info.created_by, v.info.source, v.info.message] for v in history
+    rows = [["VERSION", "MODE", "CREATED", "BY", "SOURCE", "MESSAGE"]] + [
+        [str(v.version), v.info.mode, v.info.created_at, v.info.created_by, v.info.source, v.info.message]
+        for v in history
     ]
     _emit(data, args.output, lambda: rows)
     return 0
@@ -341,18 +360,6 @@ def _render_yaml(rendered: RenderedCluster) -> str:
     return header + notes + body
 
 
-def _policy_doc(p: PolicyVersion) -> dict[str, Any]:
-    rules = [{"name": r.name, r.kind: dict(r.spec)} for r in p.spec.rules]
-    spec: dict[str, Any] = {"scope": p.spec.scope}
-    if p.spec.description:
-        spec["description"] = p.spec.description
-    spec["enforcers"] = list(p.spec.enforcers)
-    spec["rules"] = rules
-    return {"apiVersion": API_VERSION, "kind": "Policy", "metadata": {"name": p.name}, "spec": spec,
-            "status": {"version": p.version, "builtin": p.builtin, "updatedAt": p.info.created_at,
-                       "updatedBy": p.info.created_by, "source": p.info.source}}
-
-
 def _blueprint_doc(b: BlueprintVersion) -> dict[str, Any]:
     content = b.spec.to_content()
     if content["installProfile"]["engine"] is None:
@@ -370,11 +377,17 @@ def _assignment_doc(a: Assignment) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "Assignment", "metadata": {"name": a.name}, "spec": a.to_content()}
 
 
-def _policies_table(policies: Sequence[PolicyVersion]) -> list[list[str]]:
-    rows = [["NAME", "SCOPE", "VERSION", "RULES", "ENFORCERS", "UPDATED", "BY"]]
-    for p in policies:
-        rows.append([p.name, p.spec.scope, str(p.version), str(len(p.spec.rules)), ",".join(p.spec.enforcers),
-                     p.info.created_at, p.info.created_by])
+def _policies_table(states: Sequence[PolicyState]) -> list[list[str]]:
+    """One row per policy: MODE enforced, staged (only staged) or enforced+staged; VERSION the enforced one,
+    STAGED the staged one; the rest describes the latest of the two."""
+    rows = [["NAME", "SCOPE", "MODE", "VERSION", "STAGED", "RULES", "ENFORCERS", "UPDATED", "BY"]]
+    for s in states:
+        latest = s.staged or s.enforced
+        assert latest is not None
+        mode = "+".join(m for m, v in (("enforced", s.enforced), ("staged", s.staged)) if v is not None)
+        rows.append([s.name, s.scope, mode, str(s.enforced.version) if s.enforced else "-",
+                     str(s.staged.version) if s.staged else "-", str(len(latest.spec.rules)),
+                     ",".join(latest.spec.enforcers), latest.info.created_at, latest.info.created_by])
     return rows
 
 

@@ -1,0 +1,133 @@
+"""`netwarden policy stage -f FILE`, `policy promote NAME`, `policy unstage NAME`: staged policies.
+
+A staged policy version is evaluated on every flow (the `staged_*` verdict columns) and in reports, and never
+rendered to clusters; promoting makes it the enforced version (as a new version), unstaging stops evaluating it.
+Role rules are those of writing the policy. Locally (`--data-dir`, `--as-role/--scope`, like `apply`) or against
+a running API with `--server URL --token T` (NETWARDEN_SERVER / NETWARDEN_TOKEN), which takes the role from the
+token.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from netwarden.cli import CommandError
+from netwarden.commands.gitops import common_parser, control_plane
+from policy_engine.gitops import Change, load_documents, stage_documents
+
+SERVER_ENV = "NETWARDEN_SERVER"
+TOKEN_ENV = "NETWARDEN_TOKEN"
+HTTP_TIMEOUT_S = 60.0
+
+
+def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
+    common = common_parser()
+    common.add_argument("--server", metavar="URL", help=f"ask a netwarden API instead of the data dir (env {SERVER_ENV})")
+    common.add_argument("--token", metavar="T", help=f"API token for --server (env {TOKEN_ENV})")
+    policy = groups["policy"]
+
+    p = policy.add_parser(
+        "stage", parents=[common], help="stage Policy documents: evaluated on flows and in reports, never synced",
+        description="Stages every Policy document of FILE (spec.mode staged or not given). Other documents (e.g. "
+        "the Assignment that places a new policy) are applied too, unless they would change what a cluster "
+        "enforces.",
+    )
+    p.add_argument("-f", "--filename", required=True, metavar="DIR|FILE", help="YAML file or directory of documents")
+    p.set_defaults(handler=cmd_stage)
+
+    p = policy.add_parser("promote", parents=[common], help="make a policy's staged version the enforced one")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_promote)
+
+    p = policy.add_parser("unstage", parents=[common], help="stop evaluating a policy's staged version")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_unstage)
+
+
+def _server(args: argparse.Namespace) -> str | None:
+    return args.server or (None if args.data_dir else os.environ.get(SERVER_ENV))
+
+
+def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
+    """One API request as the token's principal; refusals become one-line CommandErrors."""
+    import httpx
+
+    server = _server(args)
+    assert server is not None
+    token = args.token or os.environ.get(TOKEN_ENV)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    base = server if "://" in server else f"http://{server}"
+    try:
+        with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT_S) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise CommandError(f"--server {server}: {exc}") from None
+    if response.status_code == 200:
+        return response.json()
+    try:
+        detail = response.json().get("detail")
+    except ValueError:
+        detail = response.text.strip()[:300]
+    if isinstance(detail, list):
+        detail = "\nnetwarden: ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
+    what = {401: "the server refused the token", 403: "permission denied"}.get(response.status_code)
+    raise CommandError(f"{what}: {detail}" if what else str(detail))
+
+
+def _print_changes(changes: list[Change], documents: int) -> None:
+    for change in changes:
+        print(change)
+    staged = sorted({c.name for c in changes if c.kind == "Policy" and c.action == "stage"})
+    print(f"{documents} document(s), {sum(1 for c in changes if c.action != 'unchanged')} change(s)")
+    if staged:
+        print(f"staged: evaluated on every flow (staged_* verdicts) and in reports; never synced. "
+              f"`netwarden policy promote {staged[0]}` enforces it")
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    if _server(args):
+        path = Path(args.filename)
+        files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
+        try:
+            body = "\n---\n".join(f.read_text(encoding="utf-8") for f in files)
+        except OSError as exc:
+            raise CommandError(f"{args.filename}: {exc.strerror}") from None
+        result = _call(args, "POST", "/api/v1/policies/stage", content=body.encode(),
+                       headers={"Content-Type": "application/yaml"})
+        changes = [Change(c["kind"], c["name"], c["action"], c["detail"]) for c in result["changes"]]
+        _print_changes(changes, len(changes))
+        return 0
+    with control_plane(args) as cp:
+        docs = load_documents(args.filename)
+        changes = stage_documents(cp, docs)
+    _print_changes(changes, len(docs))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    if _server(args):
+        result = _call(args, "POST", f"/api/v1/policies/{args.name}/promote")
+        version, staged = result["version"], result["promoted_from"]
+    else:
+        with control_plane(args) as cp:
+            with cp.store.transaction():
+                staged_pv = cp.store.get_staged_policy(args.name)
+                version = cp.promote_policy(args.name).version
+            staged = staged_pv.version if staged_pv else 0
+    print(f"policy {args.name}: staged version {staged} promoted: enforced as version {version} "
+          "(rendered to its clusters at the next sync)")
+    return 0
+
+
+def cmd_unstage(args: argparse.Namespace) -> int:
+    if _server(args):
+        version = _call(args, "DELETE", f"/api/v1/policies/{args.name}/staged")["unstaged_version"]
+    else:
+        with control_plane(args) as cp:
+            with cp.store.transaction():
+                version = cp.unstage_policy(args.name).version
+    print(f"policy {args.name}: staged version {version} unstaged (no longer evaluated)")
+    return 0
