@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "netwarden.commands.policy_stage",
     "netwarden.commands.report",
     "netwarden.commands.policy_traffic",
+    "netwarden.commands.bench_traffic",
     "netwarden.commands.why",
 ]
 
