@@ -103,8 +103,29 @@ def _from_api(server: str, args: argparse.Namespace) -> Any:
     return response.text if args.output == "html" else response.json()
 
 
+def _open_store(args: argparse.Namespace) -> Any:
+    """The flow store of --data-dir (or NETWARDEN_CLICKHOUSE); a data dir a running `up` holds is refused
+    with the --server form of the same command."""
+    from netwarden.commands.flows import CLICKHOUSE_ENV, DEFAULT_API
+    from query_api.store import DataDirLockedError, FlowStore, clickhouse_path, open_clickhouse
+
+    dsn = None if args.data_dir else os.environ.get(CLICKHOUSE_ENV)
+    if not args.data_dir and not dsn:
+        raise CommandError(f"--data-dir DIR or --server URL is required (or set {CLICKHOUSE_ENV})")
+    if args.data_dir and not os.path.isdir(clickhouse_path(args.data_dir)):
+        raise CommandError(f"--data-dir {args.data_dir}: no flow history there (no {clickhouse_path(args.data_dir)})")
+    try:
+        return FlowStore(open_clickhouse(args.data_dir, dsn))
+    except DataDirLockedError:
+        raise CommandError(
+            f"--data-dir {args.data_dir}: the flow store is in use by a running `netwarden up` (chDB allows one "
+            f"process per data directory); ask its API: netwarden report validate --server {DEFAULT_API} --token T"
+        ) from None
+    except Exception as exc:
+        raise CommandError(f"cannot open the flow store: {exc}") from None
+
+
 def _local(args: argparse.Namespace) -> dict[str, Any]:
-    from netwarden.commands.flows import _open_store
     from netwarden.commands.gitops import principal_from
     from policy_engine.roles import PermissionDenied
     from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir

@@ -308,6 +308,10 @@ def test_route_json_html_and_refusals(client: TestClient, tokens: dict[str, str]
     assert {"namespace", "workspace", "default_deny", "coverage"} <= set(c["namespaces"][0])
     assert {"policy", "version", "rule", "flows", "last_matched"} <= set(c["unused_rules"][0])
 
+    openapi = client.get("/openapi.json").json()
+    assert "ValidationReportModel" in openapi["components"]["schemas"]
+    assert {"200", "401", "403", "422"} <= set(openapi["paths"]["/api/v1/reports/validation"]["get"]["responses"])
+
     page = client.get("/api/v1/reports/validation", params={"cluster": CLUSTER, "format": "html"}, headers=auth)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     html = page.text
@@ -343,6 +347,8 @@ def test_cli_local_table_json_and_errors(world: dict[str, Any], chdb_dir: Path, 
     assert [n["namespace"] for n in json.loads(capsys.readouterr().out)["clusters"][0]["namespaces"]] == ["blog"]
     assert main(["report", "validate", "--since", "soon"]) == 2
     assert "--since" in capsys.readouterr().err
+    assert main(["report", "validate", "--data-dir", str(world["data"] / "nothing-here")]) == 2
+    assert "no flow history there" in capsys.readouterr().err
 
 
 def test_namespace_selection(world: dict[str, Any]) -> None:
