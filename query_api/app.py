@@ -515,6 +515,9 @@ def create_app(
     from query_api.policy_routes import app_router as policy_router
 
     app.include_router(policy_router(current_principal, authenticator))
+    from query_api.why_routes import app_router as why_router
+
+    app.include_router(why_router(store, current_principal, authenticator))
     from query_api.policy_traffic_routes import app_router as policy_traffic_router
 
     app.include_router(policy_traffic_router(store, current_principal, authenticator))
