@@ -77,7 +77,7 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
     import uvicorn
     from prometheus_client import REGISTRY
 
-    from netwarden.demo.faults import UNMANAGED, plant_drift, sync_cluster
+    from netwarden.demo.faults import UNMANAGED
     from netwarden.demo.world import DemoCluster
     from netwarden.demo_seed import format_demo_tokens, seed_demo, seed_demo_policies
     from netwarden.embedded import PipelineStack, StackConfig
@@ -98,6 +98,7 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
     api_task: asyncio.Task[None] | None = None
     clusters: dict[str, DemoCluster] = {}
     saver: asyncio.Task[None] | None = None
+    syncing: asyncio.Task[None] | None = None
     # A ring per node holds >= 1 s of the cluster's traffic (~3 s of its node's): with the collector's own
     # buffer, a collector paused while the broker rotates loses nothing.
     ring = max(4095, int(rate))
@@ -110,15 +111,12 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
             clusters[cluster] = DemoCluster.open(data_dir, cluster, unmanaged=UNMANAGED.get(cluster, ()))
         seed_demo_policies(control_plane, {name: c.url for name, c in clusters.items()})
         for name, demo in clusters.items():
-            state = "as left last time"
-            if demo.fresh:
-                ok, output = await asyncio.to_thread(sync_cluster, control_plane, demo)
-                if not ok:
-                    log.warning("first sync of %s failed:\n%s", name, output)
-                drift = plant_drift(demo)
-                state = "synced" + (f"; then {drift}" if drift else "")
+            state = "first sync and faults: see below" if demo.fresh else "as left last time"
             lines.append(f"  kube API   {name}: {demo.url} ({state})")
         saver = asyncio.create_task(_save_clusters(list(clusters.values()), stop))
+        # Fresh clusters are synced while the rest starts: until then their Cilium enforces nothing, as on a
+        # new cluster, and the demo's traffic shows it.
+        syncing = asyncio.create_task(_first_sync([c for c in clusters.values() if c.fresh], data_dir))
         for cluster in DEMO_CLUSTERS:
             target = await stack.spawn_demo_server(cluster, rate=rate, ring=ring, kube_api=clusters[cluster].url)
             collector = await stack.spawn_collector(cluster, target)
@@ -161,8 +159,33 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
         await stack.stop()
         if saver is not None:
             saver.cancel()
+        if syncing is not None:
+            syncing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await syncing
         for demo in clusters.values():
             demo.close()
+
+
+async def _first_sync(clusters: list[Any], data_dir: Path) -> None:
+    """`netwarden sync` of each fresh demo cluster, then its planted faults (netwarden/demo/FAULTS.md)."""
+    from netwarden.demo.faults import plant_drift, sync_cluster
+    from policy_engine.store import ControlPlaneStore
+
+    for demo in clusters:
+        # Its own connection: SQLite connections stay in their thread.
+        def sync(demo: Any = demo) -> tuple[bool, str]:
+            store = ControlPlaneStore.open(data_dir)
+            try:
+                return sync_cluster(store, demo)
+            finally:
+                store.close()
+
+        ok, output = await asyncio.to_thread(sync)
+        if not ok:
+            log.warning("first sync of %s failed:\n%s", demo.name, output)
+        drift = plant_drift(demo)
+        print(f"netwarden up: {demo.name} synced" + (f"; then {drift}" if drift else ""), flush=True)
 
 
 async def _save_clusters(clusters: list[Any], stop: asyncio.Event) -> None:

@@ -74,6 +74,16 @@ def test_up_serves_both_demo_clusters_within_60s(tmp_path: Path) -> None:
             time.sleep(1)
         assert clusters == {"demo-east", "demo-west"}, f"after {time.monotonic() - started:.0f}s: {clusters}"
 
+        # Each demo cluster's kube API (served by `up`, registered as its apiServer) answers `netwarden sync`
+        # as a real cluster's does: the planted drift and the pods that predate Cilium (demo/FAULTS.md).
+        _wait_for_planted_drift(tmp_path, "demo-east")
+        sync = subprocess.run([sys.executable, "-m", "netwarden", "sync", "--cluster", "demo-east",
+                               "--data-dir", str(tmp_path)], cwd=REPO_ROOT, capture_output=True, text=True,
+                              timeout=120)
+        assert sync.returncode == 0, sync.stdout + sync.stderr
+        assert "drift: CiliumNetworkPolicy shop/checkout-egress: changed" in sync.stdout, sync.stdout
+        assert "Pod data/redis-0 of StatefulSet redis" in sync.stdout, sync.stdout
+
         # Demo servers, collectors and the broker are child processes; a collector that dies is restarted
         # and the flows of its cluster keep arriving.
         children = _descendants(proc.pid)
@@ -107,6 +117,27 @@ def test_up_serves_both_demo_clusters_within_60s(tmp_path: Path) -> None:
     assert "api        http://" in out
     assert stopped_in is not None and stopped_in < 10, stopped_in
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "children outlived `up`"
+
+
+def _wait_for_planted_drift(data_dir: Path, cluster: str, timeout_s: float = 60) -> None:
+    """`up` syncs a fresh demo cluster in the background, then edits checkout-egress by hand: wait for that."""
+    from policy_engine.store import ControlPlaneStore
+
+    store = ControlPlaneStore.open(data_dir)
+    try:
+        registered = store.get_cluster(cluster)
+    finally:
+        store.close()
+    assert registered is not None and registered.api_server, registered
+    url = f"{registered.api_server}/apis/cilium.io/v2/namespaces/shop/ciliumnetworkpolicies/checkout-egress"
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = httpx.get(url, timeout=5)
+        managers = {m["manager"] for m in r.json().get("metadata", {}).get("managedFields", [])}
+        if r.status_code == 200 and "kubectl-edit" in managers:
+            return
+        assert time.monotonic() < deadline, f"no hand edit of checkout-egress on {cluster}: {r.text[:300]}"
+        time.sleep(0.2)
 
 
 def _auth(data_dir: Path) -> dict[str, str]:
