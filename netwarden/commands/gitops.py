@@ -54,6 +54,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p = sub.add_parser("apply", parents=[common], help="apply netwarden.io/v1 documents to the control plane")
     p.add_argument("-f", "--filename", required=True, metavar="DIR|FILE", help="YAML file or directory (e.g. a Git checkout)")
     p.add_argument("--prune", action="store_true", help="delete store objects that the files no longer contain")
+    _history_flags(p)
     p.set_defaults(handler=cmd_apply)
 
     p = sub.add_parser("diff", parents=[common], help="what applying would change in the store and in each cluster")
@@ -75,6 +76,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--cluster", help="only this cluster (default: every cluster)")
     p.add_argument("--restart-unmanaged", action="store_true",
                    help="restart workloads whose pods predate Cilium (chaining) so policy applies to them")
+    _history_flags(p)
     p.set_defaults(handler=cmd_sync)
 
     p = sub.add_parser("install-profile", parents=[common], help="Cilium install (Helm values + CNI ConfigMap) for a cluster")
@@ -93,6 +95,24 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("name")
     p.add_argument("--to", required=True, type=int, metavar="VERSION")
     p.set_defaults(handler=cmd_rollback)
+
+
+def _history_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check-history", metavar="DURATION",
+                   help="refuse if the change would deny traffic observed in this window (e.g. 7d): what-if first")
+    p.add_argument("--force", action="store_true", help="with --check-history: warn and go ahead anyway")
+
+
+def check_history(args: argparse.Namespace, documents: Sequence[Any] | None, clusters: Sequence[str] | None = None) -> None:
+    """`--check-history`: refuse (CommandError listing the conversations) a change that would deny observed
+    traffic, unless --force. `documents` None: sync, the current desired sets of `clusters` against history."""
+    if not args.check_history:
+        return
+    try:  # imported here: the CLI loads without the what-if module's dependencies
+        from netwarden.commands.policy_traffic import refuse_if_denies_observed
+    except ImportError as exc:
+        raise CommandError(f"--check-history is not available in this build ({exc})") from None
+    refuse_if_denies_observed(args, documents, clusters)
 
 
 # -- plumbing -------------------------------------------------------------------------------------
@@ -148,8 +168,12 @@ def _print_table(rows: list[list[str]]) -> None:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    with control_plane(args) as cp:
+    try:
         docs = load_documents(args.filename)
+    except GitOpsErrors as exc:
+        raise CommandError("\nnetwarden: ".join(str(e) for e in exc.errors)) from None
+    check_history(args, docs)  # before anything is written
+    with control_plane(args) as cp:
         changes = apply_documents(cp, docs, prune=args.prune)
     for change in changes:
         print(change)
@@ -259,6 +283,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
             raise CommandError(f"unknown cluster {args.cluster!r}")
         for cluster in clusters:
             cp.require_sync(cluster.name)
+        check_history(args, None, [c.name for c in clusters])  # before anything reaches a cluster
         for cluster in clusters:
             if not _reachable_config(cluster):
                 print(f"cluster {cluster.name}: status: error: no kubeContext, kubeconfig or apiServer to reach it")
