@@ -94,10 +94,14 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
     from netwarden.commands.gitops import principal_from
     from policy_engine.roles import PermissionDenied
     from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
-    from policy_engine.why import WhyInputError
+    from policy_engine.why import WhyInputError, parse_query
     from query_api.conversations import ConversationQueryError
     from query_api.why_routes import WhyParams, why_report
 
+    try:  # a malformed question is refused before any store is opened
+        parse_query(args.cluster, args.source, args.destination, args.port, args.protocol)
+    except WhyInputError as exc:
+        raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
     principal = principal_from(args)
     flows = _open_store(args)
     try:
