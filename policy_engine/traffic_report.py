@@ -299,7 +299,7 @@ def _cluster_report(facts: ClusterFacts, view: ReportView, decider: Decider) -> 
         "conversations": len(judged),
         "flows": sum(j.conv.flows for j in judged),
         "namespaces": _namespaces(facts, judged, view, decider),
-        "not_in_effect": _not_in_effect(facts, judged, view),
+        "not_in_effect": _not_in_effect(facts, judged, view, decider),
         "unexpected_drops": _unexpected_drops(facts, judged, view),
         "drops": _drops(judged),
     }
@@ -481,7 +481,21 @@ def _unmanaged_cause(facts: ClusterFacts, namespace: str, workload: str) -> dict
     }
 
 
-def _not_in_effect(facts: ClusterFacts, judged: Sequence[_Judged], view: ReportView) -> list[dict[str, Any]]:
+def _selecting_objects(facts: ClusterFacts, decider: Decider, side: Side, direction: str) -> set[str]:
+    """Objects of the desired set that select `side` for `direction` ("Kind/namespace/name")."""
+    policy_set = facts.desired
+    if policy_set is None or policy_set.error:
+        return set()
+    evaluator = decider.evaluator(policy_set, (facts.cluster, "desired"))
+    if evaluator is None:
+        return set()
+    endpoint = side_endpoint_of(side, policy_set.namespace_labels)
+    return {s.ref.key for s in _selected(evaluator, endpoint, direction)}
+
+
+def _not_in_effect(
+    facts: ClusterFacts, judged: Sequence[_Judged], view: ReportView, decider: Decider
+) -> list[dict[str, Any]]:
     cluster = facts.cluster
     groups: dict[tuple[str, str, str, str, str], list[_Judged]] = {}
     for j in judged:
@@ -504,14 +518,18 @@ def _not_in_effect(facts: ClusterFacts, judged: Sequence[_Judged], view: ReportV
             if c is not None
         ]
         if not causes and drift:
-            # Another object of the namespace (or cluster-wide) drifted: an allow may have been added there.
+            # Another object drifted that acts on this endpoint in this direction (an allow may have been
+            # added to it), or one netwarden no longer wants in the namespace: named first, then the others.
+            selecting = _selecting_objects(facts, decider, side, direction)
             nearby = sorted(
-                k for k, d in drift.items()
-                if d.drift in ("changed", "extra") and k.split("/")[1] in ("", namespace)
+                (k not in selecting, k) for k, d in drift.items()
+                if (d.drift == "changed" and k in selecting)
+                or (d.drift == "extra" and k.split("/")[1] in ("", namespace))
             )
             if nearby:
-                causes.append({"cause": "drifted", "detail": "objects changed on the cluster may allow it: "
-                               + ", ".join(nearby), "objects": nearby,
+                keys = [k for _, k in nearby]
+                causes.append({"cause": "drifted", "detail": "changed on the cluster and acting on "
+                               f"{namespace}/{workload} {direction}: " + ", ".join(keys), "objects": keys,
                                "fix": f"netwarden sync --cluster {cluster}"})
         if not causes:
             if facts.kube is None or not facts.kube.reachable:

@@ -252,3 +252,14 @@ def test_one_connection_seen_at_both_observation_points_is_listed_once() -> None
     (group,) = cl["not_in_effect"]
     assert group["conversation_count"] == 1 and group["flows"] == 40
     assert group["conversations"][0]["flows"] == 40
+
+
+def test_drift_named_only_where_the_object_acts() -> None:
+    web_leak = conv(WEB, BLOG, 80, 1, 6)  # web's egress allows only api: default deny
+    db_leak = conv(DB, BLOG, 5432, 1, 4)
+    kube = KubeFacts(True, drift=(ObjectDrift(key(WEB_EGRESS), "changed", ("spec.egress[1]: not desired",)),),
+                     desired_objects=3)
+    (cl,) = report(ClusterFacts(CLUSTER, [web_leak, db_leak], DESIRED, kube=kube))["clusters"]
+    groups = {g["workload"]: g for g in cl["not_in_effect"]}
+    assert groups["web"]["cause"] == "drifted" and groups["web"]["causes"][0]["objects"] == [key(WEB_EGRESS)]
+    assert groups["db"]["cause"] == "unknown"  # web-egress does not select db
