@@ -53,7 +53,7 @@ from policy_engine.flow_keys import (
     set_decision,
     side_endpoint_of,
 )
-from policy_engine.model import NamespaceRef, PolicyRule, PolicySpec
+from policy_engine.model import ENFORCERS, NamespaceRef, PolicyRule, PolicySpec
 from policy_engine.recommend import stable_labels
 from policy_engine.render import rule_object
 from policy_engine.roles import Ownership
@@ -505,14 +505,21 @@ def smallest_fix(
         name = fix_policy_name(query, shown_source, shown_destination,
                                namespace if len(rules_by_namespace) > 1 else "", taken)
         taken.add(name)
+        # A NetworkPolicy renders on every engine; Cilium form (entities, icmps) only where Cilium enforces.
+        enforcers = ENFORCERS if kubernetes else ("cilium",)
         spec = PolicySpec(name, "namespace", tuple(rules),
                           f"allow {shown_source.describe()} -> {shown_destination.describe()} "
-                          f"{query.protocol}/{query.port} (netwarden why)", ("kubernetes",) if kubernetes else ("cilium",))
-        for rule in rules:
-            obj = rule_object(spec, rule, 1, namespace)
-            if validate is not None:
-                validate(obj)
-            added.append(obj)
+                          f"{query.protocol}/{query.port} (netwarden why)", enforcers)
+        try:
+            for rule in rules:
+                obj = rule_object(spec, rule, 1, namespace)
+                if validate is not None:
+                    validate(obj)
+                added.append(obj)
+        except ValueError as exc:  # never expected: say so rather than offer a document apply would refuse
+            fix.notes.append(f"the proposed rule for namespace {namespace} does not validate: {exc}")
+            fix.verified = False
+            return fix
         fix.documents.append({
             "apiVersion": API_VERSION, "kind": "Policy", "metadata": {"name": name},
             "spec": {"scope": "namespace", "description": spec.description, "enforcers": list(spec.enforcers),
