@@ -143,8 +143,8 @@ def validation_report(
         raise PermissionDenied("reading the validation report", "any role binding", principal)
     places = _selection(control_plane_store, scope, principal, params)
     declared = {c.name: c for c in control_plane_store.list_clusters()}
-    if params.cluster is not None and params.cluster not in declared and not scope.can_see_cluster(params.cluster):
-        raise ReportParamError("cluster", params.cluster, f"unknown cluster {params.cluster!r}")
+    if params.cluster and params.cluster in declared and not scope.can_see_cluster(params.cluster):
+        raise PermissionDenied(f"reporting on cluster {params.cluster}", "a role whose scope includes it", principal)
 
     def in_report(cluster: str, namespace: str) -> bool:
         if not scope.can_see_namespace(cluster, namespace):
@@ -168,6 +168,9 @@ def validation_report(
     by_cluster: dict[str, list[Conversation]] = {}
     for conv in conversations:
         by_cluster.setdefault(conv.cluster, []).append(conv)
+    if params.cluster and params.cluster not in declared and params.cluster not in by_cluster:
+        # Neither declared nor seen (in the caller's scope) in the window: most likely a typo.
+        raise ReportParamError("cluster", params.cluster, f"unknown cluster {params.cluster!r}")
     inventories = _inventories(control_plane_store)
     names = {c for c in declared if scope.can_see_cluster(c)} | set(by_cluster)
     if params.cluster:

@@ -327,6 +327,8 @@ def test_route_json_html_and_refusals(client: TestClient, tokens: dict[str, str]
     bad = client.get("/api/v1/reports/validation", params={"workspace": "no-such"}, headers=auth)
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "workspace"]
     assert client.get("/api/v1/reports/validation", params={"since": "yesterday"}, headers=auth).status_code == 422
+    typo = client.get("/api/v1/reports/validation", params={"cluster": "rep-itt"}, headers=auth)
+    assert typo.status_code == 422 and typo.json()["detail"][0]["loc"] == ["query", "cluster"]
     assert client.get("/api/v1/reports/validation").status_code == 401
     assert client.get("/api/v1/reports/validation", headers={"Authorization": f"Bearer {tokens['rep-nobody']}"}).status_code == 403
 
