@@ -98,7 +98,6 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
     api_task: asyncio.Task[None] | None = None
     clusters: dict[str, DemoCluster] = {}
     saver: asyncio.Task[None] | None = None
-    syncing: asyncio.Task[None] | None = None
     # A ring per node holds >= 1 s of the cluster's traffic (~3 s of its node's): with the collector's own
     # buffer, a collector paused while the broker rotates loses nothing.
     ring = max(4095, int(rate))
@@ -110,13 +109,15 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
         for cluster in DEMO_CLUSTERS:
             clusters[cluster] = DemoCluster.open(data_dir, cluster, unmanaged=UNMANAGED.get(cluster, ()))
         seed_demo_policies(control_plane, {name: c.url for name, c in clusters.items()})
+        # Fresh clusters are synced before their traffic starts: a sync applies objects one by one, and
+        # traffic judged halfway (default deny in, allows not yet) would show drops no fault explains.
+        planted = dict(await asyncio.gather(*(_first_sync(c, data_dir) for c in clusters.values() if c.fresh)))
         for name, demo in clusters.items():
-            state = "first sync and faults: see below" if demo.fresh else "as left last time"
+            state = "as left last time"
+            if demo.fresh:
+                state = "new: synced" + (f"; then {planted[name]}" if planted.get(name) else "")
             lines.append(f"  kube API   {name}: {demo.url} ({state})")
         saver = asyncio.create_task(_save_clusters(list(clusters.values()), stop))
-        # Fresh clusters are synced while the rest starts: until then their Cilium enforces nothing, as on a
-        # new cluster, and the demo's traffic shows it.
-        syncing = asyncio.create_task(_first_sync([c for c in clusters.values() if c.fresh], data_dir))
         for cluster in DEMO_CLUSTERS:
             target = await stack.spawn_demo_server(cluster, rate=rate, ring=ring, kube_api=clusters[cluster].url)
             collector = await stack.spawn_collector(cluster, target)
@@ -159,33 +160,27 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
         await stack.stop()
         if saver is not None:
             saver.cancel()
-        if syncing is not None:
-            syncing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await syncing
         for demo in clusters.values():
             demo.close()
 
 
-async def _first_sync(clusters: list[Any], data_dir: Path) -> None:
-    """`netwarden sync` of each fresh demo cluster, then its planted faults (netwarden/demo/FAULTS.md)."""
+async def _first_sync(demo: Any, data_dir: Path) -> tuple[str, str | None]:
+    """`netwarden sync` of a fresh demo cluster, then its planted faults (netwarden/demo/FAULTS.md);
+    returns (cluster, what was planted)."""
     from netwarden.demo.faults import plant_drift, sync_cluster
     from policy_engine.store import ControlPlaneStore
 
-    for demo in clusters:
-        # Its own connection: SQLite connections stay in their thread.
-        def sync(demo: Any = demo) -> tuple[bool, str]:
-            store = ControlPlaneStore.open(data_dir)
-            try:
-                return sync_cluster(store, demo)
-            finally:
-                store.close()
+    def sync() -> tuple[bool, str]:
+        store = ControlPlaneStore.open(data_dir)  # its own connection: SQLite connections stay in their thread
+        try:
+            return sync_cluster(store, demo)
+        finally:
+            store.close()
 
-        ok, output = await asyncio.to_thread(sync)
-        if not ok:
-            log.warning("first sync of %s failed:\n%s", demo.name, output)
-        drift = plant_drift(demo)
-        print(f"netwarden up: {demo.name} synced" + (f"; then {drift}" if drift else ""), flush=True)
+    ok, output = await asyncio.to_thread(sync)
+    if not ok:
+        log.warning("first sync of %s failed:\n%s", demo.name, output)
+    return demo.name, plant_drift(demo)
 
 
 async def _save_clusters(clusters: list[Any], stop: asyncio.Event) -> None:
