@@ -94,14 +94,14 @@ def _flows(now_ns: int) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(n: int, src: dict[str, Any], dst: dict[str, Any], port: int, verdict: str, direction: str,
-            ip: tuple[str, str] = ("10.9.0.1", "10.9.0.3"), **extra: Any) -> None:
+            ip: tuple[str, str] = ("10.9.0.1", "10.9.0.3"), l4: dict[str, Any] | None = None, **extra: Any) -> None:
         for _ in range(n):
             t = now_ns - 30 * 60 * 1_000_000_000 + len(out) * 1_000_000
             seconds, nanos = divmod(t, 1_000_000_000)
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
             flow = {"time": stamp, "uuid": f"00000000-0000-4000-a000-{len(out):012d}", "verdict": verdict,
                     "IP": {"source": ip[0], "destination": ip[1], "ipVersion": "IPv4"},
-                    "l4": {"TCP": {"source_port": 40000 + len(out), "destination_port": port}},
+                    "l4": l4 or {"TCP": {"source_port": 40000 + len(out), "destination_port": port}},
                     "source": src, "destination": dst, "Type": "L3_L4", "node_name": "n1",
                     "event_type": {"type": 1 if verdict == "DROPPED" else 4},
                     "traffic_direction": direction, "is_reply": False, **extra}
@@ -109,6 +109,9 @@ def _flows(now_ns: int) -> list[dict[str, Any]]:
 
     add(12, WEB, API, 8080, "DROPPED", "INGRESS", ("10.9.0.1", API_IP), drop_reason_desc="POLICY_DENIED")
     add(3, WEB, DB, 5432, "DROPPED", "EGRESS", drop_reason_desc="POLICY_DENIED")
+    # pings web -> api forwarded (a policy not in effect), with their echo replies
+    add(2, WEB, API, 0, "FORWARDED", "EGRESS", ("10.9.0.1", API_IP), l4={"ICMPv4": {"type": 8}})
+    add(2, API, WEB, 0, "FORWARDED", "INGRESS", (API_IP, "10.9.0.1"), l4={"ICMPv4": {"type": 0}}, is_reply=True)
     return out
 
 
@@ -132,7 +135,8 @@ SHOP_ADMIN = Principal.with_role("workspace-admin", "why-shop", name="wendy")
 DATA_ADMIN = Principal.with_role("workspace-admin", "why-data", name="dana")
 
 
-def _why(world: dict[str, Any], principal: Principal, src: str, dst: str, port: int, **extra: Any) -> dict[str, Any]:
+def _why(world: dict[str, Any], principal: Principal, src: str, dst: str, port: int | None,
+         **extra: Any) -> dict[str, Any]:
     return why_report(world["flows"], world["control"], principal, WhyParams(CLUSTER, src, dst, port, **extra))
 
 
@@ -175,6 +179,22 @@ def test_history_decisions_and_the_fix_applied_turns_it_allowed(
     assert after["desired"]["verdict"] == "FORWARDED" and after["fix"] is None
     assert after["desired"]["ingress"]["netwarden_policy"] == fix["documents"][0]["metadata"]["name"]
     assert after["observed"]["flows"] == 12  # history is what it was
+
+
+def test_icmp_pings_with_their_replies_and_the_disagreement(world: dict[str, Any]) -> None:
+    doc = _why(world, ORG, "shop/web", "shop/api", None, protocol="ICMP")
+    assert doc["query"]["port"] == 8 and doc["observed"]["flows"] == 4  # replies count with their requests
+    assert {r["verdict"] for r in doc["observed"]["by_verdict"]} == {"FORWARDED"}
+    # web's egress has only a TCP/8080 port rule: ICMP is dropped there too (Cilium: toPorts never admits ICMP)
+    desired = doc["desired"]
+    assert desired["verdict"] == "DROPPED"
+    assert (desired["egress"]["verdict"], desired["ingress"]["verdict"]) == ("DROPPED", "DROPPED")
+    assert any("not in effect" in n for n in doc["notes"])
+    (policy, _assignment) = doc["fix"]["documents"]
+    rules = {r["name"]: r["cilium"] for r in policy["spec"]["rules"]}
+    for direction in ("egress", "ingress"):
+        assert rules[direction][direction][0]["icmps"] == [{"fields": [{"type": 8, "family": "IPv4"}]}]
+    assert doc["fix"]["verified"] is True
 
 
 def test_pod_name_and_pod_ip_resolve_to_their_workload(world: dict[str, Any]) -> None:
