@@ -210,19 +210,6 @@ def _ordered(groups: list[ConversationGroup]) -> list[ConversationGroup]:
     )
 
 
-def table_rows(report: WhatIfReport) -> list[list[str]]:
-    """-o table: one line per group, the change first."""
-    rows = [["CLUSTER", "CHANGE", "SOURCE", "DESTINATION", "PORT", "FLOWS", "FIRST-SEEN", "LAST-SEEN"]]
-    for c in report.clusters:
-        for change, groups in (("DENIED", c.newly_denied), ("ALLOWED", c.newly_allowed)):
-            for g in groups:
-                rows.append([
-                    c.cluster, change, g.source.describe(), g.destination.describe(), f"{g.port}/{g.protocol}",
-                    str(g.flows), _iso(g.first_seen), _iso(g.last_seen),
-                ])
-    return rows
-
-
 # -- the control-plane step -----------------------------------------------------------------------------
 
 

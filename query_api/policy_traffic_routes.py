@@ -110,7 +110,7 @@ def what_if(
         raise TrafficParamError("baseline", baseline, f"expected one of {', '.join(BASELINES)}")
     cp = ControlPlane(store, principal)
     before: dict[str, Any]
-    if documents is None:
+    if documents is None or (baseline == "observed" and not documents):
         after = current_policy_sets(cp, clusters)
         before = dict.fromkeys(after)
     else:

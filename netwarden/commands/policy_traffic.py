@@ -191,7 +191,7 @@ def run_what_if(
     window = _window(args)
     server = _server(args)
     if server:
-        raw = [_raw_document(d) for d in documents or []]
+        raw = _wire(args, documents)
         params: dict[str, Any] = {"since": args.since, "baseline": "observed" if documents is None else baseline}
         if args.until:
             params["until"] = args.until
@@ -221,12 +221,17 @@ def run_what_if(
     return report.to_dict()
 
 
-def _raw_document(doc: Any) -> Any:
+def _wire(args: argparse.Namespace, documents: Sequence[Any] | None) -> list[Any]:
+    """Documents as the API takes them: mappings as they are; parsed Documents re-read from their files."""
     from policy_engine.gitops import Document
 
-    if not isinstance(doc, Document):
-        return dict(doc)
-    raise CommandError("internal: parsed documents cannot be sent to --server; pass them as mappings")
+    if not documents:
+        return []
+    if any(isinstance(d, Document) for d in documents):
+        if not getattr(args, "filename", None):
+            raise CommandError("--server: the documents' files are unknown (no -f)")
+        return wire_documents(args.filename)
+    return [dict(d) for d in documents]
 
 
 @contextmanager
@@ -284,13 +289,13 @@ def _group_rows(data: Mapping[str, Any], changes: Sequence[str] = ("newly_denied
 
 
 def _print_table(data: Mapping[str, Any]) -> None:
+    from netwarden.commands.gitops import _print_table as print_rows
+
     rows = _group_rows(data)
     if len(rows) == 1:
         print("no observed conversation changes verdict")
         return
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_rows(rows)
 
 
 def refuse_if_denies_observed(

@@ -39,7 +39,7 @@ def day0(cluster: str) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def demo(flows: FlowStore) -> Window:
-    windows = [store_demo_traffic(flows, c, 5_000, seed=i) for i, c in enumerate(CLUSTERS)]
+    windows = [store_demo_traffic(flows, c, 3_000, seed=i) for i, c in enumerate(CLUSTERS)]
     return Window(min(w[0] for w in windows), max(w[1] for w in windows))
 
 

@@ -23,7 +23,7 @@ from tests.policy_engine.whatif.conftest import admin, new_store, store_demo_tra
 
 CLUSTER = "wi-east"
 OTHER = "wi-west"
-FLOWS = 12_000
+FLOWS = 4_000
 
 
 def deny_port(port: int, blueprint: str = "wi-guard", cluster: str = CLUSTER) -> list[dict[str, Any]]:
@@ -45,7 +45,7 @@ def deny_port(port: int, blueprint: str = "wi-guard", cluster: str = CLUSTER) ->
 @pytest.fixture(scope="module")
 def history(flows: FlowStore) -> Window:
     since, until = store_demo_traffic(flows, CLUSTER, FLOWS, seed=1)
-    store_demo_traffic(flows, OTHER, 2_000, seed=2)
+    store_demo_traffic(flows, OTHER, 1_000, seed=2)
     return Window(since, until)
 
 

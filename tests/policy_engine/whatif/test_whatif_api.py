@@ -48,7 +48,7 @@ def lock_shop_egress() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def app(flows: FlowStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FastAPI]:
     data = tmp_path_factory.mktemp("wa-data")
-    store_demo_traffic(flows, CLUSTER, 6_000, seed=3)
+    store_demo_traffic(flows, CLUSTER, 3_000, seed=3)
     store = new_store(data, CLUSTER)
     with store.transaction():
         cp = admin(store)
@@ -107,6 +107,9 @@ def test_what_if_over_http_with_roles_and_scope(app: FastAPI) -> None:
     bad = post(client, "org", lock_shop_egress(), since="yesterday-ish")
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["since"]
     assert "/api/v1/policies/what-if" in client.get("/openapi.json").json()["paths"]
+    # No documents, baseline observed (`sync --check-history` through the API): the current set against Hubble.
+    r = post(client, "org", "", baseline="observed")
+    assert r.status_code == 200 and [(c["cluster"], c["newly_denied"]) for c in r.json()["clusters"]] == [(CLUSTER, [])]
 
 
 def test_recommendation_over_http(app: FastAPI) -> None:
