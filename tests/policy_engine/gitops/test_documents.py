@@ -210,7 +210,8 @@ def test_cli_history_rollback_and_get(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "version 1 restored as version 3" in capsys.readouterr().out
     assert main(["policy", "history", "web-allow-frontend", *data]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["VERSION", "CREATED", "BY", "SOURCE", "MESSAGE"] and len(lines) == 4
+    assert lines[0].split() == ["VERSION", "MODE", "CREATED", "BY", "SOURCE", "MESSAGE"] and len(lines) == 4
+    assert [line.split()[1] for line in lines[1:]] == ["enforced"] * 3
     assert lines[3].endswith("rollback to version 1")
     assert main(["get", "clusters", "-o", "json", *data]) == 0
     assert '"primaryCNI": "aws-cni"' in capsys.readouterr().out
