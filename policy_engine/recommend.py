@@ -403,9 +403,11 @@ def _kubernetes_section(peers: Mapping[Peer, set[tuple[str, int]]], direction: s
     rules: list[dict[str, Any]] = []
     for _kind, ports, group in _grouped(peers):
         port_entries = _kubernetes_ports(ports)
+        unsaid = sorted({proto for proto, p in ports if proto not in L4 or p <= 0})
+        if unsaid:
+            notes.append(f"{what}: {direction} over {', '.join(unsaid)} cannot be expressed by a NetworkPolicy; "
+                         "left out")
         if not port_entries:
-            notes.append(f"{what}: {direction} over {', '.join(sorted({p for p, _ in ports}))} cannot be "
-                         "expressed by a NetworkPolicy; left out")
             continue
         selectors = [_kubernetes_peer(p) for p in group]
         if any(p.value == "0.0.0.0/0" for p in group):

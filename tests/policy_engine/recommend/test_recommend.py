@@ -159,3 +159,45 @@ def test_every_recommended_rule_validates(flows: FlowStore, demo: Window) -> Non
         assert result.policies
         for spec in result.policies:
             validate_policy(spec)
+
+
+def _conv(src: Side, dst: Side, port: int, protocol: str = "TCP", flows: int = 1) -> Any:
+    from schemas.conversation import Conversation
+
+    t = dt.datetime(2026, 11, 29, tzinfo=dt.UTC)
+    return Conversation("rc-unit", src, dst, port, protocol, 1, 0, flows, t, t)
+
+
+def _pod(ns: str, workload: str, **labels: str) -> Side:
+    return Side(ns, workload, labels=(f"k8s:io.kubernetes.pod.namespace={ns}",
+                                       *(f"k8s:{k}={v}" for k, v in {"app": workload, **labels}.items())))
+
+
+def test_hand_built_traffic_in_both_forms() -> None:
+    web, api = _pod("web", "web"), _pod("web", "api", tier="backend")
+    host = Side(reserved="host", ip="172.18.0.2", labels=("reserved:host",), identity=1)
+    convs = [
+        *(_conv(web, api, p) for p in (8080, 8081, 8082, 9090)),  # 8080-8082 merge; 9090 stays alone
+        _conv(host, api, 8080),
+        _conv(web, api, 8, "ICMPv4"),
+        *(_conv(web, Side(reserved="world", ip=f"198.51.100.{i}", labels=("reserved:world",), identity=2), 443)
+          for i in range(20)),  # more world IPs than MAX_WORLD_CIDRS: the world entity
+    ]
+    cilium = recommend(convs, "rc-unit", ["web"], "cilium")
+    rules = {r.name: r.spec for r in cilium.policies[0].rules}
+    ingress = rules["api"]["ingress"]
+    ports = [e["toPorts"][0]["ports"] for e in ingress if "fromEndpoints" in e and "toPorts" in e]
+    assert ports == [[{"port": "8080", "protocol": "TCP", "endPort": 8082}, {"port": "9090", "protocol": "TCP"}]]
+    assert {"fromEndpoints": [{"matchLabels": {"app": "web"}}], "icmps": [{"fields": [{"type": 8, "family": "IPv4"}]}]} in ingress
+    assert any(e.get("fromEntities") == ["host"] for e in ingress)
+    assert {"toEntities": ["world"], "toPorts": [{"ports": [{"port": "443", "protocol": "TCP"}]}]} in rules["web"]["egress"]
+    kube = recommend(convs, "rc-unit", ["web"], "kubernetes")
+    kspec = {r.name: r.spec for r in kube.policies[0].rules}
+    assert {"from": [{"ipBlock": {"cidr": "172.18.0.2/32"}}], "ports": [{"protocol": "TCP", "port": 8080}]} in kspec["api"]["ingress"]
+    world = [e for e in kspec["web"]["egress"] if any("ipBlock" in p for p in e["to"])]
+    assert world == [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}],
+                      "ports": [{"protocol": "TCP", "port": 443}]}]
+    assert any("ICMPv4" in n for n in kube.notes)  # NetworkPolicy cannot say ICMP: said so
+    for result in (cilium, kube):
+        for spec in result.policies:
+            validate_policy(spec)
