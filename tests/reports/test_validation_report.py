@@ -361,3 +361,49 @@ def test_namespace_selection(world: dict[str, Any]) -> None:
 
     with pytest.raises(PermissionDenied):
         _report(world, BLOG_ADMIN, namespace="shop")
+
+
+@pytest.fixture(scope="module")
+def server(world: dict[str, Any]) -> Iterator[str]:
+    """The same API under uvicorn on loopback, for the CLI's --server mode."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from policy_engine.tenancy import Tenancy
+    from query_api.app import create_app
+    from query_api.auth import Authenticator
+
+    tenancy = Tenancy.open(world["data"])
+    app = create_app(world["flows"], authenticator=Authenticator(tenancy), ownership=tenancy.ownership)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=api.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not api.started:
+        assert time.monotonic() < deadline, "API did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    api.should_exit = True
+    thread.join(10)
+    tenancy.close()
+
+
+def test_cli_through_the_api(server: str, tokens: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    org = ["report", "validate", "--server", server, "--token", tokens["rep-org"], "--cluster", CLUSTER]
+    assert main([*org, "-o", "json"]) == 0
+    (c,) = json.loads(capsys.readouterr().out)["clusters"]
+    assert [g["workload"] for g in c["not_in_effect"]] == ["db"]
+    assert main([*org, "-o", "html"]) == 0
+    assert capsys.readouterr().out.startswith("<!DOCTYPE html>")
+    assert main(org) == 0
+    assert "shop/db egress" in capsys.readouterr().out
+    wendy = ["report", "validate", "--server", server, "--token", tokens["rep-wendy"]]
+    assert main([*wendy, "--workspace", "rep-shop"]) == 2
+    assert "permission denied" in capsys.readouterr().err
+    assert main([*wendy, "--as-role", "org-admin"]) == 2
+    assert "--as-role" in capsys.readouterr().err
