@@ -245,6 +245,7 @@ def _document_errors() -> Iterator[None]:
 
 
 def cmd_what_if(args: argparse.Namespace) -> int:
+    _window(args)  # a bad --since/--until is refused before anything is read
     clusters = [args.cluster] if args.cluster else None
     if _server(args):
         documents: Sequence[Any] = wire_documents(args.filename)
@@ -331,6 +332,7 @@ def refuse_if_denies_observed(
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
+    _window(args)
     what = f"{args.cluster}/{args.namespace}" if args.namespace else f"workspace {args.workspace} on {args.cluster}"
     _progress(f"recommending from {args.since} of observed traffic of {what}")
     server = _server(args)
