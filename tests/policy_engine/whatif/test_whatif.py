@@ -173,3 +173,17 @@ def test_sync_check_history_compares_the_current_set_with_what_hubble_saw(histor
     with pytest.raises(CommandError, match="53/UDP"):
         refuse_if_denies_observed(check_args(), None, [CLUSTER])
     refuse_if_denies_observed(check_args(), None, [OTHER])  # the blueprint is not on the other cluster
+
+
+def test_a_blueprint_change_reaches_every_cluster_it_is_assigned_to(
+    flows: FlowStore, history: Window, store: ControlPlaneStore
+) -> None:
+    apply_documents(admin(store), parse_documents([{
+        "apiVersion": "netwarden.io/v1", "kind": "Blueprint", "metadata": {"name": "wi-shared"},
+        "spec": {"clusterPolicies": []}}, {
+        "apiVersion": "netwarden.io/v1", "kind": "Assignment", "metadata": {"name": "wi-shared"},
+        "spec": {"blueprint": "wi-shared", "clusters": [CLUSTER, OTHER]}}], "setup"))
+    policy, blueprint, _ = deny_port(53, blueprint="wi-shared")
+    report = what_if(flows.client, store, org_admin(), parse_documents([policy, blueprint], "request"), history)
+    assert [c.cluster for c in report.clusters] == [CLUSTER, OTHER]
+    assert all(c.newly_denied for c in report.clusters)
