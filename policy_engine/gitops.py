@@ -510,10 +510,10 @@ def diff_documents(cp: ControlPlane, docs: Sequence[Document], *, prune: bool = 
     report = DiffReport()
     with cp.store.transaction(rollback=True):
         before = _render_all(cp, strict=False)
-        staged_before = _render_all(cp, strict=False, staged=True)
+        staged_before = _render_all(cp, strict=False, staged=True, desired=before)
         report.store = _apply(cp, docs, prune)
         after = _render_all(cp, strict=True)
-        staged_after = _render_all(cp, strict=False, staged=True)
+        staged_after = _render_all(cp, strict=False, staged=True, desired=after)
     report.rendered = {name: r for name, r in after.items() if isinstance(r, RenderedCluster)}
     for name in sorted(set(before) | set(after)):
         old = before.get(name)
@@ -674,15 +674,26 @@ def _default_field(doc: Document, text: str) -> str:
     return "metadata.name"
 
 
-def _render_all(cp: ControlPlane, *, strict: bool, staged: bool = False) -> dict[str, RenderedCluster | RenderError]:
+def _render_all(
+    cp: ControlPlane,
+    *,
+    strict: bool,
+    staged: bool = False,
+    desired: Mapping[str, RenderedCluster | RenderError] | None = None,
+) -> dict[str, RenderedCluster | RenderError]:
+    """Every cluster's desired set rendered (`staged`: its staged set; a cluster with nothing staged takes its
+    result from `desired` when given, rather than rendering the same set again)."""
     from policy_engine import validation
+    from policy_engine.control_plane import staged_versions
 
     out: dict[str, RenderedCluster | RenderError] = {}
     for cluster in cp.store.list_clusters():
         try:
-            out[cluster.name] = render_cluster(
-                resolve_policy_set(cp.store, cluster.name, staged=staged), validate=validation.validate_object
-            )
+            policy_set = resolve_policy_set(cp.store, cluster.name, staged=staged)
+            if staged and desired is not None and cluster.name in desired and not staged_versions(policy_set):
+                out[cluster.name] = desired[cluster.name]
+                continue
+            out[cluster.name] = render_cluster(policy_set, validate=validation.validate_object)
         except RenderError as exc:
             if strict:
                 raise
@@ -694,8 +705,9 @@ def _render_errors(cp: ControlPlane, docs: Sequence[Document]) -> list[GitOpsErr
     """Refuse, at apply time, what some cluster could not enforce (e.g. L7 rules on a NetworkPolicy cluster),
     in the desired set and in the staged set (a staged policy must be renderable to be evaluated)."""
     errors: list[GitOpsError] = []
-    results = [(False, name, r) for name, r in _render_all(cp, strict=False).items()]
-    results += [(True, name, r) for name, r in _render_all(cp, strict=False, staged=True).items()]
+    desired = _render_all(cp, strict=False)
+    results = [(False, name, r) for name, r in desired.items()]
+    results += [(True, name, r) for name, r in _render_all(cp, strict=False, staged=True, desired=desired).items()]
     seen: set[str] = set()
     for staged, name, result in results:
         if not isinstance(result, RenderError) or str(result) in seen:
