@@ -201,6 +201,19 @@ def known_side(
     )
 
 
+def selector_side(side: Side, spec: PeerSpec, conversations: Iterable[Conversation], workload: str = "") -> Side:
+    """`side` with only the labels every observed pod of it carried in the window: pods of one workload differ
+    during a rollout (a version label), and a fix must select them all."""
+    if not side.namespace:
+        return side
+    seen = [set(s.labels) for c in conversations for s in (c.source, c.destination)
+            if not s.redacted and side_matches(s, spec, workload)]
+    if not seen:
+        return side
+    common = set.intersection(*seen)
+    return replace(side, labels=tuple(label for label in side.labels if label in common))
+
+
 # -- decisions ------------------------------------------------------------------------------------------
 
 
@@ -318,6 +331,8 @@ class _Direction:
     subject: Side
     peer: Side
     peer_visible: bool
+    subject_selector: Side  # whose stable labels select the subject / the peer (selector_side)
+    peer_selector: Side
 
 
 @dataclass
@@ -386,7 +401,7 @@ def _cilium_rule(d: _Direction, query: WhyQuery) -> dict[str, Any]:
     peer = d.peer
     entry: dict[str, Any] = {}
     if peer.namespace:
-        selector = {} if not d.peer_visible else _labels(peer)
+        selector = {} if not d.peer_visible else _labels(d.peer_selector)
         if peer.namespace != d.subject.namespace or not d.peer_visible:
             selector[NAMESPACE_LABEL] = peer.namespace
         entry[f"{side}Endpoints"] = [{"matchLabels": selector}]
@@ -399,7 +414,7 @@ def _cilium_rule(d: _Direction, query: WhyQuery) -> dict[str, Any]:
         entry["icmps"] = [{"fields": [{"type": query.port, "family": family}]}]
     else:
         entry["toPorts"] = [{"ports": [{"port": str(query.port), "protocol": query.protocol}]}]
-    return {"endpointSelector": {"matchLabels": _labels(d.subject)}, d.direction: [entry]}
+    return {"endpointSelector": {"matchLabels": _labels(d.subject_selector)}, d.direction: [entry]}
 
 
 def _kubernetes_rule(d: _Direction, query: WhyQuery, notes: list[str]) -> dict[str, Any] | None:
@@ -407,7 +422,7 @@ def _kubernetes_rule(d: _Direction, query: WhyQuery, notes: list[str]) -> dict[s
     peer = d.peer
     entry: dict[str, Any] = {}
     if peer.namespace:
-        item: dict[str, Any] = {"podSelector": {"matchLabels": _labels(peer) if d.peer_visible else {}}}
+        item: dict[str, Any] = {"podSelector": {"matchLabels": _labels(d.peer_selector) if d.peer_visible else {}}}
         if peer.namespace != d.subject.namespace or not d.peer_visible:
             item["namespaceSelector"] = {"matchLabels": {NAMESPACE_NAME_LABEL: peer.namespace}}
         entry[side] = [item]
@@ -423,7 +438,8 @@ def _kubernetes_rule(d: _Direction, query: WhyQuery, notes: list[str]) -> dict[s
     else:
         entry["ports"] = [{"port": query.port, "protocol": query.protocol}]
     policy_type = "Egress" if d.direction == "egress" else "Ingress"
-    return {"podSelector": {"matchLabels": _labels(d.subject)}, "policyTypes": [policy_type], d.direction: [entry]}
+    return {"podSelector": {"matchLabels": _labels(d.subject_selector)}, "policyTypes": [policy_type],
+            d.direction: [entry]}
 
 
 def smallest_fix(
@@ -438,12 +454,14 @@ def smallest_fix(
     policy_scope: Callable[[str], str] = lambda _name: "namespace",
     validate: Callable[[dict[str, Any]], None] | None = None,
     existing_policies: Collection[str] = (),
+    selectors: tuple[Side, Side] | None = None,
 ) -> Fix | None:
     """The documents that would allow the pair (None when the desired set already allows it or did not
     judge it). `visible(cluster, namespace)`: the caller's scope; `policy_scope(name)`: "cluster" or
     "namespace" of a netwarden policy (who may change a deny rule); `validate`: the schema check of a
     rendered object (policy_engine.validation.validate_object); `existing_policies`: names already in the
-    store (a new policy never takes one)."""
+    store (a new policy never takes one); `selectors`: the (source, destination) sides whose stable labels the
+    rules select by (selector_side; default the sides themselves)."""
     if policy_set is None or decision.verdict != DROPPED:
         return None
     fix = Fix()
@@ -452,9 +470,12 @@ def smallest_fix(
     shown_source = _shown(source, visible(query.cluster, source.namespace))
     shown_destination = _shown(destination, visible(query.cluster, destination.namespace))
     rules_by_namespace: dict[str, list[PolicyRule]] = {}
+    source_selector, destination_selector = selectors or (source, destination)
     for d in (
-        _Direction("egress", source, destination, visible(query.cluster, destination.namespace)),
-        _Direction("ingress", destination, source, visible(query.cluster, source.namespace)),
+        _Direction("egress", source, destination, visible(query.cluster, destination.namespace),
+                   source_selector, destination_selector),
+        _Direction("ingress", destination, source, visible(query.cluster, source.namespace),
+                   destination_selector, source_selector),
     ):
         if getattr(decision, f"{d.direction}_verdict") != DROPPED:
             continue
@@ -491,7 +512,7 @@ def smallest_fix(
         if not d.peer_visible and d.peer.namespace:
             fix.notes.append(f"{d.direction}: the peer is outside your scope, so it is selected by its namespace "
                              f"{d.peer.namespace} only")
-        if not _labels(d.subject):
+        if not _labels(d.subject_selector):
             fix.notes.append(f"{d.direction}: {d.subject.describe()} has no stable labels known; the rule selects "
                              f"every pod of namespace {d.subject.namespace}")
         rules_by_namespace.setdefault(d.subject.namespace, []).append(
@@ -605,8 +626,14 @@ def explain(
     elif decision.verdict == NOT_EVALUATED:
         notes.append(f"the desired set of {query.cluster} cannot be evaluated: {desired.error or 'invalid objects'}")
     notes += _disagreements(pair, decision)
+    seen = pair or conversations
+    selectors = (
+        selector_side(source, query.source, seen, workloads.get(query.source.name, "")),
+        selector_side(destination, query.destination, seen, workloads.get(query.destination.name, "")),
+    )
     fix = smallest_fix(query, source, destination, decision, desired, visible=visible, ownership=ownership,
-                       policy_scope=policy_scope, validate=validate, existing_policies=existing_policies)
+                       policy_scope=policy_scope, validate=validate, existing_policies=existing_policies,
+                       selectors=selectors)
     staged_doc = decision_dict(staged_decision, staged) if staged is not None else None
     if staged_doc is not None:
         staged_doc["differs"] = staged_decision.verdict != decision.verdict
@@ -638,6 +665,7 @@ __all__ = [
     "observed",
     "pair_conversations",
     "parse_peer",
+    "selector_side",
     "parse_query",
     "side_matches",
     "smallest_fix",

@@ -4,6 +4,7 @@ the set, allows the pair (checked by evaluating it here again, independently of 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -177,6 +178,20 @@ def test_no_history_uses_the_sides_seen_elsewhere_and_both_directions_get_rules(
     # Another namespace: the peer carries its namespace label.
     assert egress_rule["toEndpoints"] == [{"matchLabels": {"app": "web", "k8s:io.kubernetes.pod.namespace": "shop"}}]
     assert decide_pair(DB, WEB, 9000, "TCP", applied(fix["documents"], desired)).verdict == 1
+
+
+def test_fix_selects_what_every_pod_of_a_workload_carries() -> None:
+    # A rollout: the newest api pods carry version=v2, the older ones v1; the fix must select both.
+    v1 = replace(API, labels=(*API.labels, "k8s:version=v1"))
+    v2 = replace(API, labels=(*API.labels, "k8s:version=v2"), identity=5009)
+    history = [conv(WEB, v1, 8080, 2, 3, reason=133), replace(conv(WEB, v2, 8080, 2, 1, reason=133),
+                                                             last_seen=NOW)]
+    doc = why("shop/web", "shop/api", 8080, history, policy_set(DEFAULT_DENY, WEB_EGRESS))
+    assert doc["destination"]["labels"] == list(v2.labels)  # judged as last seen
+    (policy, _a) = doc["fix"]["documents"]
+    assert policy["spec"]["rules"][0]["cilium"]["endpointSelector"] == {"matchLabels": {"app": "api"}}
+    after = applied(doc["fix"]["documents"], policy_set(DEFAULT_DENY, WEB_EGRESS))
+    assert decide_pair(WEB, v1, 8080, "TCP", after).verdict == decide_pair(WEB, v2, 8080, "TCP", after).verdict == 1
 
 
 def test_fix_never_takes_the_name_of_a_stored_policy() -> None:
