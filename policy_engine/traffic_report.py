@@ -532,10 +532,12 @@ def _not_in_effect(
                                f"{namespace}/{workload} {direction}: " + ", ".join(keys), "objects": keys,
                                "fix": f"netwarden sync --cluster {cluster}"})
         if not causes:
-            if facts.kube is None or not facts.kube.reachable:
-                why = f"the kube API of {cluster} was not reachable" + (
-                    f" ({facts.kube.error})" if facts.kube is not None and facts.kube.error else "")
-                causes.append({"cause": "unknown", "detail": why + ": pods and objects not checked"})
+            if facts.kube is None:
+                causes.append({"cause": "unknown", "detail": f"the kube API of {cluster} was not asked: pods and "
+                               "objects not checked"})
+            elif not facts.kube.reachable:
+                causes.append({"cause": "unknown", "detail": f"the kube API of {cluster} was not reachable "
+                               f"({facts.kube.error}): pods and objects not checked"})
             else:
                 causes.append({"cause": "unknown", "detail": "objects match and every pod is enforced"})
         name, version = _netwarden_policy(facts.desired, policy)

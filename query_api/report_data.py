@@ -289,10 +289,20 @@ def kube_facts(
             UnmanagedPod(p.namespace, p.name, p.owner_kind or "", p.owner_name or "", p.reason)
             for p in kube.unmanaged_pods()
         )
-        # Raw JSON: the client's models refuse pods that lack fields they require (e.g. containers).
+        # Raw JSON: the client's models refuse objects that lack fields they require (e.g. containers).
         listing = core.list_pod_for_all_namespaces(_request_timeout=KUBE_TIMEOUT_S, _preload_content=False)
+        replica_sets = k8s_client.AppsV1Api(kube.api).list_replica_set_for_all_namespaces(
+            _request_timeout=KUBE_TIMEOUT_S, _preload_content=False
+        )
+        deployments = {
+            (rs["metadata"].get("namespace", ""), rs["metadata"]["name"]): owner
+            for rs in json.loads(replica_sets.data).get("items") or ()
+            if (owner := _controller(rs)) is not None
+        }
         pods = tuple(
-            pod for item in json.loads(listing.data).get("items") or () if (pod := _kube_pod(item)) is not None
+            pod
+            for item in json.loads(listing.data).get("items") or ()
+            if (pod := _kube_pod(item, deployments)) is not None
         )
     except Exception as exc:  # one unreachable or broken cluster must not fail the report
         log.warning("cluster %s: kube API not usable for the report: %s", cluster.name, exc)
@@ -300,19 +310,29 @@ def kube_facts(
     return KubeFacts(True, "", pods, unmanaged, drift, len(objects))
 
 
-def _kube_pod(item: Mapping[str, Any]) -> KubePod | None:
+def _controller(obj: Mapping[str, Any]) -> tuple[str, str] | None:
+    ref = next((r for r in (obj.get("metadata") or {}).get("ownerReferences") or () if r.get("controller")), None)
+    return (str(ref["kind"]), str(ref["name"])) if ref is not None else None
+
+
+def _kube_pod(item: Mapping[str, Any], replica_set_owners: Mapping[tuple[str, str], tuple[str, str]]) -> KubePod | None:
+    """A pod and its workload: the controller, through its ReplicaSet to the Deployment."""
     meta, spec, status = item.get("metadata") or {}, item.get("spec") or {}, item.get("status") or {}
     if spec.get("hostNetwork"):
         return None  # Cilium never manages host-network pods
     if status.get("phase") in ("Succeeded", "Failed"):
         return None
+    namespace, name = meta.get("namespace") or "", meta.get("name", "")
     labels = {str(k): str(v) for k, v in (meta.get("labels") or {}).items()}
-    owner = next((r for r in meta.get("ownerReferences") or () if r.get("controller")), None)
-    kind, name = (owner["kind"], owner["name"]) if owner is not None else ("", meta.get("name", ""))
-    template_hash = labels.get("pod-template-hash")
-    if kind == "ReplicaSet" and template_hash and name.endswith(f"-{template_hash}"):
-        kind, name = "Deployment", name[: -len(template_hash) - 1]  # the Deployment's ReplicaSet
-    return KubePod(meta.get("namespace") or "", meta.get("name", ""), labels, name, kind)
+    kind, workload = _controller(item) or ("", name)
+    if kind == "ReplicaSet":
+        owner = replica_set_owners.get((namespace, workload))
+        template_hash = labels.get("pod-template-hash")
+        if owner is not None:
+            kind, workload = owner
+        elif template_hash and workload.endswith(f"-{template_hash}"):  # the ReplicaSet is not listed (yet)
+            kind, workload = "Deployment", workload[: -len(template_hash) - 1]
+    return KubePod(namespace, name, labels, workload, kind)
 
 
 __all__ = [

@@ -171,6 +171,13 @@ def _endpoint(side: Mapping[str, Any]) -> str:
     return f"{reserved} ({ip})" if reserved and ip else reserved or ip or "unknown"
 
 
+def _object(key: str) -> str:
+    """"Kind/namespace/name" as kubectl names it: "Kind namespace/name" ("Kind name" when cluster-wide)."""
+    kind, _, rest = key.partition("/")
+    namespace, _, name = rest.partition("/")
+    return f"{kind} {namespace}/{name}" if namespace else f"{kind} {name}" if name else key
+
+
 def _pct(value: Any) -> str:
     return "-" if value is None else f"{float(value) * 100:.0f}%"
 
@@ -230,7 +237,7 @@ def render_table(report: Mapping[str, Any]) -> str:
         rows = [["REASON", "FLOWS"]] + [[r["reason"], r["flows"]] for r in drops.get("by_reason") or []]
         out += _grid(rows) if len(rows) > 1 else ["  none"]
         out.append("DROPS BY POLICY")
-        rows = [["POLICY", "FLOWS"]] + [[f"{r['kind']}/{r.get('namespace', '')}/{r['name']}", r["flows"]]
+        rows = [["POLICY", "FLOWS"]] + [[_object(f"{r['kind']}/{r.get('namespace', '')}/{r['name']}"), r["flows"]]
                                         for r in drops.get("by_policy") or []]
         out += _grid(rows) if len(rows) > 1 else ["  none"]
         out.append("TOP DROPPED CONVERSATIONS")
@@ -240,13 +247,14 @@ def render_table(report: Mapping[str, Any]) -> str:
         out += _grid(rows) if len(rows) > 1 else ["  none"]
         out.append("UNUSED RULES (decided no flow in the window)")
         rows = [["POLICY", "VERSION", "OBJECT", "RULE"]]
-        rows += [[r["policy"], r["version"], r["object"], r["rule"]] for r in c["unused_rules"]]
+        rows += [[r["policy"], r["version"], _object(r["object"]), r["rule"]] for r in c["unused_rules"]]
         out += _grid(rows) if len(rows) > 1 else ["  none"]
         used = [r for r in c.get("rules") or [] if r["flows"]]
         if used:
             out.append("RULES THAT DECIDED FLOWS")
             rows = [["POLICY", "VERSION", "OBJECT", "RULE", "FLOWS", "LAST MATCHED"]]
-            rows += [[r["policy"], r["version"], r["object"], r["rule"], r["flows"], r["last_matched"]] for r in used]
+            rows += [[r["policy"], r["version"], _object(r["object"]), r["rule"], r["flows"], r["last_matched"]]
+                     for r in used]
             out += _grid(rows)
         out.append("STAGED POLICIES")
         for s in c["staged"]:

@@ -42,6 +42,11 @@ def test_each_planted_fault_in_its_list(reports: dict[str, Any]) -> None:
     assert groups[("shop", "checkout")]["cause"] == "drifted"
     assert "CiliumNetworkPolicy/shop/checkout-egress" in groups[("shop", "checkout")]["causes"][0]["objects"]
     assert west["not_in_effect"] == []  # demo-west carries only the policy's own faults
+    # coverage: the kube API's pods name the same workloads as Hubble (Deployments through their ReplicaSets)
+    shop = next(n for n in east["namespaces"] if n["namespace"] == "shop")
+    assert {w["workload"]: w["seen_in"] for w in shop["workloads"]} == {
+        name: ["flows", "kube"] for name in ("cart", "checkout", "frontend", "payments")}
+    assert shop["default_deny"] == {"ingress": True, "egress": True}
     for cluster in (east, west):
         # 1: payments -> Stripe dropped by default deny, and the desired set drops it too
         stripe = [t for t in cluster["drops"]["top_conversations"]
