@@ -79,8 +79,10 @@ RESERVED_IDENTITIES = {
 # Reserved entities of the cluster itself (they share its project); world does not.
 CLUSTER_ENDPOINT_ENTITIES = frozenset(IP_ENTITIES - {"world"})
 CACHE_LIMIT = 200_000  # entries kept per memo before it starts over
+MAX_SLOTS = 256  # unnamed policy sets an EvaluatorCache keeps evaluators for
 
 _ZERO_IP = bytes(16)
+_BY_IDENTITY = object()  # slot names of policy sets cached by identity (no caller-given name)
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 _K8S = "k8s:"
 _NS_LABEL_KEY = f"{_K8S}{CILIUM_NS_LABELS_PREFIX}"
@@ -303,13 +305,17 @@ class EvaluatorCache:
         self.hits = 0  # connections answered from the decision memo
 
     def _slot(self, policy_set: PolicySet, name: Hashable | None) -> _Slot:
-        key = ("set", id(policy_set)) if name is None else name
+        key = (_BY_IDENTITY, id(policy_set)) if name is None else name
         slot = self._slots.get(key)
         if slot is not None and (
             slot.policy_set is policy_set if name is None else slot.revision == policy_set.revision
         ):
             return slot
         self.built += 1
+        if name is None and len(self._slots) >= MAX_SLOTS:
+            # A long-lived cache fed many scratch sets: forget those (named slots are one per cluster and set).
+            for old in [k for k in self._slots if isinstance(k, tuple) and k[:1] == (_BY_IDENTITY,)]:
+                del self._slots[old]
         try:
             evaluator: PolicyEvaluator | None = policy_evaluator(policy_set)
         except EvaluatorInputError as exc:
