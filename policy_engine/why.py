@@ -3,8 +3,8 @@
 Pure core (no I/O): the shells (netwarden/commands/why.py, query_api/why_routes.py) read the pair's
 conversations and the cluster's inventory, and hand them here.
 
-- The pair: `--from`/`--to` are `NS/NAME` (a workload, or a pod resolved to its workload by the shell) or an
-  IP. History is read by conversation (client -> server, server port; for ICMP the request's type), so
+- The pair: `--from`/`--to` are `NS/NAME` (a workload, or a pod resolved to its workload by the shell), an
+  IP, or a reserved identity's name (kube-apiserver, host, world, ...). History is read by conversation (client -> server, server port; for ICMP the request's type), so
   `from` is the client and `to` the server.
 - Each side is judged as Hubble identified it: from the pair's own conversations, else from any other
   conversation of that side in the window (its identity labels), else from its namespace alone (a note says
@@ -72,6 +72,7 @@ _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 _NOT_NAME = re.compile(r"[^a-z0-9-]+")
 # Reserved identities a Cilium rule names as entities (world is selected by CIDR when the IP is known).
 _ENTITIES = {"host", "remote-node", "kube-apiserver", "health", "init", "ingress", "unmanaged", "world"}
+PEER_FORMS = "NAMESPACE/WORKLOAD, NAMESPACE/POD, an IP or an entity (kube-apiserver, host, world, ...)"
 
 
 class WhyInputError(ValueError):
@@ -87,15 +88,17 @@ class WhyInputError(ValueError):
 
 @dataclass(frozen=True)
 class PeerSpec:
-    """One side as asked: a namespaced workload or pod (`namespace`, `name`), or an `ip`."""
+    """One side as asked: a namespaced workload or pod (`namespace`, `name`), an `ip`, or a reserved identity
+    (`reserved`: kube-apiserver, host, world, ...)."""
 
     text: str
     namespace: str = ""
     name: str = ""
     ip: str = ""
+    reserved: str = ""
 
     def describe(self) -> str:
-        return self.ip or f"{self.namespace}/{self.name}"
+        return self.ip or self.reserved or f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)
@@ -116,16 +119,20 @@ class WhyQuery:
 
 
 def parse_peer(text: str | None, parameter: str) -> PeerSpec:
-    """`NS/NAME` or an IP address."""
+    """`NS/NAME`, an IP address or a reserved identity's name."""
     if not text or not isinstance(text, str):
-        raise WhyInputError(parameter, text, "missing: give NAMESPACE/WORKLOAD, NAMESPACE/POD or an IP")
+        raise WhyInputError(parameter, text, "missing: give NAMESPACE/WORKLOAD, NAMESPACE/POD, an IP or an entity")
     try:
         return PeerSpec(text, ip=str(ipaddress.ip_address(text)))
     except ValueError:
         pass
+    if text in _ENTITIES:
+        return PeerSpec(text, reserved=text)
     namespace, sep, name = text.partition("/")
     if not sep or not _NAME.match(namespace) or not name or "/" in name or not _NAME.match(name):
-        raise WhyInputError(parameter, text, f"{text!r} is neither NAMESPACE/WORKLOAD, NAMESPACE/POD nor an IP")
+        raise WhyInputError(
+            parameter, text, f"{text!r} is neither NAMESPACE/WORKLOAD, NAMESPACE/POD, an IP nor one of "
+            f"{', '.join(sorted(_ENTITIES))}")
     return PeerSpec(text, namespace=namespace, name=name)
 
 
@@ -157,6 +164,8 @@ def side_matches(side: Side, spec: PeerSpec, workload: str = "") -> bool:
     name given is a pod the shell resolved)."""
     if spec.ip:
         return not side.namespace and _same_ip(side.ip, spec.ip)
+    if spec.reserved:
+        return not side.namespace and (side.reserved or "world") == spec.reserved
     return side.namespace == spec.namespace and side.workload in {spec.name, workload} - {""}
 
 
@@ -194,6 +203,8 @@ def known_side(
         return best[1], ""
     if spec.ip:
         return Side(ip=spec.ip, reserved="world"), ""
+    if spec.reserved:
+        return Side(reserved=spec.reserved, labels=(f"reserved:{spec.reserved}",)), ""
     labels = (f"{NAMESPACE_LABEL}={spec.namespace}",)
     return Side(namespace=spec.namespace, workload=workload or spec.name, labels=labels), (
         f"{spec.describe()}: no flows of it in the window, so its pod labels are unknown; it was judged by its "
@@ -652,6 +663,7 @@ def explain(
 
 
 __all__ = [
+    "PEER_FORMS",
     "PROTOCOLS",
     "Fix",
     "PeerSpec",

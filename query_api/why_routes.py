@@ -25,7 +25,15 @@ from starlette.concurrency import run_in_threadpool
 
 from policy_engine.roles import PermissionDenied, Principal
 from policy_engine.store import ControlPlaneStore
-from policy_engine.why import PeerSpec, WhyInputError, WhyQuery, explain, pair_conversations, parse_query
+from policy_engine.why import (
+    PEER_FORMS,
+    PeerSpec,
+    WhyInputError,
+    WhyQuery,
+    explain,
+    pair_conversations,
+    parse_query,
+)
 from query_api.conversations import ConversationQueryError, read_conversations
 from query_api.flow_query import FilterValueError, parse_time_ns
 from query_api.scope import ScopeFilter
@@ -231,8 +239,8 @@ def router(deps: WhyRouteDeps) -> APIRouter:
     )
     async def get_why(
         cluster: str = Query(..., description="the cluster the pair lives in"),
-        source: str = Query(..., alias="from", description="NAMESPACE/WORKLOAD, NAMESPACE/POD or an IP"),
-        destination: str = Query(..., alias="to", description="NAMESPACE/WORKLOAD, NAMESPACE/POD or an IP"),
+        source: str = Query(..., alias="from", description=PEER_FORMS),
+        destination: str = Query(..., alias="to", description=PEER_FORMS),
         port: int | None = Query(None, description="server port; for ICMP the type (default echo request)"),
         protocol: str = Query("TCP", description="TCP, UDP, SCTP, ICMP or ICMPv6"),
         since: str | None = Query(None, description="RFC 3339 or a duration ago (default 24h)"),

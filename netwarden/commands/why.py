@@ -18,6 +18,8 @@ from typing import Any
 from netwarden.cli import CommandError
 
 FORMATS = ("table", "json")
+# policy_engine.why.PEER_FORMS, kept here: the CLI imports every command module at start, so they stay light.
+PEER_FORMS = "NAMESPACE/WORKLOAD, NAMESPACE/POD, an IP or an entity (kube-apiserver, host, world, ...)"
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -31,9 +33,9 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     )
     p.add_argument("--cluster", metavar="C", required=True, help="the cluster the pair lives in")
     p.add_argument("--from", dest="source", metavar="NS/NAME|IP", required=True,
-                   help="client: NAMESPACE/WORKLOAD, NAMESPACE/POD or an IP")
+                   help=f"client: {PEER_FORMS}")
     p.add_argument("--to", dest="destination", metavar="NS/NAME|IP", required=True,
-                   help="server: NAMESPACE/WORKLOAD, NAMESPACE/POD or an IP")
+                   help=f"server: {PEER_FORMS}")
     p.add_argument("--port", type=int, metavar="P", help="server port; for ICMP the type (default echo request)")
     p.add_argument("--protocol", default="TCP", help="TCP (default), UDP, SCTP, ICMP or ICMPv6")
     p.add_argument("--since", metavar="T", help="RFC 3339 time or a duration ago (default 24h)")

@@ -279,6 +279,17 @@ def json_key(rule: dict[str, Any]) -> str:
     return "egress" if "egress" in rule else "ingress"
 
 
+def test_reserved_identity_by_name() -> None:
+    apiserver = Side(ip="172.18.0.10", reserved="kube-apiserver", identity=7, labels=("reserved:kube-apiserver",))
+    doc = why("shop/web", "kube-apiserver", 6443, [conv(WEB, apiserver, 6443, 2, 5, reason=133, at=2)],
+              policy_set(DEFAULT_DENY))
+    assert doc["observed"]["flows"] == 5 and doc["destination"]["reserved"] == "kube-apiserver"
+    (policy, _a) = doc["fix"]["documents"]
+    assert policy["spec"]["rules"][0]["cilium"]["egress"][0]["toEntities"] == ["kube-apiserver"]
+    assert policy["metadata"]["name"] == "allow-web-to-kube-apiserver-tcp-6443"
+    assert doc["fix"]["verified"] is True
+
+
 def test_kubernetes_engine_gets_networkpolicy_form() -> None:
     isolate = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                "metadata": {"name": "default-deny", "namespace": "data"},
@@ -321,6 +332,7 @@ def test_scope_peer_redacted_and_foreign_direction_left_to_its_writers() -> None
     [
         (("", "shop/web", "shop/api", 80, "TCP"), "cluster"),
         ((CLUSTER, "web", "shop/api", 80, "TCP"), "from"),
+        ((CLUSTER, "shop/web", "apiserver", 80, "TCP"), "to"),
         ((CLUSTER, "shop/web", "shop/api/x", 80, "TCP"), "to"),
         ((CLUSTER, "shop/web", "shop/api", None, "TCP"), "port"),
         ((CLUSTER, "shop/web", "shop/api", 70000, "TCP"), "port"),
