@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +50,7 @@ log = logging.getLogger("netwarden.query_api.report")
 
 DEFAULT_SINCE = "24h"
 KUBE_TIMEOUT_S = 5.0  # a report must not hang on one unreachable cluster
+KUBE_PARALLEL = 8  # clusters' APIs asked at once
 
 
 class ReportParamError(ValueError):
@@ -183,14 +187,21 @@ def validation_report(
     rollups = _rollups(flows, scope, params, places, since_ns, until_ns, now_ns)
     t_roll = time.perf_counter() - clock
     clock = time.perf_counter()
-    kube: dict[str, KubeFacts | None] = {}
-    for name in sorted(names):
-        cluster = declared.get(name)
-        kube[name] = (
-            kube_facts(control_plane_store, cluster)
-            if params.live and cluster is not None and (cluster.api_server or cluster.kube_context or cluster.kubeconfig)
-            else None
-        )
+    reachable = [
+        declared[name] for name in sorted(names)
+        if params.live and name in declared
+        and (declared[name].api_server or declared[name].kube_context or declared[name].kubeconfig)
+    ]
+    kube: dict[str, KubeFacts | None] = dict.fromkeys(names)
+    if reachable:
+        # The clusters' APIs are asked at once: a fleet report waits for the slowest, not for the sum.
+        lock = threading.Lock()
+        with ThreadPoolExecutor(max_workers=min(KUBE_PARALLEL, len(reachable))) as pool:
+            for cluster, found in zip(
+                reachable, pool.map(lambda c: kube_facts(control_plane_store, c, store_lock=lock), reachable),
+                strict=True,
+            ):
+                kube[cluster.name] = found
     t_kube = time.perf_counter() - clock
 
     facts = []
@@ -265,10 +276,14 @@ def _kube_client(cluster: Any) -> Any:
 
 
 def kube_facts(
-    store: ControlPlaneStore, cluster: Any, connect: Callable[[Any], Any] = _kube_client
+    store: ControlPlaneStore,
+    cluster: Any,
+    connect: Callable[[Any], Any] = _kube_client,
+    store_lock: AbstractContextManager[Any] | None = None,
 ) -> KubeFacts:
     """Pods, pods Cilium does not enforce and drift of the desired objects, from one cluster's API; a
-    cluster that cannot be reached gives KubeFacts(reachable=False, error=...)."""
+    cluster that cannot be reached gives KubeFacts(reachable=False, error=...). `store_lock` serializes the
+    store's use when several clusters are asked from threads."""
     from kubernetes import client as k8s_client
 
     from policy_engine.control_plane import resolve_policy_set
@@ -278,7 +293,9 @@ def kube_facts(
         kube = connect(cluster)
         core = k8s_client.CoreV1Api(kube.api)
         live = [ns.metadata.name for ns in core.list_namespace(_request_timeout=KUBE_TIMEOUT_S).items]
-        rendered = render_cluster(resolve_policy_set(store, cluster.name, live))
+        with store_lock or nullcontext():
+            policy_set = resolve_policy_set(store, cluster.name, live)
+        rendered = render_cluster(policy_set)
         # As sync does: objects of namespaces the cluster does not have are held back, not drift.
         objects = [o for o in rendered.objects if o["metadata"].get("namespace") in (None, *live)]
         drift = tuple(
