@@ -575,20 +575,31 @@ def smallest_fix(
 # -- the answer -----------------------------------------------------------------------------------------
 
 
-def _disagreements(pair: Sequence[Conversation], decision: SetDecision) -> list[str]:
-    """Where what Hubble saw and what the desired set says differ, the likely reasons (the validation report
-    names them per cluster)."""
+def _disagreements(
+    pair: Sequence[Conversation], decision: SetDecision, cluster: str, namespaces: tuple[str, str]
+) -> list[str]:
+    """Where what Hubble saw and what the desired set says differ, the likely reasons; the validation report of
+    the namespace where it happens (`namespaces`: the client's and the server's, "" when the caller may not read
+    it) names the cause from the cluster's kube API."""
+
+    def report(namespace: str) -> str:
+        return f"`netwarden report validate --cluster {cluster}" + (f" --namespace {namespace}`" if namespace else "`")
+
     seen = {c.verdict for c in pair}
     notes = []
     if decision.verdict == DROPPED and FORWARDED in seen:
+        at = namespaces[0] if decision.egress_verdict == DROPPED else namespaces[1]
         notes.append("Hubble forwarded flows the desired set denies: the policy is not in effect there (pods started "
                      "before Cilium, an object missing or edited on the cluster, or the cluster not synced); "
-                     "`netwarden report validate` names the cause")
+                     f"{report(at)} names the cause")
     if decision.verdict == FORWARDED and DROPPED in seen:
-        denied_by = sorted({p for c in pair for p in c.hubble_denied_by})
+        dropped = [c for c in pair if c.verdict == DROPPED]
+        at_egress = sum(c.flows for c in dropped if c.traffic_direction == 2) * 2 > sum(c.flows for c in dropped)
+        denied_by = sorted({p for c in dropped for p in c.hubble_denied_by})
         by = f" (Hubble names {', '.join(denied_by)})" if denied_by else ""
         notes.append(f"Hubble dropped flows the desired set allows: something netwarden does not manage denies "
-                     f"them{by}, or the cluster is not synced to the current version")
+                     f"them{by}, an object is missing or edited on the cluster, or the cluster is not synced to the "
+                     f"current version; {report(namespaces[0] if at_egress else namespaces[1])} names the cause")
     return notes
 
 
@@ -636,7 +647,8 @@ def explain(
         notes.append(f"cluster {query.cluster} has no desired policy set (no blueprint or policies assigned yet)")
     elif decision.verdict == NOT_EVALUATED:
         notes.append(f"the desired set of {query.cluster} cannot be evaluated: {desired.error or 'invalid objects'}")
-    notes += _disagreements(pair, decision)
+    readable = (source.namespace if source_visible else "", destination.namespace if destination_visible else "")
+    notes += _disagreements(pair, decision, query.cluster, readable)
     seen = pair or conversations
     selectors = (
         selector_side(source, query.source, seen, workloads.get(query.source.name, "")),

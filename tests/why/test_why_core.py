@@ -234,10 +234,11 @@ def test_hubble_and_desired_disagreeing_is_explained() -> None:
     dropped = [conv(WEB, API, 8080, 2, 4, reason=181, denied_by=("CiliumNetworkPolicy/shop/hand-made",))]
     doc = why("shop/web", "shop/api", 8080, dropped, allowed_now)
     assert any("something netwarden does not manage" in n and "CiliumNetworkPolicy/shop/hand-made" in n
-               for n in doc["notes"])
+               and "--namespace shop" in n for n in doc["notes"])
     forwarded = [conv(WEB, API, 8080, 1, 4)]
     doc = why("shop/web", "shop/api", 8080, forwarded, policy_set(DEFAULT_DENY))
-    assert any("not in effect" in n for n in doc["notes"])
+    assert any("not in effect" in n and "`netwarden report validate --cluster east --namespace shop`" in n
+               for n in doc["notes"])
 
 
 def test_deny_rule_is_named_not_outweighed() -> None:
