@@ -223,5 +223,7 @@ def router(current_principal: Callable[..., Any], tenancy: Any) -> APIRouter:
 
 
 def app_router(current_principal: Callable[..., Any], authenticator: Any) -> APIRouter:
-    """The routes as create_app wires them: the control plane is the authenticator's tenancy store."""
-    return router(current_principal, getattr(authenticator, "tenancy", None))
+    """The routes as create_app wires them: the control plane is the authenticator's tenancy store; an app
+    without one (a flow-only API) has no policy routes."""
+    tenancy = getattr(authenticator, "tenancy", None)
+    return router(current_principal, tenancy) if tenancy is not None else APIRouter()
