@@ -65,6 +65,11 @@ def cart_state(client: TestClient, token: str) -> dict[str, Any]:
 
 def test_stage_promote_unstage_over_http_with_role_rules(api: tuple[TestClient, dict[str, str], Path]) -> None:
     client, tokens, data = api
+    paths = client.get("/openapi.json").json()["paths"]
+    for path, method in (("/api/v1/policies", "get"), ("/api/v1/policies/stage", "post"),
+                         ("/api/v1/policies/{name}/promote", "post"), ("/api/v1/policies/{name}/staged", "delete")):
+        assert {"200", "401", "403"} <= set(paths[path][method]["responses"]), path
+    assert set(paths["/api/v1/policies/stage"]["post"]["requestBody"]["content"]) == {"application/yaml", "application/json"}
     assert client.get("/api/v1/policies").status_code == 401
     state = cart_state(client, tokens["walter"])  # read-only roles read
     assert (state["mode"], state["enforced"]["version"], state["staged"]) == ("enforced", 1, None)
