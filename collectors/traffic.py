@@ -647,7 +647,7 @@ class DemoTraffic:
         add(1.5, tcp(pairs(p["shop/frontend"], p["data/postgres"]), 5432, denied(False, 133)))
         add(1.5, tcp(pairs(p["shop/checkout"], p["data/redis"]), 6379, denied(True, 133)))
         add(1, tcp([(c, metadata) for c in p["shop/cart"]], 80, denied(True, 181, (ccnp, "", "deny-cloud-metadata"))))
-        add(0.5, tcp([(c, miner) for c in p["shop/frontend"]], 3333,
+        add(1, tcp([(c, miner) for c in p["shop/frontend"]], 3333,
                      denied(True, 181, (ccnp, "", "deny-blocklisted-egress"))))
         add(1, tcp(pairs(p["monitoring/prometheus"], p["data/redis"]), 6379,
                    denied(False, 181, (cnp, "data", "redis-deny-monitoring"))))
