@@ -29,7 +29,6 @@ Sections per cluster:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -172,25 +171,42 @@ def conversation_doc(conv: Conversation) -> dict[str, Any]:
     }
 
 
-def merge_docs(docs: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Conversation documents that differ only in counts merged (the same connection seen at both of
-    Hubble's observation points, or peers that redaction makes alike), biggest first."""
-    merged: dict[str, dict[str, Any]] = {}
-    for doc in docs:
-        key = json.dumps({k: v for k, v in doc.items() if k not in _COUNTS}, sort_keys=True, default=str)
-        into = merged.get(key)
-        if into is None:
-            merged[key] = dict(doc)
-            continue
-        into["flows"] += doc["flows"]
-        if doc.get("first_seen") and (not into.get("first_seen") or doc["first_seen"] < into["first_seen"]):
-            into["first_seen"] = doc["first_seen"]
-        if doc.get("last_seen") and (not into.get("last_seen") or doc["last_seen"] > into["last_seen"]):
-            into["last_seen"] = doc["last_seen"]
-    return sorted(merged.values(), key=lambda d: -d["flows"])
+def _display_key(j: _Judged) -> tuple[Any, ...]:
+    """What a listed conversation shows: the same connection at both observation points, or peers that
+    redaction makes alike, are one entry."""
+    s, d = j.shown.source, j.shown.destination
+    return (s.cluster, s.namespace, s.workload, s.workload_kind, s.reserved, s.ip, d.cluster, d.namespace,
+            d.workload, d.workload_kind, d.reserved, d.ip, j.shown.port, j.shown.protocol, j.shown.verdict)
 
 
-_COUNTS = ("flows", "first_seen", "last_seen")
+def _listed(
+    members: Iterable[_Judged],
+    limit: int | None,
+    key: Callable[[_Judged], tuple[Any, ...]] = lambda j: (),
+    extra: Callable[[_Judged], dict[str, Any]] | None = None,
+) -> tuple[int, list[dict[str, Any]]]:
+    """(distinct entries, the biggest `limit` as documents): conversations grouped by what they show (plus
+    `key`), counts summed; documents are built for the listed entries only. `extra(first member)` adds the
+    group's own fields."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for j in members:
+        k = (*_display_key(j), *key(j))
+        g = groups.get(k)
+        if g is None:
+            groups[k] = [j, j.conv.flows, j.conv.first_seen, j.conv.last_seen]
+        else:
+            g[1] += j.conv.flows
+            g[2] = min(g[2], j.conv.first_seen)
+            g[3] = max(g[3], j.conv.last_seen)
+    ordered = sorted(groups.values(), key=lambda g: -g[1])
+    docs = []
+    for j, n, first, last in ordered if limit is None else ordered[:limit]:
+        doc = conversation_doc(j.shown)
+        doc.update(flows=n, first_seen=_iso(first), last_seen=_iso(last))
+        if extra is not None:
+            doc.update(extra(j))
+        docs.append(doc)
+    return len(groups), docs
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -338,17 +354,27 @@ def _namespaces(
     cluster = facts.cluster
     # Workloads per namespace: (namespace, workload) -> a side carrying its labels.
     workloads: dict[Place, dict[str, tuple[Side, set[str]]]] = {}
-    flows: dict[Place, list[tuple[Side, str, int]]] = {}  # place -> (side, direction, flows)
+    # place -> (labels, direction) -> [side, flows]: each distinct side is judged once, however many
+    # conversations it has (keyed by its labels: tuples hash faster than dataclasses)
+    flows: dict[Place, dict[tuple[tuple[str, ...], str], list[Any]]] = {}
+    shown: dict[Place, bool] = {}
     for j in judged:
         for side, direction in ((j.conv.source, "egress"), (j.conv.destination, "ingress")):
             if not side.namespace:
                 continue
             place = _place(side, cluster)
-            if place[0] != cluster or not view.in_report(*place):
+            if place not in shown:
+                shown[place] = place[0] == cluster and view.in_report(*place)
+            if not shown[place]:
                 continue
             entry = workloads.setdefault(place, {}).setdefault(side.workload, (side, set()))
             entry[1].add("flows")
-            flows.setdefault(place, []).append((side, direction, j.conv.flows))
+            counts = flows.setdefault(place, {})
+            entry_flows = counts.get((side.labels, direction))
+            if entry_flows is None:
+                counts[(side.labels, direction)] = [side, j.conv.flows]
+            else:
+                entry_flows[1] += j.conv.flows
     if facts.kube is not None:
         for pod in facts.kube.pods:
             place = (cluster, pod.namespace)
@@ -367,12 +393,12 @@ def _namespaces(
     labels = policy_set.namespace_labels if policy_set is not None else {}
     enforcement = policy_set.enforcement_mode if policy_set is not None else "default"
     cilium = policy_set is not None and policy_set.engine == "cilium"
-    memo: dict[tuple[Side, str], bool] = {}
+    memo: dict[tuple[str, tuple[str, ...], str], bool] = {}
 
     def selected(side: Side, direction: str) -> bool:
         if evaluator is None:
             return False
-        key = (side, direction)
+        key = (side.namespace, side.labels, direction)
         if key not in memo:
             memo[key] = bool(_selected(evaluator, side_endpoint_of(side, labels), direction))
         return memo[key]
@@ -394,10 +420,9 @@ def _namespaces(
         coverage: dict[str, Any] = {}
         for direction in DIRECTIONS:
             chosen = [name for name, (side, _) in ws.items() if selected(side, direction)]
-            total_flows = sum(n for _, d, n in flows.get(place, []) if d == direction)
-            selected_flows = sum(
-                n for side, d, n in flows.get(place, []) if d == direction and selected(side, direction)
-            )
+            seen = [(side, n) for (_, d), (side, n) in flows.get(place, {}).items() if d == direction]
+            total_flows = sum(n for _, n in seen)
+            selected_flows = sum(n for side, n in seen if selected(side, direction))
             coverage[direction] = {
                 "workloads": _share(len(chosen), len(ws)),
                 "workloads_selected": len(chosen),
@@ -552,8 +577,8 @@ def _not_in_effect(
                 "rule": rule,
                 "version": version,
                 "flows": sum(j.conv.flows for j in members),
-                "conversation_count": len(shown := merge_docs(conversation_doc(j.shown) for j in members)),
-                "conversations": shown[:CONVERSATIONS_PER_GROUP],
+                "conversation_count": (listed := _listed(members, CONVERSATIONS_PER_GROUP))[0],
+                "conversations": listed[1],
                 "cause": causes[0]["cause"],
                 "causes": causes,
             }
@@ -596,14 +621,13 @@ def _drop_cause(facts: ClusterFacts, j: _Judged, drift: Mapping[str, ObjectDrift
 def _unexpected_drops(facts: ClusterFacts, judged: Sequence[_Judged], view: ReportView) -> list[dict[str, Any]]:
     cluster = facts.cluster
     drift = _drift_of(facts)
-    out = []
-    for j in judged:
-        if j.conv.verdict != DROPPED or j.desired.verdict != FORWARDED:
-            continue
-        if not any(
-            s.namespace and view.in_report(*_place(s, cluster)) for s in (j.conv.source, j.conv.destination)
-        ):
-            continue
+    members = [
+        j for j in judged
+        if j.conv.verdict == DROPPED and j.desired.verdict == FORWARDED
+        and any(s.namespace and view.in_report(*_place(s, cluster)) for s in (j.conv.source, j.conv.destination))
+    ]
+
+    def extra(j: _Judged) -> dict[str, Any]:  # once per listed entry: its cause from what Hubble and the cluster say
         allowed_by = []
         for direction in DIRECTIONS:
             policy, rule, _ = _attribution(j.desired, direction)
@@ -612,17 +636,20 @@ def _unexpected_drops(facts: ClusterFacts, judged: Sequence[_Judged], view: Repo
                 allowed_by.append({"direction": direction, "policy": name or policy, "object": policy,
                                    "rule": rule, "version": version})
         cause = _drop_cause(facts, j, drift)
-        out.append(
-            {
-                **conversation_doc(j.shown),
-                "drop_reason": drop_reason_name(j.conv.drop_reason),
-                "hubble_denied_by": list(j.conv.hubble_denied_by),
-                "allowed_by": allowed_by,
-                "cause": cause["cause"],
-                "causes": [cause],
-            }
-        )
-    return merge_docs(out)
+        return {
+            "drop_reason": drop_reason_name(j.conv.drop_reason),
+            "hubble_denied_by": list(j.conv.hubble_denied_by),
+            "allowed_by": allowed_by,
+            "cause": cause["cause"],
+            "causes": [cause],
+        }
+
+    def key(j: _Judged) -> tuple[Any, ...]:
+        d = j.desired
+        return (j.conv.drop_reason, j.conv.hubble_denied_by, d.egress_policy, d.egress_rule, d.ingress_policy,
+                d.ingress_rule)
+
+    return _listed(members, None, key, extra)[1]
 
 
 # -- drops ----------------------------------------------------------------------------------------------
@@ -632,31 +659,31 @@ def _drops(judged: Sequence[_Judged]) -> dict[str, Any]:
     """Drops by reason and by the policies Hubble names (conversations count what the rollups count)."""
     reasons: dict[str, int] = {}
     policies: dict[str, int] = {}
-    top = []
-    for j in judged:
-        if j.conv.verdict != DROPPED:
-            continue
+    dropped = [j for j in judged if j.conv.verdict == DROPPED]
+    for j in dropped:
         name = drop_reason_name(j.conv.drop_reason) or "UNKNOWN"
         reasons[name] = reasons.get(name, 0) + j.conv.flows
         for policy in j.conv.hubble_denied_by:
             policies[policy] = policies.get(policy, 0) + j.conv.flows
-        top.append(
-            {
-                **conversation_doc(j.shown),
-                "drop_reason": drop_reason_name(j.conv.drop_reason),
-                "hubble_denied_by": list(j.conv.hubble_denied_by),
-                "desired": VERDICT_NAMES.get(j.desired.verdict, "") or "not evaluated",
-            }
-        )
     by_policy = []
     for key, n in sorted(policies.items(), key=lambda kv: (-kv[1], kv[0])):
         kind, _, rest = key.partition("/")
         namespace, _, name = rest.partition("/")
         by_policy.append({"kind": kind, "namespace": namespace, "name": name, "flows": n})
+    _, top = _listed(
+        dropped,
+        TOP_CONVERSATIONS,
+        lambda j: (j.conv.drop_reason, j.conv.hubble_denied_by, j.desired.verdict),
+        lambda j: {
+            "drop_reason": drop_reason_name(j.conv.drop_reason),
+            "hubble_denied_by": list(j.conv.hubble_denied_by),
+            "desired": VERDICT_NAMES.get(j.desired.verdict, "") or "not evaluated",
+        },
+    )
     return {
         "by_reason": [{"reason": r, "flows": n} for r, n in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))],
         "by_policy": by_policy,
-        "top_conversations": merge_docs(top)[:TOP_CONVERSATIONS],
+        "top_conversations": top,
     }
 
 
@@ -744,7 +771,9 @@ def _staged(facts: ClusterFacts, judged: Sequence[_Judged]) -> list[dict[str, An
         for name, version in sorted(policies.items())
     }
     fallback = next(iter(entries)) if len(entries) == 1 else "(staged set)"
-    for j in sorted(judged, key=lambda j: -j.conv.flows):
+    changed: dict[tuple[str, str], list[_Judged]] = {}
+    where: dict[int, tuple[str, str, str]] = {}  # id(judged) -> (direction, object, rule) of its change
+    for j in judged:
         d, s = j.desired.verdict, j.staged.verdict
         if d not in (FORWARDED, DROPPED) or s not in (FORWARDED, DROPPED) or d == s:
             continue
@@ -753,14 +782,19 @@ def _staged(facts: ClusterFacts, judged: Sequence[_Judged]) -> list[dict[str, An
         else:
             what, direction = "newly_allowed", _denied_direction(j.desired)
         policy, rule, _ = _attribution(j.staged, direction)
-        name, version = _netwarden_policy(staged, policy)
+        name, _ = _netwarden_policy(staged, policy)
         owner = name if name in entries else fallback
         entry = entries.setdefault(owner, {"policy": owner, "version": 0, "newly_denied": [],
                                            "newly_allowed": [], "newly_denied_flows": 0,
                                            "newly_allowed_flows": 0})
         entry[f"{what}_flows"] += j.conv.flows
-        entry[what].append({**conversation_doc(j.shown), "direction": direction, "object": policy, "rule": rule})
-    for entry in entries.values():
-        for what in ("newly_denied", "newly_allowed"):
-            entry[what] = merge_docs(entry[what])[:CONVERSATIONS_PER_GROUP]
+        changed.setdefault((owner, what), []).append(j)
+        where[id(j)] = (direction, policy, rule)
+    for (owner, what), members in changed.items():
+        entries[owner][what] = _listed(
+            members,
+            CONVERSATIONS_PER_GROUP,
+            lambda j: where[id(j)],
+            lambda j: dict(zip(("direction", "object", "rule"), where[id(j)], strict=True)),
+        )[1]
     return list(entries.values())
