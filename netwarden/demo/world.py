@@ -16,7 +16,6 @@ Its state is kept in DATA_DIR/demo-clusters/<cluster>.json (saved while `up` run
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -198,9 +197,14 @@ class DemoCluster:
         path = data_dir / STATE_DIR / f"{name}.json"
         stub = KubeApiStub(record_requests=False, namespaces=())
         saved: dict[str, Any] | None = None
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        try:
             saved = json.loads(path.read_text())
             stub.restore(saved["store"])
+        except OSError:
+            saved = None  # first start
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("%s: unreadable (%s); building demo cluster %s afresh", path, exc, name)
+            saved, stub = None, KubeApiStub(record_requests=False, namespaces=())
         if saved is None:
             # Cilium was installed (chained) an hour ago; everything but `unmanaged` was restarted since.
             started = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
