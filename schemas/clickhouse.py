@@ -296,11 +296,19 @@ def catalog_view_ddls() -> list[str]:
 
 CONVERSATIONS_1H = "flow_conversations_1h"
 _REPLY = "ifNull(is_reply, false)"
-# ICMP echo reply -> echo request (v4 0 -> 8, v6 129 -> 128): a reply is counted with its request's type.
-_ICMP_PORT = (
-    f"if({_REPLY}, multiIf(l4_protocol = 3 AND icmp_type = 0, 8, l4_protocol = 4 AND icmp_type = 129, 128, "
-    "icmp_type), icmp_type)"
-)
+
+
+def server_port_sql(table: str = "") -> str:
+    """The connection's server port of a flow (over `table.` columns when given): a reply is keyed on its
+    source port; ICMP on the request's type (echo reply 0 -> 8, v6 129 -> 128), so replies and requests
+    of one conversation share one key. The stream's enrichment key and the conversation table use it."""
+    t = f"{table}." if table else ""
+    reply = f"ifNull({t}is_reply, false)"
+    request_type = (
+        f"if({reply}, multiIf({t}l4_protocol = 3 AND {t}icmp_type = 0, 8, "
+        f"{t}l4_protocol = 4 AND {t}icmp_type = 129, 128, {t}icmp_type), {t}icmp_type)"
+    )
+    return f"multiIf({t}l4_protocol IN (3, 4), {request_type}, {reply}, {t}src_port, {t}dst_port)"
 
 
 def _client_server(column: str, role: str) -> str:
@@ -333,7 +341,7 @@ def _conversation_dims() -> tuple[tuple[str, str, str], ...]:
             (f"{role}_ip", "IPv6", f"if({ns} = '', {_client_server('ip_{}', role)}, toIPv6('::'))"),
         ]
     dims += [
-        ("port", "UInt16", f"multiIf(l4_protocol IN (3, 4), {_ICMP_PORT}, {_REPLY}, src_port, dst_port)"),
+        ("port", "UInt16", server_port_sql()),
         ("l4_protocol", "UInt8", "l4_protocol"),
         ("traffic_direction", "UInt8", "traffic_direction"),
         ("verdict", "UInt8", "verdict"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from schemas.clickhouse import server_port_sql
 from schemas.flow_record import (
     ENRICHMENT_COLUMNS,
     ENRICHMENT_KEY_COLUMNS,
@@ -211,16 +212,16 @@ assert list(FLOW_EXPRESSIONS) == [c.name for c in FLOW_COLUMNS], "one transform 
 _KEY_EXPRESSIONS: dict[str, str] = {
     "src_ip": "if(src_namespace = '', ip_src, toIPv6('::'))",
     "dst_ip": "if(dst_namespace = '', ip_dst, toIPv6('::'))",
-    # A reply is judged as its connection (streams.verdicts): keyed on the server's port, so replies of
-    # one conversation share one key instead of one per ephemeral client port.
-    "dst_port": "if(is_reply, src_port, dst_port)",
+    # A reply is judged as its connection (streams.verdicts): keyed on the server's port (ICMP: the
+    # request's type), so replies of one conversation share one key instead of one per ephemeral port.
+    "dst_port": server_port_sql(),
     # Hubble's verdict only matters for verdict_mismatch, which compares policy drops alone.
     "verdict": "if(verdict = 2 AND drop_reason_desc NOT IN (133, 181), 0, verdict)",
 }
 _STAGE_KEY_EXPRESSIONS = {
     "src_ip": "if(s.src_namespace = '', s.ip_src, toIPv6('::'))",
     "dst_ip": "if(s.dst_namespace = '', s.ip_dst, toIPv6('::'))",
-    "dst_port": "if(s.is_reply, s.src_port, s.dst_port)",
+    "dst_port": server_port_sql("s"),
     "verdict": "if(s.verdict = 2 AND s.drop_reason_desc NOT IN (133, 181), 0, s.verdict)",
 }
 KEY_INPUTS = [c.name for c in ENRICHMENT_KEY_COLUMNS if c.name != "ekey"]
