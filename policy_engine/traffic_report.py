@@ -221,15 +221,14 @@ def _place(side: Side, cluster: str) -> Place:
 
 
 class Decider:
-    """The current set's decision for conversations: the stored one when current, else decided again."""
+    """The current set's decision for conversations: the stored one when current, else decided again. One
+    evaluator per policy set (object) serves the decisions, coverage and rule listing."""
 
     def __init__(self, cache: EvaluatorCache | None = None) -> None:
         self.cache = cache or EvaluatorCache()
         self.decided_again = 0
 
-    def decision(
-        self, conv: Conversation, stored: SetDecision, policy_set: PolicySet | None, slot: Any
-    ) -> SetDecision:
+    def decision(self, conv: Conversation, stored: SetDecision, policy_set: PolicySet | None) -> SetDecision:
         if policy_set is None:
             return SetDecision()
         if stored.verdict != NOT_EVALUATED and stored.revision == policy_set.revision:
@@ -237,8 +236,8 @@ class Decider:
         self.decided_again += 1
         return decide(conv, policy_set, self.cache, traffic_direction=conv.traffic_direction)
 
-    def evaluator(self, policy_set: PolicySet, slot: Any) -> Any:
-        return self.cache.evaluator(policy_set, slot)
+    def evaluator(self, policy_set: PolicySet) -> Any:
+        return self.cache.evaluator(policy_set)
 
 
 def _denied_direction(d: SetDecision) -> str:
@@ -292,8 +291,8 @@ def _cluster_report(facts: ClusterFacts, view: ReportView, decider: Decider) -> 
         _Judged(
             c,
             view.redact(c),
-            decider.decision(c, c.desired, facts.desired, (cluster, "desired")),
-            decider.decision(c, c.staged, facts.staged, (cluster, "staged")),
+            decider.decision(c, c.desired, facts.desired),
+            decider.decision(c, c.staged, facts.staged),
         )
         for c in facts.conversations
     ]
@@ -386,7 +385,7 @@ def _namespaces(
     names = {p[1] for p in workloads} | {ns for ns in facts.known_namespaces if view.in_report(cluster, ns)}
     policy_set = facts.desired
     evaluator = (
-        decider.evaluator(policy_set, (cluster, "desired"))
+        decider.evaluator(policy_set)
         if policy_set is not None and not policy_set.error
         else None
     )
@@ -511,7 +510,7 @@ def _selecting_objects(facts: ClusterFacts, decider: Decider, side: Side, direct
     policy_set = facts.desired
     if policy_set is None or policy_set.error:
         return set()
-    evaluator = decider.evaluator(policy_set, (facts.cluster, "desired"))
+    evaluator = decider.evaluator(policy_set)
     if evaluator is None:
         return set()
     endpoint = side_endpoint_of(side, policy_set.namespace_labels)
@@ -701,7 +700,7 @@ def _rules(
     policy_set = facts.desired
     if policy_set is None or policy_set.error:
         return []
-    evaluator = decider.evaluator(policy_set, (facts.cluster, "desired"))
+    evaluator = decider.evaluator(policy_set)
     if evaluator is None:
         return []
     # (object, direction, rule) -> [flows, last]
