@@ -188,7 +188,10 @@ def _api_error(response: Any) -> CommandError:
         loc = detail[0].get("loc") or ["", ""]
         return CommandError(f"{_flag(str(loc[-1]))}: {detail[0].get('msg', 'invalid value')}")
     what = {401: "the server refused the token", 403: "permission denied"}.get(response.status_code)
-    return CommandError(f"{what or f'server error {response.status_code}'}: {detail}")
+    what = what or f"server error {response.status_code}"
+    text = str(detail)
+    # The API's own message often starts with the same words: say them once.
+    return CommandError(text if text.lower().startswith(what) else f"{what}: {text}")
 
 
 def fetch_from_api(server: str, token: str | None, flt: FlowFilter) -> list[dict[str, Any]]:
