@@ -101,6 +101,10 @@ def _history_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check-history", metavar="DURATION",
                    help="refuse if the change would deny traffic observed in this window (e.g. 7d): what-if first")
     p.add_argument("--force", action="store_true", help="with --check-history: warn and go ahead anyway")
+    p.add_argument("--server", metavar="URL",
+                   help="with --check-history: read the history through this netwarden API (env NETWARDEN_SERVER; "
+                        "needed while `netwarden up` holds the data dir's flow store)")
+    p.add_argument("--token", metavar="T", help="API token for --server (env NETWARDEN_TOKEN)")
 
 
 def check_history(args: argparse.Namespace, documents: Sequence[Any] | None, clusters: Sequence[str] | None = None) -> None:

@@ -89,3 +89,21 @@ def test_apply_and_sync_refuse_what_would_deny_observed_traffic(
         code, out, err = run(capsys, "sync", "--cluster", CLUSTER, "--check-history", "2h")
         assert code == 2 and " 53/UDP (" in err and "use --force" in err
         assert kube.objects("CiliumClusterwideNetworkPolicy") == [] and kube.requests_for() == []
+
+
+def test_the_history_check_can_ask_an_api(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """While `netwarden up` holds the data dir's flow store, --server reads history through its API; an API
+    that cannot be reached stops the apply before anything is written."""
+    from netwarden.broker import free_port
+
+    data = tmp_path / "data"
+    with ControlPlaneStore.open(data) as store, store.transaction():
+        admin(store).put_cluster(Cluster(CLUSTER, "upstream", "cilium"))
+    change = tmp_path / "deny-dns.yaml"
+    change.write_text(yaml.safe_dump_all(deny_dns(CLUSTER)))
+    server = f"http://127.0.0.1:{free_port()}"
+    code, _, err = run(capsys, "apply", "-f", str(change), "--data-dir", str(data), "--check-history", "1h",
+                       "--server", server, "--token", "t")
+    assert code == 2 and f"--server {server}" in err
+    with ControlPlaneStore.open(data) as store:
+        assert store.get_policy("stg-deny-dns") is None
