@@ -612,11 +612,18 @@ def cmd_inventory_show(args: argparse.Namespace) -> int:
             return str(desired.revision), desired.engine, f"error: {desired.error}"
         return str(desired.revision), desired.engine, str(len(desired.policies))
 
+    def staged_text(c: str) -> str:
+        staged = inventory[c].staged
+        if staged is None or staged.error:
+            return f"error: {staged.error}" if staged else "-"
+        return ",".join(f"{v.policy}@{v.version}" for v in staged.staged_versions) or "-"
+
     _emit([{**inventory[c].to_dict(), "publishedRevision": published.get(c, 0)} for c in clusters], args.output,
-          ["CLUSTER", "REVISION", "PUBLISHED", "PROJECTS", "NAMESPACES OWNED", "POLICY REVISION", "ENGINE", "POLICIES"],
+          ["CLUSTER", "REVISION", "PUBLISHED", "PROJECTS", "NAMESPACES OWNED", "POLICY REVISION", "ENGINE", "POLICIES",
+           "STAGED"],
           lambda: [[c, str(inventory[c].revision), str(published.get(c, 0)), inventory[c].project or "-",
                     ",".join(f"{ns}={o.workspace}" for ns, o in sorted(inventory[c].namespaces.items())) or "-",
-                    *policy_text(c)] for c in clusters])
+                    *policy_text(c), staged_text(c)] for c in clusters])
     return 0
 
 
