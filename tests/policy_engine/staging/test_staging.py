@@ -196,6 +196,8 @@ def test_staged_objects_never_reach_a_cluster(tmp_path: Path, capsys: pytest.Cap
         out = run("get", "policies")
         assert any(line.split()[:5] == ["cart-allow", "namespace", "enforced+staged", "1", "2"] for line in out.splitlines())
         assert "policy-version: '2'" not in run("render", "--cluster", "demo-east")
+        shown = run("admin", "inventory", "show", "--cluster", "demo-east").splitlines()
+        assert shown[0].split()[-1] == "STAGED" and shown[1].split()[-1] == "cart-allow@2"
         out = run("sync", "--cluster", "demo-east")
         assert "0 created, 0 updated" in out and "status: synced" in out
         assert live_cart()["spec"] == CART_ALLOW_V1
