@@ -79,7 +79,12 @@ def _progress(text: str) -> None:
 
 
 def _server(args: argparse.Namespace) -> str | None:
-    return getattr(args, "server", None) or (None if getattr(args, "data_dir", None) else os.environ.get(SERVER_ENV))
+    """--server, else NETWARDEN_SERVER unless --data-dir says local. Commands without --server (apply/sync
+    --check-history) follow NETWARDEN_SERVER when set: their --data-dir is the control plane's, and a running
+    `netwarden up` holds the flow store there."""
+    if not hasattr(args, "server"):
+        return os.environ.get(SERVER_ENV)
+    return args.server or (None if getattr(args, "data_dir", None) else os.environ.get(SERVER_ENV))
 
 
 @contextmanager
@@ -98,8 +103,8 @@ def flow_client(args: argparse.Namespace) -> Iterator[Any | None]:
     except DataDirLockedError:
         raise CommandError(
             f"--data-dir {data_dir}: the flow store is in use by a running `netwarden up` (chDB allows one process "
-            f"per data directory); ask its API instead: --server http://127.0.0.1:8080 --token T "
-            f"(or {SERVER_ENV}/{TOKEN_ENV})"
+            f"per data directory); ask its API instead: --server http://127.0.0.1:8080 --token T (apply/sync: "
+            f"set {SERVER_ENV} and {TOKEN_ENV})"
         ) from None
     except Exception as exc:
         raise CommandError(f"cannot open the flow store: {exc}") from None
@@ -126,7 +131,7 @@ def _api(args: argparse.Namespace, server: str, method: str, path: str, **kwargs
 
     from netwarden.commands.flows import _api_error
 
-    token = args.token or os.environ.get(TOKEN_ENV)
+    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     base = server if "://" in server else f"http://{server}"
     try:
