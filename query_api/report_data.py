@@ -39,7 +39,7 @@ from policy_engine.traffic_report import (
 )
 from policy_engine.traffic_report import validation_report as assemble
 from query_api.conversations import read_conversations, redact_conversation
-from query_api.flow_query import FilterValueError, FlowFilter, parse_time_ns
+from query_api.flow_query import FlowFilter
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
 from query_api.summary import parse_window, rfc3339, summarize
@@ -72,14 +72,20 @@ class ReportParams:
 
 
 def _window(params: ReportParams, now_ns: int) -> tuple[int, int]:
+    """[since, until) in ns. The history reports' one reading of a window (query_api.policy_traffic_routes,
+    shared with what-if and recommend): a duration ago is widened to whole hours, so only the hourly
+    conversation table is read; RFC 3339 times stay exact."""
+    from query_api.policy_traffic_routes import TrafficParamError, parse_window
+
     try:
-        until_ns = parse_time_ns("until", params.until, now_ns) if params.until else now_ns
-        since_ns = parse_time_ns("since", params.since or DEFAULT_SINCE, now_ns)
-    except FilterValueError as exc:
+        window = parse_window(params.since or DEFAULT_SINCE, params.until, now_ns)
+    except TrafficParamError as exc:
         raise ReportParamError(exc.parameter, exc.value, exc.reason) from None
-    if since_ns >= until_ns:
-        raise ReportParamError("since", params.since, "since must be before until")
-    return since_ns, until_ns
+    return _ns(window.since), _ns(window.until)
+
+
+def _ns(t: datetime) -> int:
+    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
 def _dt(ns: int) -> datetime:
