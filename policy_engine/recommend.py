@@ -30,12 +30,11 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from policy_engine.flow_keys import side_endpoint_of
 from policy_engine.model import PolicyRule, PolicySpec
-from policy_engine.whatif import observed_passing
+from policy_engine.whatif import located, observed_passing
 from schemas.conversation import Conversation, Side
 
 Form = Literal["cilium", "kubernetes"]
@@ -145,7 +144,7 @@ def recommend(
 ) -> Recommendation:
     """Policies and assignments for `namespaces` of `cluster` from its conversations (any others ignored)."""
     convs = [
-        c for c in map(_located, conversations)
+        c for c in map(located, conversations)
         if c.cluster == cluster and observed_passing(c)
         and (c.source.namespace in namespaces or c.destination.namespace in namespaces)
     ]
@@ -165,18 +164,6 @@ def recommend(
             "spec": {"policy": spec.name, "targets": [{"cluster": cluster, "namespace": namespace}]},
         })
     return Recommendation(tuple(documents), tuple(notes), len(convs))
-
-
-def _located(conv: Conversation) -> Conversation:
-    """Sides placed as the evaluator places them: a pod whose flow lacks the namespace field is still in the
-    namespace its identity labels name (older Hubble captures)."""
-    sides = {}
-    for name, side in (("source", conv.source), ("destination", conv.destination)):
-        if not side.namespace and not side.redacted:
-            pod = side_endpoint_of(side, {}).pod
-            if pod is not None:
-                sides[name] = replace(side, namespace=pod.namespace, ip="", reserved="")
-    return replace(conv, **sides) if sides else conv
 
 
 def _namespace_policy(

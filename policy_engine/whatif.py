@@ -33,12 +33,12 @@ Meanings:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policy_engine.flow_keys import NOT_EVALUATED, TRAFFIC_UNKNOWN, EvaluatorCache, decide
+from policy_engine.flow_keys import NOT_EVALUATED, TRAFFIC_UNKNOWN, EvaluatorCache, decide, side_endpoint_of
 from schemas.conversation import Conversation, Side
 from schemas.inventory import PolicySet
 
@@ -129,6 +129,18 @@ def place(side: Side) -> Place:
     return Place("", f"reserved:{side.reserved}" if side.reserved else "")
 
 
+def located(conv: Conversation) -> Conversation:
+    """Sides placed as the evaluator places them (flow_keys): a pod whose flow lacks the namespace field is
+    still in the namespace its identity labels name (older Hubble captures)."""
+    sides = {}
+    for name, side in (("source", conv.source), ("destination", conv.destination)):
+        if not side.namespace and not side.redacted:
+            pod = side_endpoint_of(side, {}).pod
+            if pod is not None:
+                sides[name] = replace(side, namespace=pod.namespace, ip="", reserved="")
+    return replace(conv, **sides) if sides else conv
+
+
 def observed_passing(conv: Conversation) -> bool:
     """The traffic went through: Hubble neither dropped it nor reported an error (FORWARDED, REDIRECTED to a
     proxy, AUDIT, ...). What recommendations learn from and what a change may not newly deny."""
@@ -172,7 +184,7 @@ def compare(
             continue
         if not new and not observed_passing(conv):
             continue  # Hubble drops it already: the change breaks nothing that works
-        shown = redact(conv) if redact is not None else conv
+        shown = located(redact(conv) if redact is not None else conv)
         key = (new, place(shown.source), place(shown.destination), conv.port, conv.protocol)
         groups[conv.cluster].setdefault(key, []).append(conv)
     out = []
