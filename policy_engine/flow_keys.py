@@ -27,7 +27,8 @@ Which connection and which direction decides:
   EGRESS (a request leaving its source) the egress decision alone, since the packet has not met ingress
   enforcement yet; at INGRESS, for replies and when unknown, the connection's: egress first, then ingress. The drop reason is the deciding direction's (133 POLICY_DENIED
   for default deny, 181 POLICY_DENY for a deny rule).
-- Only TCP, UDP and SCTP with a port are evaluated (the evaluator's L4 model); ICMP and others get verdict 0.
+- TCP, UDP and SCTP with a port, and ICMP/ICMPv6 with the type as the port (the sink keys an echo reply on
+  its request's type) are evaluated; other protocols get verdict 0.
 
 Attribution per direction: the policy "Kind/namespace/name" (namespace empty for clusterwide policies), the
 rule that decided ("ingress[0]", "egressDeny[1]", "default-deny", ...; empty when no policy selects the
@@ -62,7 +63,9 @@ log = logging.getLogger("netwarden.policy_engine.flow_keys")
 
 NOT_EVALUATED, FORWARDED, DROPPED = 0, 1, 2
 TRAFFIC_UNKNOWN, TRAFFIC_INGRESS, TRAFFIC_EGRESS = 0, 1, 2  # Hubble's TrafficDirection
-L4_EVALUATED = {1: "TCP", 2: "UDP", 5: "SCTP"}  # schemas.flow_record.L4_PROTOCOLS numbers -> evaluator protocol
+# schemas.flow_record.L4_PROTOCOLS numbers -> evaluator protocol; for ICMP the port is the type (the evaluator
+# reads "ICMPv4" as ICMP)
+L4_EVALUATED = {1: "TCP", 2: "UDP", 5: "SCTP", 3: "ICMPv4", 4: "ICMPv6"}
 EVALUATED_PROTOCOLS = frozenset(L4_EVALUATED.values())
 RESERVED_IDENTITIES = {
     1: "host",
@@ -202,10 +205,11 @@ class KeyConnection:
 def key_connection(
     src: KeySide, dst: KeySide, l4_protocol: int, dst_port: int, is_reply: bool | None, traffic_direction: int
 ) -> KeyConnection | None:
-    """A stream key's connection; None when the evaluator cannot judge it (not TCP/UDP/SCTP, or no port).
-    `dst_port` is the key's (the server port for replies, as the sink keys them)."""
+    """A stream key's connection; None when the evaluator cannot judge it (not TCP/UDP/SCTP/ICMP, or no
+    port). `dst_port` is the key's (the server port for replies, ICMP's request type, as the sink keys them)."""
     protocol = L4_EVALUATED.get(l4_protocol)
-    if protocol is None or not 1 <= dst_port <= 65535:
+    lowest = 0 if protocol and protocol.startswith("ICMP") else 1  # ICMP type 0 (EchoReply) is a type
+    if protocol is None or not lowest <= dst_port <= 65535:
         return None
     reply = bool(is_reply)
     client, server = (dst, src) if reply else (src, dst)
@@ -215,7 +219,8 @@ def key_connection(
 def conversation_key_connection(conv: Conversation, traffic_direction: int | None = None) -> KeyConnection | None:
     """A Conversation's connection (already client -> server), observed where the conversation says
     (`traffic_direction` overrides it; 0: unknown, the connection's verdict decides). None when not evaluable."""
-    if conv.protocol not in EVALUATED_PROTOCOLS or not 1 <= conv.port <= 65535:
+    lowest = 0 if conv.protocol.startswith("ICMP") else 1  # ICMP type 0 (EchoReply) is a type
+    if conv.protocol not in EVALUATED_PROTOCOLS or not lowest <= conv.port <= 65535:
         return None
     direction = conv.traffic_direction if traffic_direction is None else traffic_direction
     return KeyConnection(

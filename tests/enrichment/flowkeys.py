@@ -3,7 +3,8 @@ flows, and the `netwarden policy check` document for the same keys.
 
 Keying rules (schemas.flow_record.ENRICHMENT_KEY_COLUMNS plus the requests in the sink's notes):
 - IPs only for sides that are not pods (namespace empty); pods get '::'.
-- dst_port: the connection's server port: the flow's src_port for replies (is_reply true), else dst_port.
+- dst_port: the connection's server port: the flow's src_port for replies (is_reply true), else dst_port;
+  for ICMP the request's type (an echo reply, 0 or 129, counts as its request, 8 or 128).
 - verdict: Hubble's, 0 for drops that are not policy drops (drop reason other than 133/181), so a
   non-policy drop is never called a policy mismatch.
 """
@@ -64,12 +65,17 @@ def flow_key(cluster: str, flow: flow_pb2.Flow) -> FlowKey:
         layer = getattr(flow.l4, l4)
         src_port, dst_port = layer.source_port, layer.destination_port
     is_reply = flow.is_reply.value if flow.HasField("is_reply") else None
+    if l4 in ("ICMPv4", "ICMPv6"):
+        icmp_type = getattr(flow.l4, l4).type
+        echo_reply, echo_request = (0, 8) if l4 == "ICMPv4" else (129, 128)
+        dst_port = echo_request if is_reply and icmp_type == echo_reply else icmp_type
     verdict = flow.verdict
     if verdict == flow_pb2.DROPPED and flow.drop_reason_desc not in POLICY_DROPS:
         verdict = 0
     src, dst = flow.source, flow.destination
     return FlowKey(
-        cluster, verdict, flow.traffic_direction, is_reply, proto, src_port if is_reply else dst_port,
+        cluster, verdict, flow.traffic_direction, is_reply, proto,
+        src_port if is_reply and l4 not in ("ICMPv4", "ICMPv6") else dst_port,
         src.identity, src.namespace, tuple(src.labels), ZERO_IP if src.namespace else ip16(flow.IP.source),
         dst.identity, dst.namespace, tuple(dst.labels), ZERO_IP if dst.namespace else ip16(flow.IP.destination),
     )
@@ -152,14 +158,15 @@ def policy_check_document(inventory: ClusterInventory, keys: Sequence[FlowKey]) 
         return text
 
     for k in dict.fromkeys(keys):
-        if k.l4_protocol not in (1, 2, 5) or not 1 <= k.dst_port <= 65535:
+        if k.l4_protocol not in (1, 2, 3, 4, 5) or not (k.l4_protocol in (3, 4) or 1 <= k.dst_port <= 65535):
             continue
         src = side(k.src_namespace, k.src_labels, k.src_ip, k.src_identity)
         dst = side(k.dst_namespace, k.dst_labels, k.dst_ip, k.dst_identity)
         if src is None or dst is None:
             continue
         client, server = (dst, src) if k.is_reply else (src, dst)
-        protocol = {1: "TCP", 2: "UDP", 5: "SCTP"}[k.l4_protocol]
+        # ICMP: the key's port is the request's type, as `policy check` takes it.
+        protocol = {1: "TCP", 2: "UDP", 3: "ICMP", 4: "ICMPv6", 5: "SCTP"}[k.l4_protocol]
         probes.append({"from": client, "to": server, "port": k.dst_port, "protocol": protocol})
         asked.append(k)
     doc = {

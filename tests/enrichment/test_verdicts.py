@@ -88,7 +88,7 @@ def assert_verdicts_match_policy_check(
             assert row["verdict_mismatch"] == (hubble in (1, 2) and hubble != row["desired_verdict"]), where
             compared += 1
     for key, row in by_key.items():
-        if key.l4_protocol not in (1, 2, 5):
+        if key.l4_protocol not in (1, 2, 3, 4, 5):
             assert row["desired_verdict"] == 0 and not row["verdict_mismatch"]
         # Nothing staged: the staged set is the desired set, under its own revision.
         inv = inventory.get(key.cluster)
