@@ -168,16 +168,8 @@ async def _first_sync(demo: Any, data_dir: Path) -> tuple[str, str | None]:
     """`netwarden sync` of a fresh demo cluster, then its planted faults (netwarden/demo/FAULTS.md);
     returns (cluster, what was planted)."""
     from netwarden.demo.faults import plant_drift, sync_cluster
-    from policy_engine.store import ControlPlaneStore
 
-    def sync() -> tuple[bool, str]:
-        store = ControlPlaneStore.open(data_dir)  # its own connection: SQLite connections stay in their thread
-        try:
-            return sync_cluster(store, demo)
-        finally:
-            store.close()
-
-    ok, output = await asyncio.to_thread(sync)
+    ok, output = await sync_cluster(data_dir, demo.name)
     if not ok:
         log.warning("first sync of %s failed:\n%s", demo.name, output)
     return demo.name, plant_drift(demo)

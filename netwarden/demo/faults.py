@@ -1,21 +1,18 @@
 """The faults `netwarden up` plants in its demo (described for users in FAULTS.md next to this file).
 
-Two are in the demo's policy documents (policies.yaml: a missing rule, a rule that matches nothing); the others
-are put on the cluster when its stand-in is first built: pods that predate Cilium (`UNMANAGED`, no
-CiliumEndpoint) and a hand edit after the first sync (`plant_drift`), and one policy version is staged
-(`STAGED`, applied by netwarden.demo_seed).
+Three are in the demo's policy documents (policies.yaml, applied by netwarden.demo_seed: a missing rule, a rule
+that matches nothing, a staged version); the others are put on the cluster when its stand-in is first built:
+pods that predate Cilium (`UNMANAGED`, no CiliumEndpoint) and a hand edit after the first sync (`plant_drift`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
+import asyncio
+from pathlib import Path
 from typing import Any
 
 from netwarden.demo.world import DemoCluster
-from policy_engine.control_plane import ControlPlane
-from policy_engine.roles import Principal
-from policy_engine.store import ControlPlaneStore
+from netwarden.supervise import python_argv
 
 FAULTY_CLUSTER = "demo-east"
 # Pods of these workloads started before Cilium was chained: no CiliumEndpoint, policies not enforced.
@@ -24,18 +21,16 @@ UNMANAGED = {FAULTY_CLUSTER: ("data/redis",)}
 DRIFTED = ("CiliumNetworkPolicy", "checkout-egress", "shop")
 
 
-def sync_cluster(store: ControlPlaneStore, cluster: DemoCluster) -> tuple[bool, str]:
-    """`netwarden sync --cluster NAME`, the same code path (render, drift, server-side apply, prune, the
-    pods Cilium does not manage); returns (ok, its output)."""
-    from netwarden.commands.gitops import _sync_cluster
-
-    cp = ControlPlane(store, Principal.with_role("org-admin", name="netwarden-demo"))
-    registered = store.get_cluster(cluster.name)
-    assert registered is not None and registered.api_server == cluster.url, "register the stand-in first"
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        failures = _sync_cluster(cp, registered, restart_unmanaged=False)
-    return failures == 0, out.getvalue()
+async def sync_cluster(data_dir: Path, cluster: str) -> tuple[bool, str]:
+    """`netwarden sync --cluster NAME` as the operator runs it, in its own process (its output stays its own,
+    and the kube client is not loaded into `up`); returns (ok, its output)."""
+    proc = await asyncio.create_subprocess_exec(
+        *python_argv("-m", "netwarden", "sync", "--cluster", cluster, "--data-dir", str(data_dir),
+                     "--as-role", "org-admin"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate()
+    return proc.returncode == 0, out.decode(errors="replace")
 
 
 def plant_drift(cluster: DemoCluster) -> str | None:

@@ -8,6 +8,8 @@ would: look, sync, restart the unmanaged pods, apply a new policy, restart `up`.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 from collectors.traffic import DemoTraffic
 from netwarden.cli import main
 from netwarden.demo.enforcement import StandInJudge
-from netwarden.demo.faults import UNMANAGED, plant_drift, sync_cluster
+from netwarden.demo.faults import UNMANAGED, plant_drift
 from netwarden.demo.world import DemoCluster
 from netwarden.demo_seed import DEMO_POLICIES, seed_demo, seed_demo_policies
 from policy_engine.store import ControlPlaneStore
@@ -34,8 +36,9 @@ class Demo:
         seed_demo(self.store, data_dir)
         self.open()
         seed_demo_policies(self.store, {CLUSTER: self.cluster.url})
-        ok, output = sync_cluster(self.store, self.cluster)  # what `up` does with a fresh cluster
-        assert ok, output
+        # What `up` does with a fresh cluster (it runs the same CLI in a process of its own).
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert main(["sync", "--cluster", CLUSTER, "--data-dir", str(data_dir)]) == 0, out.getvalue()
         assert plant_drift(self.cluster)
         assert self.judge.refresh()  # the generator's Cilium sees what was synced and edited
 
