@@ -15,8 +15,9 @@ passed (whatif.observed_passing: not dropped) used:
 - outside the cluster: the observed IPs as /32 (/128) CIDRs, or the `world` entity past MAX_WORLD_CIDRS
   (IPs unknown, e.g. redacted: `world`); other reserved identities (host, remote-node, kube-apiserver,
   health, ...) as entities in Cilium form, as their IPs in Kubernetes form (which has no entities);
-- ports per peer and protocol, consecutive ones merged into ranges (port/endPort); ICMP (Cilium form) as
-  `icmps` of the observed types.
+- ports per peer and protocol, consecutive ones merged into ranges (port/endPort); ICMP as `icmps` of the
+  observed types in Cilium form; in Kubernetes form, which cannot name ICMP, a rule without ports for those
+  peers (with a note).
 
 Peers with the same kind and the same ports share one rule. Cilium form (CiliumNetworkPolicy specs, empty
 `{}` rules where a direction saw nothing: default deny, allowing nothing) where Cilium enforces; Kubernetes
@@ -54,7 +55,6 @@ KUBE_DNS = ("kube-system", (("k8s-app", "kube-dns"),))
 DNS_PORT = 53
 MAX_WORLD_CIDRS = 16  # per workload and direction; more distinct IPs: the world entity
 ICMP_FAMILIES = {"ICMPv4": "IPv4", "ICMPv6": "IPv6"}
-DEFAULT_ICMP_TYPES = {"ICMPv4": 8, "ICMPv6": 128}  # echo request
 L4 = ("TCP", "UDP", "SCTP")
 
 Labels = tuple[tuple[str, str], ...]
@@ -308,7 +308,7 @@ def _cilium_ports(ports: Sequence[tuple[str, int]]) -> tuple[list[dict[str, Any]
                 entry["endPort"] = last
             port_entries.append(entry)
     for protocol, family in ICMP_FAMILIES.items():
-        types = sorted({p or DEFAULT_ICMP_TYPES[protocol] for proto, p in ports if proto == protocol})
+        types = sorted({p for proto, p in ports if proto == protocol})  # the port of ICMP is its type
         icmp_fields += [{"type": t, "family": family} for t in types]
     to_ports = [{"ports": port_entries}] if port_entries else []
     icmps = [{"fields": icmp_fields}] if icmp_fields else []
@@ -390,16 +390,17 @@ def _kubernetes_section(peers: Mapping[Peer, set[tuple[str, int]]], direction: s
     rules: list[dict[str, Any]] = []
     for _kind, ports, group in _grouped(peers):
         port_entries = _kubernetes_ports(ports)
-        unsaid = sorted({proto for proto, p in ports if proto not in L4 or p <= 0})
-        if unsaid:
-            notes.append(f"{what}: {direction} over {', '.join(unsaid)} cannot be expressed by a NetworkPolicy; "
-                         "left out")
-        if not port_entries:
-            continue
         selectors = [_kubernetes_peer(p) for p in group]
         if any(p.value == "0.0.0.0/0" for p in group):
             selectors.append({"ipBlock": {"cidr": "::/0"}})
-        rules.append({key: selectors, "ports": port_entries})
+        if port_entries:
+            rules.append({key: selectors, "ports": port_entries})
+        unsaid = sorted({proto for proto, p in ports if proto not in L4})
+        if unsaid:
+            # A NetworkPolicy names no ICMP: only a rule without ports lets it through.
+            notes.append(f"{what}: {direction} over {', '.join(unsaid)} needs a NetworkPolicy rule without ports "
+                         "(every protocol and port of these peers)")
+            rules.append({key: selectors})
     return rules
 
 

@@ -197,7 +197,8 @@ def test_hand_built_traffic_in_both_forms() -> None:
     world = [e for e in kspec["web"]["egress"] if any("ipBlock" in p for p in e["to"])]
     assert world == [{"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}, {"ipBlock": {"cidr": "::/0"}}],
                       "ports": [{"protocol": "TCP", "port": 443}]}]
-    assert any("ICMPv4" in n for n in kube.notes)  # NetworkPolicy cannot say ICMP: said so
+    assert any("ICMPv4" in n for n in kube.notes)  # NetworkPolicy cannot say ICMP: said so, and let through
+    assert {"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]} in kspec["api"]["ingress"]
     for result in (cilium, kube):
         for spec in result.policies:
             validate_policy(spec)
