@@ -202,3 +202,27 @@ def test_hand_built_traffic_in_both_forms() -> None:
     for result in (cilium, kube):
         for spec in result.policies:
             validate_policy(spec)
+
+
+@pytest.mark.parametrize("cni", ["cilium", "calico"])
+def test_hand_built_recommendation_allows_what_it_learned_from(tmp_path: Path, cni: str) -> None:
+    """Judged by the stream's rules (flow_keys) with default deny on: ports, ranges, host probes and ICMP
+    (Cilium: once port rules select an endpoint, ICMP needs `icmps`) all pass; an unseen peer or port does not."""
+    from policy_engine.flow_keys import EVALUATED_PROTOCOLS
+
+    web, api = _pod("web", "web"), _pod("web", "api", tier="backend")
+    host = Side(reserved="host", ip="172.18.0.2", labels=("reserved:host",), identity=1)
+    convs = [*(_conv(web, api, p) for p in (8080, 8081, 8082)), _conv(host, api, 8080), _conv(web, api, 8, "ICMPv4")]
+    convs = [replace(c, cluster="rc-unit") for c in convs]
+    store = ControlPlaneStore.open(tmp_path)
+    admin(store).put_cluster(Cluster("rc-unit", "upstream", cni, namespaces=("web",)))
+    result = recommend(convs, "rc-unit", ["web"], "cilium" if cni == "cilium" else "kubernetes")
+    sets = candidate_policy_sets(admin(store), parse_documents([*result.documents, day0("rc-unit")], "r"))
+    judge = SetJudge()
+    for conv in convs:
+        verdict = judge(sets.after["rc-unit"], conv)
+        assert verdict is True or (verdict is None and conv.protocol not in EVALUATED_PROTOCOLS), conv
+    assert judge(sets.after["rc-unit"], replace(convs[0], source=_pod("web", "other"))) is False  # unseen peer
+    if cni == "cilium":  # (in Kubernetes form the ICMP rule opens every port between web and api)
+        assert judge(sets.after["rc-unit"], replace(convs[0], port=8083)) is False
+    store.close()
