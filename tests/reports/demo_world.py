@@ -22,8 +22,9 @@ from typing import Any
 def build(data_dir: Path, flows_per_cluster: int) -> dict[str, Any]:
     from fastapi.testclient import TestClient
 
+    from netwarden.cli import main
     from netwarden.demo.enforcement import StandInJudge
-    from netwarden.demo.faults import UNMANAGED, plant_drift, sync_cluster
+    from netwarden.demo.faults import UNMANAGED, plant_drift
     from netwarden.demo.world import DemoCluster
     from netwarden.demo_seed import seed_demo, seed_demo_policies
     from policy_engine.store import ControlPlaneStore
@@ -40,10 +41,13 @@ def build(data_dir: Path, flows_per_cluster: int) -> dict[str, Any]:
                 for name in ("demo-east", "demo-west")}
     try:
         seed_demo_policies(control, {name: c.url for name, c in clusters.items()})
-        for demo in clusters.values():
-            with contextlib.redirect_stdout(io.StringIO()):
-                ok, output = sync_cluster(control, demo)
-            assert ok, output
+        for name, demo in clusters.items():
+            # What `up` runs for a fresh demo cluster (netwarden.demo.faults.sync_cluster: the sync CLI), here
+            # in this process: then the planted drift.
+            output = io.StringIO()
+            with contextlib.redirect_stdout(output):
+                code = main(["sync", "--cluster", name, "--data-dir", str(data_dir), "--as-role", "org-admin"])
+            assert code == 0, output.getvalue()
             plant_drift(demo)
         flows = FlowStore(open_clickhouse(str(data_dir), None))
         flows.ensure_schema()
