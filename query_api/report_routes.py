@@ -79,7 +79,9 @@ class ClusterReport(BaseModel):
 
 
 class ValidationReportModel(BaseModel):
-    window: ReportWindow
+    window: ReportWindow = Field(description="a duration ago is widened to whole hours; RFC 3339 times are exact")
+    drops: dict[str, Any] = Field(description="all the report's clusters, from the rollups: by_reason, by_policy, "
+                                  "buckets (flows per verdict over time)")
     clusters: list[ClusterReport]
 
 

@@ -23,6 +23,7 @@ from netwarden.cli import main
 from policy_engine.roles import Principal
 from policy_engine.store import ControlPlaneStore
 from query_api.report_data import ReportParams, validation_report
+from query_api.report_routes import ValidationReportModel
 from query_api.store import FlowStore, open_clickhouse
 from schemas.clickhouse import FLOWS_TABLE
 from streams.decode import FlowDecoder
@@ -302,6 +303,7 @@ def test_route_json_html_and_refusals(client: TestClient, tokens: dict[str, str]
     r = client.get("/api/v1/reports/validation", params={"cluster": CLUSTER}, headers=auth)
     assert r.status_code == 200, r.text
     body = r.json()
+    ValidationReportModel.model_validate(body)  # what /openapi.json publishes is what is served
     assert set(body["window"]) == {"since", "until"}
     (c,) = body["clusters"]
     assert {"cluster", "namespaces", "not_in_effect", "unexpected_drops", "unused_rules", "staged"} <= set(c)
