@@ -103,7 +103,7 @@ def _inventories(store: ControlPlaneStore) -> dict[str, ClusterInventory]:
 
 
 def _selection(
-    store: ControlPlaneStore, scope: ScopeFilter, principal: Principal, params: ReportParams
+    store: ControlPlaneStore, index: Any, scope: ScopeFilter, principal: Principal, params: ReportParams
 ) -> set[tuple[str, str]] | None:
     """(cluster, namespace) places of --workspace (None without it), refused when the caller sees none."""
     if params.namespace is not None and (not params.namespace or "/" in params.namespace):
@@ -119,9 +119,7 @@ def _selection(
                 "a role whose scope includes that namespace", principal,
             )
         return None
-    from policy_engine.tenancy import ownership_index_of
-
-    refs = ownership_index_of(store).workspace_namespaces(params.workspace)
+    refs = index.workspace_namespaces(params.workspace)
     if store.get_workspace(params.workspace) is None and not refs:
         raise ReportParamError("workspace", params.workspace, f"unknown workspace {params.workspace!r}")
     places = {(r.cluster, r.namespace) for r in refs if params.cluster in (None, r.cluster)}
@@ -151,7 +149,7 @@ def validation_report(
     scope = ScopeFilter.for_principal(principal, index.merged_ownership())
     if scope.empty:
         raise PermissionDenied("reading the validation report", "any role binding", principal)
-    places = _selection(control_plane_store, scope, principal, params)
+    places = _selection(control_plane_store, index, scope, principal, params)
     declared = {c.name: c for c in control_plane_store.list_clusters()}
     if params.cluster and params.cluster in declared and not scope.can_see_cluster(params.cluster):
         raise PermissionDenied(f"reporting on cluster {params.cluster}", "a role whose scope includes it", principal)
