@@ -119,6 +119,9 @@ def test_recommendation_over_http(app: FastAPI) -> None:
     assert r.status_code == 200, r.text
     kinds = [d["kind"] for d in r.json()["documents"]]
     assert kinds == ["Policy", "Assignment"] and r.json()["conversations"] > 0
+    by_workspace = client.get("/api/v1/policies/recommendation", params={
+        "cluster": CLUSTER, "workspace": "wa-shop", "since": "2h"}, headers={"Authorization": "Bearer wendy"})
+    assert by_workspace.status_code == 200 and by_workspace.json()["documents"] == r.json()["documents"]
     r = client.get("/api/v1/policies/recommendation", params={"cluster": CLUSTER, "namespace": "data"},
                    headers={"Authorization": "Bearer wendy"})
     assert r.status_code == 403
