@@ -163,7 +163,7 @@ class DemoConnection:
     client: Peer
     server: Peer
     port: int
-    protocol: str  # "TCP" | "UDP"
+    protocol: str  # "TCP" | "UDP" | "ICMPv4" (port: the ICMP type)
 
 
 PolicyName = tuple[str, str, str]  # (kind, namespace, name), as Hubble attributes; namespace "" for CCNPs
@@ -205,7 +205,7 @@ ALLOWED = ConnectionVerdict()
 class _Exchange:
     """One connection of a conversation: who talks to whom, and its flows under a given verdict."""
 
-    connection: DemoConnection | None  # None: not judged (ICMP: the evaluator has no ICMP yet)
+    connection: DemoConnection | None  # None: not judged
     nominal: ConnectionVerdict
     build: Callable[[ConnectionVerdict, int], list[_Step]]  # (verdict, policy revision) -> steps
 
@@ -425,12 +425,14 @@ class DemoTraffic:
         it out of the client when ingress drops it."""
         steps = []
         syn = flow_pb2.TCPFlags(SYN=True) if l4_kind == 1 else None
-        summary = "TCP Flags: SYN" if l4_kind == 1 else "UDP"
+        summary = {0: "ICMPv4 EchoRequest", 1: "TCP Flags: SYN", 2: "UDP"}[l4_kind]
         node = client.node if egress else server.node
         direction = flow_pb2.EGRESS if egress else flow_pb2.INGRESS
         for _ in range(attempts):
             if not egress and egress_allowed and client.node:
                 pv = self._base(client, server, False, flow_pb2.EGRESS)
+                if l4_kind == 0:
+                    pv.l4.ICMPv4.type = 8
                 pv.event_type.type = _POLICY_VERDICT
                 pv.policy_match_type = 2  # L3-L4
                 pv.Summary = summary
@@ -438,6 +440,8 @@ class DemoTraffic:
                 steps.append(self._step(client.node, pv, l4_kind, True, port, syn))
             if not egress and client.node and client.node != server.node:
                 fwd = self._base(client, server, False, flow_pb2.EGRESS)
+                if l4_kind == 0:
+                    fwd.l4.ICMPv4.type = 8
                 fwd.event_type.type, fwd.event_type.sub_type = _TRACE, _TO_OVERLAY
                 fwd.trace_observation_point = flow_pb2.TO_OVERLAY
                 fwd.trace_reason = flow_pb2.NEW
@@ -445,6 +449,8 @@ class DemoTraffic:
                 steps.append(self._step(client.node, fwd, l4_kind, True, port, syn))
             for event in (_POLICY_VERDICT, _DROP):
                 flow = self._base(client, server, False, direction)
+                if l4_kind == 0:  # ICMP: the echo request's type is static, in the template
+                    flow.l4.ICMPv4.type = 8
                 flow.verdict = flow_pb2.DROPPED
                 flow.drop_reason = code
                 flow.drop_reason_desc = code
@@ -577,7 +583,10 @@ class DemoTraffic:
         return _Exchange(self._connection(client, dns_pod, 53, "UDP"), nominal, build)
 
     def _icmp_exchange(self, client: Pod, server: Pod) -> _Exchange:
-        return _Exchange(None, ALLOWED, lambda v, rev: self._icmp(client, server))
+        def build(v: ConnectionVerdict, rev: int) -> list[_Step]:
+            return self._icmp(client, server) if v.allowed else self._denial(client, server, 0, v, rev, 0)
+        # Judged as an echo request (ICMP type 8 in the port's place, as the flow enricher keys ICMP).
+        return _Exchange(self._connection(client, server, 8, "ICMPv4"), ALLOWED, build)
 
     def _build_conversations(self) -> list[_Conversation]:
         p = self.pods

@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from collectors.hubble_server import HubbleServer
-from collectors.traffic import DEMO_CLUSTERS, DemoTraffic
+from collectors.traffic import DEMO_CLUSTERS, ConnectionVerdict, DemoConnection, DemoTraffic, Enforcement
 from schemas.hubble.flow import flow_pb2
 from schemas.hubble.observer import observer_pb2
 
@@ -135,3 +135,36 @@ async def test_run_feeds_server_at_steady_rate() -> None:
     seen = sum(r.written for r in server.rings.values())
     assert seen == sent and 1500 <= sent <= 2300, sent
     assert {n for n, r in server.rings.items() if r.written} == set(demo.node_names)
+
+
+class _DenyJudge:
+    """A datapath that drops what `denies` says (egress, 181, by a CCNP) and allows the rest."""
+
+    def __init__(self, denies: object) -> None:
+        self.denies, self.revision, self.asked = denies, 7, set()
+
+    def __call__(self, connection: DemoConnection) -> ConnectionVerdict:
+        self.asked.add(connection)
+        if self.denies(connection):  # type: ignore[operator]
+            return ConnectionVerdict(egress=Enforcement(False, 181, ("CiliumClusterwideNetworkPolicy", "", "deny-x")))
+        return ConnectionVerdict()
+
+
+def test_a_judge_decides_every_connection_and_its_flows_follow() -> None:
+    judge = _DenyJudge(lambda c: c.protocol == "ICMPv4" or c.server.side.workload == "cart")
+    demo = DemoTraffic("demo-west", judge=judge)
+    flows = [r.flow for r in demo.flows(15_000)]
+    assert judge.asked == set(demo.connections())  # each distinct connection asked (once per revision)
+    protocols = {c.protocol for c in judge.asked}
+    assert protocols == {"TCP", "UDP", "ICMPv4"}
+    icmp = [f for f in flows if f.l4.HasField("ICMPv4")]
+    assert icmp and all(f.verdict == flow_pb2.DROPPED and f.l4.ICMPv4.type == 8 for f in icmp)
+    to_cart = [f for f in flows if f.destination.workloads and f.destination.workloads[0].name == "cart"
+               and not f.is_reply.value]
+    assert to_cart and {(f.verdict, f.drop_reason_desc) for f in to_cart} == {(flow_pb2.DROPPED, 181)}
+    assert all([(p.name, p.revision) for p in f.egress_denied_by] == [("deny-x", 7)] for f in to_cart)
+    # Everything else goes through, with no attribution from a judge that names no allowing policy.
+    others = [f for f in flows if f.verdict != flow_pb2.DROPPED]
+    assert len(others) + len(to_cart) + len(icmp) == len(flows)
+    assert {f.verdict for f in others} <= {flow_pb2.FORWARDED, flow_pb2.REDIRECTED}
+    assert not any(f.ingress_allowed_by or f.egress_allowed_by for f in others)
