@@ -235,9 +235,11 @@ def subscription_filter(
     matches = flow_predicate(flt, now_ns)
 
     def accept(row: Row) -> Row | None:
-        if not scope.visible(row):
+        src, dst = scope.side_in_scope(row, "src"), scope.side_in_scope(row, "dst")
+        if not (src or dst):
             return None
-        shown = scope.redact(row)
+        # Both sides visible: the row itself (shared with other subscribers, never mutated), no copy.
+        shown = row if src and dst else scope.redact(row)
         return shown if matches(shown) else None
 
     return accept

@@ -112,7 +112,8 @@ async def test_clients_seeing_the_same_row_share_one_rendering() -> None:
     await wait_drained(hub)
     a, b, c = [await drain(s) for s in (*copies, redacting)]
     assert all(x is y for x, y in zip(a, b, strict=True))  # the shared row itself
-    assert not any(x is z for x, z in zip(a, c, strict=True))
+    # A redaction that changed the row is not shared; one that changed nothing (no pod to hide) may be.
+    assert not any(x is z for x, z in zip(a, c, strict=True) if x["src_pod"])
     for x, z in zip(a, c, strict=True):
         assert isinstance(x, dict) and isinstance(z, dict)
         assert hub.text_of(x) is hub.text_of(x) and hub.text_of(x) == _jsonpb_text(x)
