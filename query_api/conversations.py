@@ -31,6 +31,7 @@ from schemas.flow_record import L4_PROTOCOL_NUMBERS, L4_PROTOCOLS
 
 if TYPE_CHECKING:
     from query_api.scope import ScopeFilter
+    from query_api.store import FlowStore
 
 MAX_RESERVED_IDENTITY = 255  # identities below are reserved ones (host, world, ...): never redacted
 _RESERVED = "reserved:"
@@ -106,7 +107,8 @@ def build_conversation_query(
         edge = f"{flows_time} AND NOT (time >= toDateTime64({{h_first:Int64}}, 9) AND time < toDateTime64({{h_end:Int64}}, 9))"
     else:
         edge = flows_time
-    branches.append(conversations_select(FLOWS_TABLE, " AND ".join([edge, *conds])))
+    if not (since == first_hour < last_hour == until):  # a window of whole hours reads the rollup alone
+        branches.append(conversations_select(FLOWS_TABLE, " AND ".join([edge, *conds])))
     where: list[str] = []
     if scope is not None and not scope.everything:
         where.append(
@@ -148,7 +150,7 @@ def build_conversation_query(
 
 
 def read_conversations(
-    client: Any,
+    source: FlowStore | Any,
     *,
     since: datetime,
     until: datetime,
@@ -162,6 +164,9 @@ def read_conversations(
 ) -> list[Conversation]:
     """The conversations of [since, until) touching the scope (all with scope None), busiest first.
 
+    `source`: a FlowStore (the API's: its queries are serialized, chDB's client is not thread-safe) or a
+    clickhouse-connect client (a CLI's own).
+
     `places`: (cluster, namespace) pairs, e.g. a workspace's namespaces: only conversations with a side
     there. `port`/`protocol` ("TCP", "UDP", "ICMP"/"ICMPv4", "ICMPv6", ...): the server side's.
     """
@@ -169,9 +174,11 @@ def read_conversations(
         since=since, until=until, clusters=clusters, scope=scope, namespace=namespace, places=places,
         port=port, protocol=protocol,
     )
-    result = client.query(sql, parameters=params)
-    names = result.column_names
-    out = [conversation_from_row(dict(zip(names, row, strict=True))) for row in result.result_rows]
+    if hasattr(source, "run"):
+        rows = source.run(sql, params)
+    else:
+        rows = list(source.query(sql, parameters=params).named_results())
+    out = [conversation_from_row(row) for row in rows]
     if redact and scope is not None and not scope.everything:
         out = [redact_conversation(c, scope) for c in out]
     return out

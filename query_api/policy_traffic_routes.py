@@ -370,7 +370,7 @@ def router(deps: PolicyTrafficRouteDeps) -> APIRouter:
             window = parse_window(since, until)
             documents = parse_documents(_body_documents(body), "request body")
             with scratch_copy(control) as scratch:
-                report = what_if(deps.store.client, scratch, principal, documents, window,
+                report = what_if(deps.store, scratch, principal, documents, window,
                                  clusters=cluster or None, baseline=baseline)
             return report.to_dict()
 
@@ -389,7 +389,7 @@ def router(deps: PolicyTrafficRouteDeps) -> APIRouter:
         """Least-privilege Policy and Assignment documents from the observed traffic of the scope."""
 
         def work(control: ControlPlaneStore) -> Any:
-            result = recommendation(deps.store.client, control, principal, parse_window(since, until),
+            result = recommendation(deps.store, control, principal, parse_window(since, until),
                                     cluster=cluster, namespace=namespace, workspace=workspace, engine=engine)
             return {"documents": list(result.documents), "notes": list(result.notes),
                     "conversations": result.conversations}

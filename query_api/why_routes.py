@@ -72,7 +72,7 @@ def _window_sql(window: tuple[datetime, datetime]) -> tuple[str, dict[str, Any]]
     )
 
 
-def resolve_peer(client: Any, cluster: str, spec: PeerSpec, window: tuple[datetime, datetime]) -> tuple[PeerSpec, str]:
+def resolve_peer(flows: FlowStore, cluster: str, spec: PeerSpec, window: tuple[datetime, datetime]) -> tuple[PeerSpec, str]:
     """(spec, workload): a pod IP becomes NS/POD; a pod name gets the workload Hubble named for it ("" when
     the name is no pod seen in the window, e.g. already a workload name). One LIMIT 1 lookup per side."""
     cond, params = _window_sql(window)
@@ -86,20 +86,20 @@ def resolve_peer(client: Any, cluster: str, spec: PeerSpec, window: tuple[dateti
             f"WHERE {where} AND ip_{s} = toIPv6({{ip:String}}) AND {s}_namespace != '' AND {s}_pod != '' LIMIT 1)"
             for s in ("src", "dst")
         )
-        rows = client.query(sql, parameters=params).result_rows
+        rows = flows.run(sql, params)
         if not rows:
             return spec, ""
-        namespace, pod, workload = rows[0]
+        namespace, pod, workload = rows[0]["ns"], rows[0]["pod"], rows[0]["workload"]
         return PeerSpec(spec.text, namespace=namespace, name=pod), workload
     params.update(ns=spec.namespace, pod=spec.name)
     sql = " UNION ALL ".join(
-        f"(SELECT if(notEmpty({s}_workload_names), {s}_workload_names[1], {s}_pod) FROM {FLOWS_TABLE} "
+        f"(SELECT if(notEmpty({s}_workload_names), {s}_workload_names[1], {s}_pod) AS workload FROM {FLOWS_TABLE} "
         f"WHERE cluster = {{cluster:String}} AND {s}_namespace = {{ns:String}} AND {s}_pod = {{pod:String}} "
         f"AND {cond} LIMIT 1)"
         for s in ("src", "dst")
     )
-    rows = client.query(sql, parameters=params).result_rows
-    return spec, (rows[0][0] if rows else "")
+    rows = flows.run(sql, params)
+    return spec, (rows[0]["workload"] if rows else "")
 
 
 def why_report(
@@ -123,9 +123,9 @@ def why_report(
     scope = ScopeFilter.for_principal(principal, ownership)
     if scope.empty:
         raise PermissionDenied("asking why", "any role binding", principal)
-    client = flows.client
-    source, source_workload = resolve_peer(client, query.cluster, query.source, window)
-    destination, destination_workload = resolve_peer(client, query.cluster, query.destination, window)
+    # Through the FlowStore: its queries are serialized (chDB's client is not thread-safe).
+    source, source_workload = resolve_peer(flows, query.cluster, query.source, window)
+    destination, destination_workload = resolve_peer(flows, query.cluster, query.destination, window)
     query = WhyQuery(query.cluster, source, destination, query.port, query.protocol)
     if not (scope.can_see_namespace(query.cluster, source.namespace)
             or scope.can_see_namespace(query.cluster, destination.namespace)):
@@ -135,14 +135,14 @@ def why_report(
         )
     places = {(query.cluster, s.namespace) for s in (source, destination) if s.namespace}
     conversations = read_conversations(
-        client, since=window[0], until=window[1], clusters=[query.cluster], scope=scope,
+        flows, since=window[0], until=window[1], clusters=[query.cluster], scope=scope,
         places=places or None, port=query.port, protocol=query.protocol, redact=False,
     )
     workloads = {s.name: w for s, w in ((source, source_workload), (destination, destination_workload)) if w}
     if not pair_conversations(conversations, query, workloads) and places:
         # No history of the pair: read the sides' other conversations for their labels.
         conversations = read_conversations(
-            client, since=window[0], until=window[1], clusters=[query.cluster], scope=scope, places=places,
+            flows, since=window[0], until=window[1], clusters=[query.cluster], scope=scope, places=places,
             redact=False,
         )
     inventory = latest_inventory(control).get(query.cluster)

@@ -156,7 +156,15 @@ def load_demo_flows(client: Any, n: int, end_ns: int, span_ns: int = SPAN_NS) ->
     import pyarrow as pa
 
     from collectors.traffic import DEMO_CLUSTERS
-    from schemas.clickhouse import CATALOG_TABLE, FLOWS_TABLE, ROLLUPS, catalog_select, flows_table_ddl
+    from schemas.clickhouse import (
+        CATALOG_TABLE,
+        CONVERSATIONS_1H,
+        FLOWS_TABLE,
+        ROLLUPS,
+        catalog_select,
+        conversations_select,
+        flows_table_ddl,
+    )
     from schemas.flow_record import RECORD_COLUMNS
 
     _progress(f"building templates ({TEMPLATE_FLOWS} flows per cluster)")
@@ -273,6 +281,7 @@ def load_demo_flows(client: Any, n: int, end_ns: int, span_ns: int = SPAN_NS) ->
     for rollup in ROLLUPS.values():
         client.command(f"INSERT INTO {rollup.table} {rollup.select(source=STAGING_TABLE)} {settings}")
     client.command(f"INSERT INTO {CATALOG_TABLE} {catalog_select(source=STAGING_TABLE)}")
+    client.command(f"INSERT INTO {CONVERSATIONS_1H} {conversations_select(source=STAGING_TABLE)} {settings}")
     partitions = client.query(
         "SELECT DISTINCT partition_id FROM system.parts WHERE active AND database = currentDatabase() "
         "AND table = {t:String}",
@@ -412,6 +421,6 @@ def bench_query(data_dir: Path, n: int, calls: int, reuse: bool = False) -> dict
 
 
 def _cluster_tables(store: Any) -> list[str]:
-    from schemas.clickhouse import CATALOG_TABLE, FLOWS_TABLE, ROLLUP_TABLES
+    from schemas.clickhouse import CATALOG_TABLE, CONVERSATIONS_1H, FLOWS_TABLE, ROLLUP_TABLES
 
-    return [FLOWS_TABLE, *ROLLUP_TABLES, CATALOG_TABLE]
+    return [FLOWS_TABLE, *ROLLUP_TABLES, CATALOG_TABLE, CONVERSATIONS_1H]
