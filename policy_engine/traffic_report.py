@@ -563,7 +563,9 @@ def _not_in_effect(
                 causes.append({"cause": "unknown", "detail": f"the kube API of {cluster} was not reachable "
                                f"({facts.kube.error}): pods and objects not checked"})
             else:
-                causes.append({"cause": "unknown", "detail": "objects match and every pod is enforced"})
+                last = _iso(max(j.conv.last_seen for j in members))
+                causes.append({"cause": "unknown", "detail": "the cluster's objects match and every pod is "
+                               f"enforced now: fixed since the last such flow ({last})?"})
         name, version = _netwarden_policy(facts.desired, policy)
         out.append(
             {
@@ -576,6 +578,7 @@ def _not_in_effect(
                 "rule": rule,
                 "version": version,
                 "flows": sum(j.conv.flows for j in members),
+                "last_seen": _iso(max(j.conv.last_seen for j in members)),
                 "conversation_count": (listed := _listed(members, CONVERSATIONS_PER_GROUP))[0],
                 "conversations": listed[1],
                 "cause": causes[0]["cause"],

@@ -231,7 +231,8 @@ def render_table(report: Mapping[str, Any]) -> str:
         out.append("NOT IN EFFECT (Hubble forwarded, the desired set denies)")
         for g in c["not_in_effect"]:
             out.append(f"  {g['namespace']}/{g['workload']} {g['direction']}: {g['flows']} flow(s) in "
-                       f"{g['conversation_count']} conversation(s), denied by {g['policy']} v{g['version']} {g['rule']}")
+                       f"{g['conversation_count']} conversation(s), denied by {g['policy']} v{g['version']} {g['rule']}"
+                       f"; last {g.get('last_seen')}")
             for conv in g["conversations"][:3]:
                 out.append(f"    {_conv(conv)} ({conv['flows']})")
             for cause in g["causes"]:

@@ -165,6 +165,11 @@ def test_not_in_effect_cause_drifted_missing_not_synced_unknown() -> None:
     everything_missing = tuple(ObjectDrift(key(o), "missing") for o in (DEFAULT_DENY, WEB_TO_API, WEB_EGRESS))
     assert cause(everything_missing) == "not-synced"
     assert cause((), kube=False) == "unknown"
+    # nothing wrong on the cluster now: the report says when it last happened (fixed since?)
+    (cl,) = report(ClusterFacts(CLUSTER, [leak], DESIRED, kube=KubeFacts(True, desired_objects=3)))["clusters"]
+    (group,) = cl["not_in_effect"]
+    assert group["cause"] == "unknown" and group["last_seen"] == "2026-11-29T10:40:00Z"
+    assert "fixed since the last such flow (2026-11-29T10:40:00Z)" in group["causes"][0]["detail"]
 
 
 def test_unexpected_drops_named_from_hubble_attribution() -> None:
