@@ -245,15 +245,27 @@ def _validator(kind: str, directory: str) -> Any:
 # --------------------------------------------------------------------------- public entry points
 
 
+_KNOWN_VALID: dict[str, None] = {}  # canonical JSON of objects found valid (rendering re-validates them)
+_KNOWN_VALID_LIMIT = 20_000
+
+
 def validate_object(obj: dict[str, Any]) -> None:
     """Raise PolicyValidationError (the first fault in document order; all of them in `.errors`)
-    unless `obj` is a valid NetworkPolicy, CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy."""
+    unless `obj` is a valid NetworkPolicy, CiliumNetworkPolicy or CiliumClusterwideNetworkPolicy.
+    Objects found valid are remembered: every render, apply and what-if validates the same objects again."""
+    key = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    if key in _KNOWN_VALID:
+        return
     errors = validation_errors(obj)
-    if errors:
-        first = errors[0]
-        raise PolicyValidationError(
-            first.message, kind=first.kind, name=first.name, path=first.path, value=first.value, errors=errors
-        )
+    if not errors:
+        if len(_KNOWN_VALID) >= _KNOWN_VALID_LIMIT:
+            _KNOWN_VALID.clear()
+        _KNOWN_VALID[key] = None
+        return
+    first = errors[0]
+    raise PolicyValidationError(
+        first.message, kind=first.kind, name=first.name, path=first.path, value=first.value, errors=errors
+    )
 
 
 def validate_spec(
