@@ -161,6 +161,10 @@ def _cluster_html(c: Mapping[str, Any]) -> str:
                         else f"unreachable ({_e(kube.get('error'))})"),
     ]
     parts.append(f'<p class="muted">{" · ".join(facts)}</p>')
+    if not c.get("desired_set"):
+        parts.append('<p><span class="tag off">no desired policy set</span> nothing to validate against</p>')
+    elif desired.get("error"):
+        parts.append(f'<p><span class="tag off">desired set cannot be rendered</span> {_e(desired["error"])}</p>')
 
     def card(label: str, value: Any, bad: bool) -> str:
         return f'<div class="card {"bad" if bad else "ok"}"><b>{_e(value)}</b>{_e(label)}</div>'

@@ -215,6 +215,10 @@ def render_table(report: Mapping[str, Any]) -> str:
         out += ["", f"cluster {c['cluster']}: {c.get('conversations', 0)} conversation(s), {c.get('flows', 0)} flow(s); "
                 f"desired set revision {desired.get('revision', '-')} (blueprint {desired.get('blueprint') or '-'}); "
                 f"kube API {kube_text}"]
+        if not c.get("desired_set"):
+            out.append("  no desired policy set is recorded for this cluster: nothing to validate against")
+        elif desired.get("error"):
+            out.append(f"  the desired policy set cannot be rendered: {desired['error']}")
         out.append("ZERO-TRUST COVERAGE")
         rows: list[list[Any]] = [["NAMESPACE", "WORKSPACE", "DENY-IN", "DENY-EG", "WORKLOADS-IN", "WORKLOADS-EG",
                                   "FLOWS-IN", "FLOWS-EG"]]
