@@ -97,12 +97,18 @@ def cluster_objects(traffic: DemoTraffic, *, cilium_started: datetime,
         })
         owner_kind, owner_name = spec.kind, spec.name
         if spec.kind == "Deployment":
-            rs = f"{spec.name}-{_template_hash(pods[0].endpoint.pod_name)}"
+            # The Deployment controller labels its ReplicaSet and pods with the template's hash (Cilium leaves
+            # it out of identities, so Hubble's labels do not show it).
+            template_hash = _template_hash(pods[0].endpoint.pod_name)
+            rs = f"{spec.name}-{template_hash}"
+            labels = {**labels, "pod-template-hash": template_hash}
+            rs_template = {**template, "metadata": {"labels": labels}}
             objects.append({
                 "apiVersion": "apps/v1", "kind": "ReplicaSet",
                 "metadata": {"name": rs, "namespace": spec.namespace, "labels": labels,
                              "ownerReferences": [_owner("Deployment", spec.name)]},
-                "spec": {"replicas": spec.replicas, "selector": {"matchLabels": match}, "template": template},
+                "spec": {"replicas": spec.replicas, "selector": {"matchLabels": {**match, "pod-template-hash": template_hash}},
+                         "template": rs_template},
             })
             owner_kind, owner_name = "ReplicaSet", rs
         before = ref in unmanaged
