@@ -163,8 +163,12 @@ def parse_duration_ns(param: str, value: str) -> int:
     return _relative_ns(text)
 
 
-def _is_relative(text: str) -> bool:
+def is_relative_time(text: str) -> bool:
+    """`text` is a duration ago (`5m`, `1h30m`), not a point in time."""
     return bool(text) and "".join(m.group(0) for m in _RELATIVE.finditer(text)) == text
+
+
+_is_relative = is_relative_time
 
 
 def _relative_ns(text: str) -> int:

@@ -21,7 +21,6 @@ import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -43,63 +42,29 @@ from policy_engine.whatif import (
     current_policy_sets,
     parse_documents,
 )
-from query_api.conversations import ConversationQueryError, read_conversations, redact_conversation
-from query_api.flow_query import parse_time_ns
+from query_api.conversations import (
+    ConversationQueryError,
+    HistoryParamError,
+    HistoryWindow,
+    history_window,
+    read_conversations,
+    redact_conversation,
+)
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
 
 DEFAULT_SINCE = "7d"
-HOUR_NS = 3600 * 1_000_000_000
 ENGINES = ("auto", "cilium", "kubernetes")
 BASELINES = ("desired", "observed")
 
 
-class TrafficParamError(ValueError):
-    """A bad parameter: names it and the value (API 422, CLI exit 2)."""
-
-    def __init__(self, parameter: str, value: Any, reason: str) -> None:
-        self.parameter, self.value, self.reason = parameter, value, reason
-        super().__init__(f"{parameter}: {reason}")
+# One error and one window rule for every history question (query_api.conversations).
+TrafficParamError = HistoryParamError
+Window = HistoryWindow
 
 
-@dataclass(frozen=True)
-class Window:
-    since: datetime
-    until: datetime
-
-
-def parse_window(since: str | None, until: str | None, now_ns: int | None = None) -> Window:
-    """`since` (default 7d ago) and `until` (default now): RFC 3339 or a duration ago.
-
-    A duration ago is widened to whole hours (since: the start of its hour; until: the end of its hour), so a
-    relative window reads only the hourly conversation table: the partial hours at a window's edges are read
-    from the flows themselves, which costs as much as the flows in them (at 30M flows a week, ~2 x 180k).
-    Times given in RFC 3339 are kept exact."""
-    # flows' own reading of "a duration ago"
-    from query_api.flow_query import FilterValueError
-    from query_api.flow_query import _is_relative as is_relative_time
-
-    since_text = since or DEFAULT_SINCE
-    try:
-        since_ns = parse_time_ns("since", since_text, now_ns)
-        until_ns = parse_time_ns("until", until, now_ns) if until else None
-    except FilterValueError as exc:
-        raise TrafficParamError(exc.parameter, exc.value, exc.reason) from None
-    if until_ns is None:
-        import time
-
-        until_ns = now_ns if now_ns is not None else time.time_ns()
-    if until_ns <= since_ns:
-        raise TrafficParamError("until", until, "must be after since")
-    if is_relative_time(since_text):
-        since_ns -= since_ns % HOUR_NS
-    if (until is None or is_relative_time(until)) and until_ns % HOUR_NS:
-        until_ns += HOUR_NS - until_ns % HOUR_NS
-    return Window(_dt(since_ns), _dt(until_ns))
-
-
-def _dt(ns: int) -> datetime:
-    return datetime.fromtimestamp(ns // 1_000_000_000, tz=UTC).replace(microsecond=(ns % 1_000_000_000) // 1000)
+def parse_window(since: str | None, until: str | None, now_ns: int | None = None) -> HistoryWindow:
+    return history_window(since, until, now_ns, default_since=DEFAULT_SINCE)
 
 
 # -- gathering ----------------------------------------------------------------------------------------------

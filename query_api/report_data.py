@@ -72,14 +72,14 @@ class ReportParams:
 
 
 def _window(params: ReportParams, now_ns: int) -> tuple[int, int]:
-    """[since, until) in ns. The history reports' one reading of a window (query_api.policy_traffic_routes,
-    shared with what-if and recommend): a duration ago is widened to whole hours, so only the hourly
+    """[since, until) in ns. The history questions' one reading of a window (query_api.conversations,
+    shared with what-if, recommend and why): a duration ago is widened to whole hours, so only the hourly
     conversation table is read; RFC 3339 times stay exact."""
-    from query_api.policy_traffic_routes import TrafficParamError, parse_window
+    from query_api.conversations import HistoryParamError, history_window
 
     try:
-        window = parse_window(params.since or DEFAULT_SINCE, params.until, now_ns)
-    except TrafficParamError as exc:
+        window = history_window(params.since, params.until, now_ns, default_since=DEFAULT_SINCE)
+    except HistoryParamError as exc:
         raise ReportParamError(exc.parameter, exc.value, exc.reason) from None
     return _ns(window.since), _ns(window.until)
 
@@ -163,7 +163,7 @@ def validation_report(
 
     clock = time.perf_counter()
     conversations = read_conversations(
-        flows.client,
+        flows,
         since=_dt(since_ns),
         until=_dt(until_ns),
         clusters=[params.cluster] if params.cluster else None,

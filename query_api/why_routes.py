@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query
@@ -34,8 +34,12 @@ from policy_engine.why import (
     pair_conversations,
     parse_query,
 )
-from query_api.conversations import ConversationQueryError, read_conversations
-from query_api.flow_query import FilterValueError, parse_time_ns
+from query_api.conversations import (
+    ConversationQueryError,
+    HistoryParamError,
+    history_window,
+    read_conversations,
+)
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
 from schemas.clickhouse import FLOWS_TABLE
@@ -55,14 +59,12 @@ class WhyParams:
 
 
 def _window(params: WhyParams, now_ns: int) -> tuple[datetime, datetime]:
+    """The history questions' one reading of a window (query_api.conversations.history_window)."""
     try:
-        until_ns = parse_time_ns("until", params.until, now_ns) if params.until else now_ns
-        since_ns = parse_time_ns("since", params.since or DEFAULT_SINCE, now_ns)
-    except FilterValueError as exc:
+        window = history_window(params.since, params.until, now_ns, default_since=DEFAULT_SINCE)
+    except HistoryParamError as exc:
         raise WhyInputError(exc.parameter, exc.value, exc.reason) from None
-    if since_ns >= until_ns:
-        raise WhyInputError("since", params.since, "since must be before until")
-    return datetime.fromtimestamp(since_ns / 1e9, tz=UTC), datetime.fromtimestamp(until_ns / 1e9, tz=UTC)
+    return window.since, window.until
 
 
 def _window_sql(window: tuple[datetime, datetime]) -> tuple[str, dict[str, Any]]:

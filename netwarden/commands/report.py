@@ -46,21 +46,6 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--scope", help="local mode: project or workspace of --as-role (env NETWARDEN_SCOPE)")
     p.set_defaults(handler=cmd_validate)
 
-    b = groups["bench"].add_parser(
-        "report",
-        help="validation report time over a store with the density of N flows over D days",
-        description="Stores the demo's flows for the last 3 hours at the density of --flows over --days (bench "
-        "query's loader), copies one whole hour's rows of the hourly conversation and rollup tables over the "
-        "rest of the window (what the views hold at that density: the report reads flows only for the partial "
-        "hours at the window's edges), seeds the demo organization and policies, then times the report over "
-        "--days for the demo's org-admin and workspace-admin (no kube API). Prints one JSON line.",
-    )
-    b.add_argument("--flows", type=int, default=30_000_000, help="flows over the window (default 30000000)")
-    b.add_argument("--days", type=int, default=7, help="window in days (default 7)")
-    b.add_argument("--calls", type=int, default=5, help="timed reports per role (default 5)")
-    b.add_argument("--data-dir", metavar="DIR", help="data directory (default: a temporary one)")
-    b.set_defaults(handler=cmd_bench_report)
-
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from netwarden.commands.flows import SERVER_ENV
@@ -287,84 +272,3 @@ def render_table(report: Mapping[str, Any]) -> str:
         lost = (c.get("health") or {}).get("lost_ranges") or []
         out.append(f"HEALTH: {len(lost)} lost range(s)")
     return "\n".join(_printable(line) for line in out) + "\n"
-
-
-# ---- bench ------------------------------------------------------------------------------------------------
-
-
-def cmd_bench_report(args: argparse.Namespace) -> int:
-    import tempfile
-    from pathlib import Path
-
-    if args.flows < 1 or args.days < 1 or args.calls < 1:
-        raise CommandError("--flows, --days and --calls must be positive")
-    if args.data_dir:
-        result = bench_report(Path(args.data_dir), args.flows, args.days, args.calls)
-    else:
-        with tempfile.TemporaryDirectory(prefix="netwarden-bench-report-") as tmp:
-            result = bench_report(Path(tmp), args.flows, args.days, args.calls)
-    print(json.dumps(result))
-    return 0
-
-
-def bench_report(data_dir: Any, flows: int, days: int, calls: int) -> dict[str, Any]:
-    import statistics
-    import time
-
-    from netwarden.commands.bench_query import load_demo_flows
-    from netwarden.demo_seed import seed_demo, seed_demo_policies
-    from policy_engine.roles import Principal
-    from policy_engine.store import ControlPlaneStore
-    from query_api.report_data import ReportParams, validation_report
-    from query_api.store import FlowStore, open_clickhouse
-    from schemas.clickhouse import CONVERSATIONS_1H, ROLLUPS, conversations_select, hourly
-
-    hour_ns = 3600 * 1_000_000_000
-    hours = days * 24
-    store = FlowStore(open_clickhouse(str(data_dir), None))
-    store.ensure_schema()
-    client = store.client
-    with ControlPlaneStore.open(data_dir) as control:
-        users = seed_demo(control, data_dir)
-        seed_demo_policies(control, {})
-        now = time.time_ns()
-        started = time.perf_counter()
-        stored = load_demo_flows(client, 3 * flows // hours, now, 3 * hour_ns)
-        client.command(f"INSERT INTO {CONVERSATIONS_1H} {conversations_select()} "
-                       "SETTINGS max_partitions_per_insert_block = 0")
-        whole = (now // hour_ns - 2) * hour_ns // 1_000_000_000  # a whole hour of the three loaded
-        for table in (CONVERSATIONS_1H, *(hourly(r.table) for r in ROLLUPS.values())):
-            at = "hour" if table == CONVERSATIONS_1H else "minute"
-            columns = [str(r[0]) for r in client.query(f"DESCRIBE TABLE {table}").result_rows]
-            select = ", ".join(f"{at} - toIntervalHour(k.number + 2)" if c == at else f"`{c}`" for c in columns)
-            client.command(
-                f"INSERT INTO {table} ({', '.join(f'`{c}`' for c in columns)}) SELECT {select} FROM {table}, "
-                f"numbers({hours - 2}) AS k WHERE {at} = toDateTime({whole}) "
-                "SETTINGS max_partitions_per_insert_block = 0"
-            )
-        load_s = time.perf_counter() - started
-        represented = int(client.query(f"SELECT sum(flows) FROM {CONVERSATIONS_1H}").result_rows[0][0])
-        rows = int(client.query(f"SELECT count() FROM {CONVERSATIONS_1H}").result_rows[0][0])
-        result: dict[str, Any] = {"flows_represented": represented, "flows_stored": stored, "days": days,
-                                  "conversation_rows": rows, "load_s": round(load_s, 1), "reports": []}
-        for user in users:
-            if user["role"] not in ("org-admin", "workspace-admin"):
-                continue
-            principal = Principal.with_role(user["role"], user["scope"] if user["role"] != "org-admin" else "",
-                                            name=user["name"])
-            walls, cpus, timings = [], [], {}
-            for _ in range(calls + 1):  # the first call warms caches, untimed
-                wall, cpu = time.perf_counter(), time.process_time()
-                validation_report(store, control, principal, ReportParams(since=f"{days}d", live=False),
-                                  timings=timings)
-                walls.append(time.perf_counter() - wall)
-                cpus.append(time.process_time() - cpu)
-            result["reports"].append({
-                "role": user["role"],
-                "conversations": timings.get("conversations"),
-                "p50_s": round(statistics.median(walls[1:]), 3),
-                "max_s": round(max(walls[1:]), 3),
-                "cpu_p50_s": round(statistics.median(cpus[1:]), 3),
-            })
-    store.close()
-    return result
