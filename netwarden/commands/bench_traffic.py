@@ -1,8 +1,8 @@
 """`netwarden bench traffic`: the validation report, what-if and recommend over N demo flows of 7 days.
 
 Loading reuses `bench query`'s loader (netwarden.commands.bench_query.load_demo_flows: ClickHouse writes the
-flows itself from decoded demo templates) with a 7-day span; the hourly conversation table is filled from the
-loaded flows when the loader did not (it feeds the rollups but not, yet, that table). The control plane gets the
+flows itself from decoded demo templates, and the rollups and hourly conversation table from them) with a 7-day
+span. The control plane gets the
 demo organization and the demo's policy documents (netwarden.demo_seed), as `netwarden up` has them.
 
 Timing, in this process through the same gathering functions the API routes and the CLI's local mode call (no
@@ -63,31 +63,11 @@ def cmd_bench_traffic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fill_conversations(client: Any, clusters: list[str]) -> None:
-    """The conversation table from the loaded flows, unless the loader filled it already."""
-    from schemas.clickhouse import CONVERSATIONS_1H, FLOWS_TABLE, conversations_select
-
-    have = client.query(
-        f"SELECT count() FROM {CONVERSATIONS_1H} WHERE cluster IN {{c:Array(String)}}", parameters={"c": clusters}
-    ).result_rows[0][0]
-    if have:
-        return
-    _progress("filling the hourly conversation table from the loaded flows")
-    client.command(
-        f"INSERT INTO {CONVERSATIONS_1H} {conversations_select(FLOWS_TABLE, 'cluster IN {c:Array(String)}')} "
-        "SETTINGS max_partitions_per_insert_block = 0, insert_deduplicate = 0",
-        parameters={"c": clusters},
-    )
-
-
 def _demo_documents() -> list[dict[str, Any]]:
     """The issue's example change: the demo blueprint plus a cluster-wide policy denying egress to port 53."""
+    from netwarden.demo_seed import DEMO_BLUEPRINT, DEMO_POLICIES
     from policy_engine.gitops import load_documents
 
-    try:
-        from netwarden.demo_seed import DEMO_BLUEPRINT, DEMO_POLICIES
-    except ImportError:
-        DEMO_BLUEPRINT, DEMO_POLICIES = "zero-trust-day0", None
     deny = {
         "apiVersion": "netwarden.io/v1", "kind": "Policy", "metadata": {"name": "bench-deny-dns"},
         "spec": {"scope": "cluster", "rules": [{"name": "deny-dns", "cilium": {
@@ -95,23 +75,13 @@ def _demo_documents() -> list[dict[str, Any]]:
             "egressDeny": [{"toEntities": ["all"], "toPorts": [{"ports": [
                 {"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}]}]}]}}]},
     }
-    blueprint: dict[str, Any] = {"clusterPolicies": ["zero-trust-day0-default-deny", "zero-trust-day0-allow-dns"]}
-    if DEMO_POLICIES is not None:
-        for doc in load_documents(DEMO_POLICIES):
-            if doc.kind == "Blueprint" and doc.name == DEMO_BLUEPRINT:
-                blueprint = doc.model.to_content()  # type: ignore[union-attr]
-                if blueprint["installProfile"]["engine"] is None:
-                    del blueprint["installProfile"]["engine"]
-    blueprint = {**blueprint, "clusterPolicies": [*blueprint["clusterPolicies"], "bench-deny-dns"]}
-    bp_doc = {"apiVersion": "netwarden.io/v1", "kind": "Blueprint", "metadata": {"name": DEMO_BLUEPRINT},
-              "spec": blueprint}
-    if DEMO_POLICIES is None:
-        from collectors.traffic import DEMO_CLUSTERS
-
-        return [deny, bp_doc, {"apiVersion": "netwarden.io/v1", "kind": "Assignment",
-                               "metadata": {"name": "bench-day0"},
-                               "spec": {"blueprint": DEMO_BLUEPRINT, "clusters": list(DEMO_CLUSTERS)}}]
-    return [deny, bp_doc]
+    (blueprint,) = (doc.model.to_content() for doc in load_documents(DEMO_POLICIES)  # type: ignore[union-attr]
+                    if doc.kind == "Blueprint" and doc.name == DEMO_BLUEPRINT)
+    if blueprint["installProfile"]["engine"] is None:
+        del blueprint["installProfile"]["engine"]
+    blueprint["clusterPolicies"] = [*blueprint["clusterPolicies"], "bench-deny-dns"]
+    return [deny, {"apiVersion": "netwarden.io/v1", "kind": "Blueprint", "metadata": {"name": DEMO_BLUEPRINT},
+                   "spec": blueprint}]
 
 
 def _workspace_lock() -> list[dict[str, Any]]:
@@ -145,12 +115,13 @@ def _timed(name: str, calls: int, fn: Callable[[], Any]) -> dict[str, Any]:
 def bench_traffic(data_dir: Path, n: int, calls: int, reuse: bool = False) -> dict[str, Any]:
     from collectors.traffic import DEMO_CLUSTERS
     from netwarden.commands.bench_query import _cluster_tables, load_demo_flows
-    from netwarden.demo_seed import seed_demo
+    from netwarden.demo_seed import seed_demo, seed_demo_policies
     from policy_engine.roles import Principal
     from policy_engine.store import ControlPlaneStore
     from policy_engine.whatif import parse_documents
     from query_api.conversations import read_conversations
     from query_api.policy_traffic_routes import parse_window, recommendation, scratch_copy, what_if
+    from query_api.report_data import ReportParams, validation_report
     from query_api.store import FlowStore, open_clickhouse
     from schemas.clickhouse import CONVERSATIONS_1H
 
@@ -166,19 +137,13 @@ def bench_traffic(data_dir: Path, n: int, calls: int, reuse: bool = False) -> di
         for table in {*_cluster_tables(store), CONVERSATIONS_1H}:
             store.client.command(f"DELETE FROM {table} WHERE cluster IN {{c:Array(String)}}", parameters={"c": clusters})
         started = time.perf_counter()
-        load_demo_flows(store.client, n, time.time_ns(), span_ns=DAYS * DAY_NS)
-        _fill_conversations(store.client, clusters)
+        load_demo_flows(store.client, n, time.time_ns(), span_ns=DAYS * DAY_NS)  # fills the hourly conversations too
         load_s = time.perf_counter() - started
         _progress(f"loaded in {load_s:.1f}s")
 
     control = ControlPlaneStore.open(data_dir)
     seed_demo(control, data_dir)
-    try:
-        from netwarden.demo_seed import seed_demo_policies
-
-        seed_demo_policies(control, {})
-    except ImportError:
-        pass
+    seed_demo_policies(control, {})
     org = Principal.with_role("org-admin", name="bench")
     wendy = Principal.with_role("workspace-admin", "shop-team", name="bench-wendy")
     since = f"{DAYS}d"
@@ -194,13 +159,8 @@ def bench_traffic(data_dir: Path, n: int, calls: int, reuse: bool = False) -> di
 
     results = []
     try:
-        try:
-            from query_api.report_data import ReportParams, validation_report
-
-            params = ReportParams(since=since, live=False)
-            results.append(_timed("report", calls, lambda: validation_report(store, control, org, params)))
-        except ImportError:
-            _progress("no query_api.report_data.validation_report: report not timed")
+        params = ReportParams(since=since, live=False)
+        results.append(_timed("report", calls, lambda: validation_report(store, control, org, params)))
         denied = what_if(store.client, control, org, deny_dns, window)
         _progress(f"what-if deny DNS: {sum(len(c.newly_denied) for c in denied.clusters)} newly denied group(s) in "
                   f"{', '.join(c.cluster for c in denied.clusters)}")
