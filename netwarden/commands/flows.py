@@ -346,9 +346,12 @@ def _endpoint_text(row: Mapping[str, Any], side: str) -> str:
     elif names:
         host = names[0]
     else:
-        host = ip_text(row.get(f"ip_{side}"), int(row.get("ip_version") or 0)) or "N/A"
+        host = ip_text(row.get(f"ip_{side}"), int(row.get("ip_version") or 0))
         if ":" in host:
             host = f"[{host}]"
+        elif not host:
+            # A redacted peer has no pod and no IP, but its namespace is still the caller's to see.
+            host = f"{ns}/(redacted)" if ns else "N/A"
     port = int(row.get(f"{side}_port") or 0)
     if port:
         host += f":{port}"

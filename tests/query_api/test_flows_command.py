@@ -115,3 +115,17 @@ def test_locked_data_dir_points_to_the_api(flow_store: FlowStore, data_dir: Path
     assert "in use by a running `netwarden up`" in proc.stderr
     assert "'http://127.0.0.1:8080/api/v1/flows?namespace=shop&limit=20&format=jsonpb'" in proc.stderr
     assert "netwarden flows --server http://127.0.0.1:8080" in proc.stderr
+
+
+def test_a_redacted_peer_shows_its_namespace_in_the_table(flow_store: FlowStore) -> None:
+    from netwarden.commands.flows import table_rows
+    from query_api.flow_query import FlowFilter
+    from query_api.scope import ScopeFilter
+
+    # qa-c2 flow 5: shop/backend-2 -> payments/api-1:443; a caller who sees only qa-c2/shop.
+    scope = ScopeFilter(namespaces=frozenset({("qa-c2", "shop")}))
+    rows = flow_store.query_flows(FlowFilter(cluster="qa-c2", namespace="payments", last=None), scope=scope)
+    assert len(rows) == 1
+    row = table_rows(rows)[1]  # [0] is the header
+    assert "shop/backend-2:8080" in row and "payments/(redacted):443" in row
+    assert not any("N/A" in cell for cell in row)
