@@ -33,6 +33,7 @@ from policy_engine.model import (
     Assignment,
     AssignmentTarget,
     BlueprintSpec,
+    BlueprintVersion,
     Cluster,
     InstallProfile,
     NamespaceRef,
@@ -743,6 +744,16 @@ def policy_document(p: PolicyVersion) -> dict[str, Any]:
     return {"apiVersion": API_VERSION, "kind": "Policy", "metadata": {"name": p.name}, "spec": spec,
             "status": {"version": p.version, "mode": p.info.mode, "builtin": p.builtin,
                        "updatedAt": p.info.created_at, "updatedBy": p.info.created_by, "source": p.info.source}}
+
+
+def blueprint_document(b: BlueprintVersion) -> dict[str, Any]:
+    """A blueprint version as a `netwarden.io/v1` Blueprint document plus `status`; applying it back changes
+    nothing (an engine left to the cluster is not written)."""
+    content = b.spec.to_content()
+    if content["installProfile"]["engine"] is None:
+        del content["installProfile"]["engine"]
+    return {"apiVersion": API_VERSION, "kind": "Blueprint", "metadata": {"name": b.name}, "spec": content,
+            "status": {"version": b.version, "builtin": b.builtin, "updatedAt": b.info.created_at}}
 
 
 def policy_documents(states: Sequence[PolicyState]) -> list[dict[str, Any]]:

@@ -63,10 +63,11 @@ def cmd_bench_traffic(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_documents() -> list[dict[str, Any]]:
-    """The issue's example change: the demo blueprint plus a cluster-wide policy denying egress to port 53."""
-    from netwarden.demo_seed import DEMO_BLUEPRINT, DEMO_POLICIES
-    from policy_engine.gitops import load_documents
+def _demo_documents(control: Any) -> list[dict[str, Any]]:
+    """The issue's example change: the demo blueprint (as the store has it) plus a cluster-wide policy denying
+    egress to port 53."""
+    from netwarden.demo_seed import DEMO_BLUEPRINT
+    from policy_engine.gitops import blueprint_document
 
     deny = {
         "apiVersion": "netwarden.io/v1", "kind": "Policy", "metadata": {"name": "bench-deny-dns"},
@@ -75,13 +76,9 @@ def _demo_documents() -> list[dict[str, Any]]:
             "egressDeny": [{"toEntities": ["all"], "toPorts": [{"ports": [
                 {"port": "53", "protocol": "UDP"}, {"port": "53", "protocol": "TCP"}]}]}]}}]},
     }
-    (blueprint,) = (doc.model.to_content() for doc in load_documents(DEMO_POLICIES)  # type: ignore[union-attr]
-                    if doc.kind == "Blueprint" and doc.name == DEMO_BLUEPRINT)
-    if blueprint["installProfile"]["engine"] is None:
-        del blueprint["installProfile"]["engine"]
-    blueprint["clusterPolicies"] = [*blueprint["clusterPolicies"], "bench-deny-dns"]
-    return [deny, {"apiVersion": "netwarden.io/v1", "kind": "Blueprint", "metadata": {"name": DEMO_BLUEPRINT},
-                   "spec": blueprint}]
+    blueprint = blueprint_document(control.get_blueprint(DEMO_BLUEPRINT))
+    blueprint["spec"]["clusterPolicies"].append("bench-deny-dns")
+    return [deny, blueprint]
 
 
 def _workspace_lock() -> list[dict[str, Any]]:
@@ -150,7 +147,7 @@ def bench_traffic(data_dir: Path, n: int, calls: int, reuse: bool = False) -> di
     window = parse_window(since, None)
     conversations = len(read_conversations(store.client, since=window.since, until=window.until, clusters=clusters))
     _progress(f"{conversations} conversations in {DAYS} days")
-    deny_dns = parse_documents(_demo_documents(), "bench")
+    deny_dns = parse_documents(_demo_documents(control), "bench")
     lock = parse_documents(_workspace_lock(), "bench")
 
     def run_what_if(principal: Principal, docs: Any) -> Any:

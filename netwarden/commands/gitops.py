@@ -28,6 +28,7 @@ from policy_engine.gitops import (
     API_VERSION,
     GitOpsErrors,
     apply_documents,
+    blueprint_document,
     diff_documents,
     load_documents,
     policy_document,
@@ -236,7 +237,7 @@ def cmd_get(args: argparse.Namespace) -> int:
             _emit(policy_documents(states), args.output, lambda: _policies_table(states))
         elif args.resource == "blueprints":
             blueprints = cp.list_blueprints()
-            _emit([_blueprint_doc(b) for b in blueprints], args.output, lambda: _blueprints_table(blueprints))
+            _emit([blueprint_document(b) for b in blueprints], args.output, lambda: _blueprints_table(blueprints))
         elif args.resource == "clusters":
             clusters = cp.list_clusters()
             engines = {c.name: cp.policy_set(c.name) for c in clusters}
@@ -387,14 +388,6 @@ def _render_yaml(rendered: RenderedCluster) -> str:
     notes = "".join(f"# note: {n}\n" for n in rendered.notes)
     body = yaml.safe_dump_all(list(rendered.objects), sort_keys=False) if rendered.objects else ""
     return header + notes + body
-
-
-def _blueprint_doc(b: BlueprintVersion) -> dict[str, Any]:
-    content = b.spec.to_content()
-    if content["installProfile"]["engine"] is None:
-        del content["installProfile"]["engine"]
-    return {"apiVersion": API_VERSION, "kind": "Blueprint", "metadata": {"name": b.name}, "spec": content,
-            "status": {"version": b.version, "builtin": b.builtin, "updatedAt": b.info.created_at}}
 
 
 def _cluster_doc(c: Cluster) -> dict[str, Any]:

@@ -1,29 +1,18 @@
 """Acceptance on the demo as `netwarden up` seeds it (netwarden/demo/FAULTS.md): each planted fault lands in its
 list of the validation report, and the workspace admin's report covers only its workspace. The demo world and
-its flows are built in a process of their own (tests/reports/demo_world.py): see there why."""
+its flows are built once in a process of their own (tests/reports/conftest.py, demo_world.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 @pytest.fixture(scope="module")
-def reports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    data = tmp_path_factory.mktemp("demo-report")
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.reports.demo_world", str(data), "2000"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+def reports(demo_outcome: dict[str, Any]) -> dict[str, Any]:
+    return demo_outcome["report"]
 
 
 def _cluster(report: dict[str, Any], name: str) -> dict[str, Any]:
@@ -69,3 +58,13 @@ def test_workspace_admin_report_covers_its_workspace(reports: dict[str, Any]) ->
     assert [g["namespace"] for g in east["not_in_effect"]] == ["shop"]
     text = json.dumps(ws)
     assert "redis-0" not in text  # pods of other workspaces are not named
+    # Every conversation shown touches the workspace; a peer in another namespace is shown redacted, as in flows.
+    shown = [c for g in east["not_in_effect"] for c in g["conversations"]] + east["drops"]["top_conversations"]
+    shown += [c for s in east["staged"] for c in (*s["newly_denied"], *s["newly_allowed"])]
+    assert shown and all("shop" in (c["source"]["namespace"], c["destination"]["namespace"]) for c in shown)
+    peers = [side for c in shown for side in (c["source"], c["destination"]) if side["namespace"] not in ("shop", "")]
+    assert peers and all(side["workload"] == "" for side in peers)
+    # Rules: the workspace's own policies and the cluster-wide ones, not other teams' namespace policies.
+    assert {r["object"].split("/")[1] for r in east["rules"]} == {"", "shop"}
+    org_east = _cluster(reports["org"], "demo-east")
+    assert east["conversations"] < org_east["conversations"] and east["flows"] < org_east["flows"]
