@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,6 +27,8 @@ from typing import Any
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from policy_engine.model import Cluster
+from policy_engine.render import RenderedCluster
 from policy_engine.validation import PolicyValidationError, validate_object
 
 __all__ = [
@@ -39,6 +42,8 @@ __all__ = [
     "PodRef",
     "SyncError",
     "SyncReport",
+    "deliverable",
+    "reachable",
 ]
 
 log = logging.getLogger(__name__)
@@ -46,6 +51,7 @@ log = logging.getLogger(__name__)
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 FIELD_MANAGER = "netwarden"
 RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
+KUBE_TOKEN_ENV = "NETWARDEN_KUBE_TOKEN"
 # Kinds netwarden applies and prunes, as (apiVersion, kind).
 MANAGED_KINDS: tuple[tuple[str, str], ...] = (
     ("networking.k8s.io/v1", "NetworkPolicy"),
@@ -203,17 +209,47 @@ class KubeCluster:
         self._discovery: dict[str, dict[str, _Resource] | None] = {}
 
     @classmethod
-    def from_kubeconfig(cls, path: str | None = None, context: str | None = None) -> KubeCluster:
-        api = k8s_config.new_client_from_config(config_file=path, context=context)
-        return cls(api, name=context or api.configuration.host)
+    def from_kubeconfig(
+        cls, path: str | None = None, context: str | None = None, *, timeout: float = 30.0, retries: bool = True
+    ) -> KubeCluster:
+        """`retries=False`: no urllib3 retries with backoff (its default is 3), for callers that report an
+        unreachable cluster rather than wait for it."""
+        configuration = k8s_client.Configuration()
+        k8s_config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        if not retries:
+            configuration.retries = False
+        return cls(k8s_client.ApiClient(configuration), name=context or configuration.host, timeout=timeout)
 
     @classmethod
-    def from_url(cls, url: str, token: str | None = None) -> KubeCluster:
+    def from_url(
+        cls, url: str, token: str | None = None, *, timeout: float = 30.0, retries: bool = True
+    ) -> KubeCluster:
         configuration = k8s_client.Configuration(host=url.rstrip("/"))
         if token:
             configuration.api_key = {"BearerToken": token}
             configuration.api_key_prefix = {"BearerToken": "Bearer"}
-        return cls(k8s_client.ApiClient(configuration), name=url)
+        if not retries:
+            configuration.retries = False
+        return cls(k8s_client.ApiClient(configuration), name=url, timeout=timeout)
+
+    @classmethod
+    def of(cls, cluster: Cluster, *, timeout: float = 30.0, retries: bool = True) -> KubeCluster:
+        """A store Cluster's API as every command reaches it: its apiServer (bearer token from the environment's
+        NETWARDEN_KUBE_TOKEN), else its kubeconfig and context (see `reachable`)."""
+        if cluster.api_server:
+            return cls.from_url(cluster.api_server, token=os.environ.get(KUBE_TOKEN_ENV), timeout=timeout,
+                                retries=retries)
+        return cls.from_kubeconfig(cluster.kubeconfig, cluster.kube_context, timeout=timeout, retries=retries)
+
+    # ------------------------------------------------------------------ reading
+
+    def objects(self, api_version: str, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Every object of a kind (raw JSON: the client's models refuse objects lacking fields they require)."""
+        return self._list(self._resource(api_version, kind), namespace=namespace)
+
+    def namespaces(self) -> dict[str, dict[str, str]]:
+        """name -> labels of every namespace of the cluster."""
+        return {n["metadata"]["name"]: dict(n["metadata"].get("labels") or {}) for n in self.objects("v1", "Namespace")}
 
     # ------------------------------------------------------------------ HTTP through the client
 
@@ -538,6 +574,27 @@ class KubeCluster:
             )
             done.append(f"{pod.owner_kind} {pod.namespace}/{pod.owner_name}")
         return done
+
+
+# ---------------------------------------------------------------------- a store Cluster and its API
+
+
+def reachable(cluster: Cluster) -> bool:
+    """Whether the store says how to reach the cluster's API (apiServer, kubeContext or kubeconfig)."""
+    return bool(cluster.api_server or cluster.kube_context or cluster.kubeconfig)
+
+
+def deliverable(rendered: RenderedCluster, live_namespaces: Iterable[str]) -> RenderedCluster:
+    """The objects a sync applies: cluster-wide ones and those of namespaces the cluster has. Objects of the
+    others are held back (a namespace created later gets them at the next sync), said in a note; nor are
+    they drift."""
+    live = set(live_namespaces)
+    objects = tuple(o for o in rendered.objects if o["metadata"].get("namespace") in (None, *live))
+    held = sorted({o["metadata"]["namespace"] for o in rendered.objects if o["metadata"].get("namespace") not in (None, *live)})
+    notes = list(rendered.notes)
+    if held:
+        notes.append(f"namespace(s) {', '.join(held)} do not exist on the cluster: their objects are held back")
+    return RenderedCluster(rendered.cluster, rendered.engine, objects, tuple(notes))
 
 
 # ---------------------------------------------------------------------- pure helpers

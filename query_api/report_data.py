@@ -14,7 +14,6 @@ or namespace the caller cannot see is refused (403), an unknown one too (422, na
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -191,11 +190,11 @@ def validation_report(
     rollups = _rollups(flows, scope, params, places, since_ns, until_ns, now_ns)
     t_roll = time.perf_counter() - clock
     clock = time.perf_counter()
-    reachable = [
-        declared[name] for name in sorted(names)
-        if params.live and name in declared
-        and (declared[name].api_server or declared[name].kube_context or declared[name].kubeconfig)
-    ]
+    # The kube client is loaded only for a live report.
+    from policy_engine.kube import reachable as kube_reachable
+
+    reachable = [declared[name] for name in sorted(names) if params.live and name in declared
+                 and kube_reachable(declared[name])]
     kube: dict[str, KubeFacts | None] = dict.fromkeys(names)
     if reachable:
         # The clusters' APIs are asked at once: a fleet report waits for the slowest, not for the sum.
@@ -258,25 +257,15 @@ def _rollups(
     )
 
 
-
-
 # -- the clusters' kube APIs ------------------------------------------------------------------------------
 
 
 def _kube_client(cluster: Any) -> Any:
-    """A KubeCluster for a store Cluster, as `netwarden sync` reaches it."""
-    import os
+    """A store Cluster's API as `netwarden sync` reaches it, without retries with backoff: an unreachable
+    cluster is reported, not waited for."""
+    from policy_engine.kube import KubeCluster
 
-    from policy_engine import kube
-
-    if cluster.api_server:
-        api = kube.KubeCluster.from_url(cluster.api_server, token=os.environ.get("NETWARDEN_KUBE_TOKEN"))
-    else:
-        api = kube.KubeCluster.from_kubeconfig(cluster.kubeconfig, cluster.kube_context)
-    api.timeout = KUBE_TIMEOUT_S
-    # No retries with backoff (urllib3's default of 3): an unreachable cluster is reported, not waited for.
-    api.api.rest_client.pool_manager.connection_pool_kw["retries"] = False
-    return api
+    return KubeCluster.of(cluster, timeout=KUBE_TIMEOUT_S, retries=False)
 
 
 def kube_facts(
@@ -288,20 +277,16 @@ def kube_facts(
     """Pods, pods Cilium does not enforce and drift of the desired objects, from one cluster's API; a
     cluster that cannot be reached gives KubeFacts(reachable=False, error=...). `store_lock` serializes the
     store's use when several clusters are asked from threads."""
-    from kubernetes import client as k8s_client
-
     from policy_engine.control_plane import resolve_policy_set
+    from policy_engine.kube import deliverable
     from policy_engine.render import render_cluster
 
     try:
         kube = connect(cluster)
-        core = k8s_client.CoreV1Api(kube.api)
-        live = [ns.metadata.name for ns in core.list_namespace(_request_timeout=KUBE_TIMEOUT_S).items]
+        live = kube.namespaces()
         with store_lock or nullcontext():
             policy_set = resolve_policy_set(store, cluster.name, live)
-        rendered = render_cluster(policy_set)
-        # As sync does: objects of namespaces the cluster does not have are held back, not drift.
-        objects = [o for o in rendered.objects if o["metadata"].get("namespace") in (None, *live)]
+        objects = list(deliverable(render_cluster(policy_set), live).objects)  # as sync applies them
         drift = tuple(
             ObjectDrift(f"{d.ref.kind}/{d.ref.namespace or ''}/{d.ref.name}", d.drift, tuple(d.details))
             for d in kube.drift(objects)
@@ -310,21 +295,12 @@ def kube_facts(
             UnmanagedPod(p.namespace, p.name, p.owner_kind or "", p.owner_name or "", p.reason)
             for p in kube.unmanaged_pods()
         )
-        # Raw JSON: the client's models refuse objects that lack fields they require (e.g. containers).
-        listing = core.list_pod_for_all_namespaces(_request_timeout=KUBE_TIMEOUT_S, _preload_content=False)
-        replica_sets = k8s_client.AppsV1Api(kube.api).list_replica_set_for_all_namespaces(
-            _request_timeout=KUBE_TIMEOUT_S, _preload_content=False
-        )
         deployments = {
             (rs["metadata"].get("namespace", ""), rs["metadata"]["name"]): owner
-            for rs in json.loads(replica_sets.data).get("items") or ()
+            for rs in kube.objects("apps/v1", "ReplicaSet")
             if (owner := _controller(rs)) is not None
         }
-        pods = tuple(
-            pod
-            for item in json.loads(listing.data).get("items") or ()
-            if (pod := _kube_pod(item, deployments)) is not None
-        )
+        pods = tuple(pod for item in kube.objects("v1", "Pod") if (pod := _kube_pod(item, deployments)) is not None)
     except Exception as exc:  # one unreachable or broken cluster must not fail the report
         log.warning("cluster %s: kube API not usable for the report: %s", cluster.name, exc)
         return KubeFacts(reachable=False, error=str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)

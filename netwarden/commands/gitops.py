@@ -209,15 +209,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 def _print_live_diff(cp: ControlPlane, docs: Any, name: str, *, prune: bool) -> None:
     """What a sync after this apply would change on the live cluster (nothing is written)."""
+    from policy_engine.kube import KubeCluster, reachable
+
     try:
         with cp.store.transaction(rollback=True):
             apply_documents(cp, docs, prune=prune)
             cluster = cp.store.get_cluster(name)
-            if cluster is None or not _reachable_config(cluster):
+            if cluster is None or not reachable(cluster):
                 return
-            kube = _kube(cluster)
-            rendered, objects = _desired_live(cp, cluster, kube)
-        drift = kube.drift(objects)
+            kube = KubeCluster.of(cluster)
+            rendered = _desired_live(cp, cluster, kube)
+        drift = kube.drift(list(rendered.objects))
     except (GitOpsErrors, StoreError, RenderError, PermissionDenied):
         raise
     except Exception as exc:  # any transport error: report it, keep diffing the others
@@ -281,6 +283,8 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    from policy_engine.kube import reachable
+
     failures = 0
     with control_plane(args) as cp:
         clusters = [c for c in cp.store.list_clusters() if args.cluster in (None, c.name)]
@@ -290,67 +294,59 @@ def cmd_sync(args: argparse.Namespace) -> int:
             cp.require_sync(cluster.name)
         check_history(args, None, [c.name for c in clusters])  # before anything reaches a cluster
         for cluster in clusters:
-            if not _reachable_config(cluster):
+            if not reachable(cluster):
                 print(f"cluster {cluster.name}: status: error: no kubeContext, kubeconfig or apiServer to reach it")
                 failures += 1
                 continue
-            try:
-                failures += _sync_cluster(cp, cluster, restart_unmanaged=args.restart_unmanaged)
-            except (StoreError, RenderError, PermissionDenied):
-                raise
-            except Exception as exc:  # one unreachable cluster must not stop the fleet
-                print(f"  status: error: {exc}")
-                failures += 1
+            ok, lines = sync_cluster(cp, cluster, restart_unmanaged=args.restart_unmanaged)
+            print("\n".join(lines))
+            failures += not ok
     if failures:
         print(f"{failures} cluster(s) failed", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _sync_cluster(cp: ControlPlane, cluster: Cluster, *, restart_unmanaged: bool) -> int:
-    kube = _kube(cluster)
-    print(f"cluster {cluster.name}:")
-    rendered, objects = _desired_live(cp, cluster, kube)
-    print(f"  engine {rendered.engine}: {len(objects)} desired object(s)")
-    for note in rendered.notes:
-        print(f"  note: {note}")
-    for item in kube.drift(objects):
-        print(f"  drift: {item}")
-    report = kube.apply(objects, prune=True)
-    print(f"  sync: {report.summary()}")
-    for ref in report.created:
-        print(f"    created {ref}")
-    for ref in report.updated:
-        print(f"    updated {ref}")
-    for ref in report.pruned:
-        print(f"    pruned  {ref}")
-    for error in report.errors:
-        print(f"    error   {error}")
-    if rendered.engine == "cilium-chaining":
-        pods = kube.unmanaged_pods()
-        if pods:
-            print(f"  {len(pods)} pod(s) started before Cilium are not enforced until restarted:")
-            for pod in pods:
-                print(f"    {pod}")
-            if restart_unmanaged:
-                for workload in kube.restart_workloads(pods):
-                    print(f"    restarted {workload}")
-    print(f"  status: {'synced' if report.ok else 'errors'}")
-    return 0 if report.ok else 1
+def sync_cluster(cp: ControlPlane, cluster: Cluster, *, restart_unmanaged: bool = False) -> tuple[bool, list[str]]:
+    """`netwarden sync` of one reachable cluster (the caller checked `require_sync`): (ok, the lines to show).
+    An error of the cluster's API is one of the lines (one unreachable cluster must not stop the fleet); the
+    control plane's own errors (store, render, permission) are raised."""
+    from policy_engine.kube import KubeCluster
+
+    lines = [f"cluster {cluster.name}:"]
+    try:
+        kube = KubeCluster.of(cluster)
+        rendered = _desired_live(cp, cluster, kube)
+        objects = list(rendered.objects)
+        lines.append(f"  engine {rendered.engine}: {len(objects)} desired object(s)")
+        lines += [f"  note: {note}" for note in rendered.notes]
+        lines += [f"  drift: {item}" for item in kube.drift(objects)]
+        report = kube.apply(objects, prune=True)
+        lines.append(f"  sync: {report.summary()}")
+        lines += [f"    created {ref}" for ref in report.created]
+        lines += [f"    updated {ref}" for ref in report.updated]
+        lines += [f"    pruned  {ref}" for ref in report.pruned]
+        lines += [f"    error   {error}" for error in report.errors]
+        if rendered.engine == "cilium-chaining":
+            pods = kube.unmanaged_pods()
+            if pods:
+                lines.append(f"  {len(pods)} pod(s) started before Cilium are not enforced until restarted:")
+                lines += [f"    {pod}" for pod in pods]
+                if restart_unmanaged:
+                    lines += [f"    restarted {workload}" for workload in kube.restart_workloads(pods)]
+    except (StoreError, RenderError, PermissionDenied):
+        raise
+    except Exception as exc:  # the cluster's API: reported, the next cluster is synced
+        return False, [*lines, f"  status: error: {exc}"]
+    lines.append(f"  status: {'synced' if report.ok else 'errors'}")
+    return report.ok, lines
 
 
-def _desired_live(cp: ControlPlane, cluster: Cluster, kube: Any) -> tuple[RenderedCluster, list[dict[str, Any]]]:
-    """Render with the cluster's live namespaces; hold back objects whose namespace does not exist."""
-    from kubernetes import client as k8s_client
+def _desired_live(cp: ControlPlane, cluster: Cluster, kube: Any) -> RenderedCluster:
+    """Rendered with the cluster's live namespaces; objects of namespaces it does not have are held back."""
+    from policy_engine.kube import deliverable
 
-    live = [ns.metadata.name for ns in k8s_client.CoreV1Api(kube.api).list_namespace().items]
-    rendered = cp.render(cluster.name, live_namespaces=live)
-    objects, held = [], sorted({o["metadata"]["namespace"] for o in rendered.objects
-                                if o["metadata"].get("namespace") not in (None, *live)})
-    objects = [o for o in rendered.objects if o["metadata"].get("namespace") in (None, *live)]
-    notes = list(rendered.notes)
-    if held:
-        notes.append(f"namespace(s) {', '.join(held)} do not exist on the cluster: their objects are held back")
-    return RenderedCluster(rendered.cluster, rendered.engine, tuple(objects), tuple(notes)), objects
+    live = kube.namespaces()
+    return deliverable(cp.render(cluster.name, live_namespaces=live), live)
 
 
 def cmd_install_profile(args: argparse.Namespace) -> int:
@@ -459,15 +455,3 @@ def _describe(item: Any) -> str:
                 parts.append(f"{key}={value}")
         return " ".join(parts)
     return str(item)
-
-
-def _reachable_config(cluster: Cluster) -> bool:
-    return bool(cluster.api_server or cluster.kube_context or cluster.kubeconfig)
-
-
-def _kube(cluster: Cluster) -> Any:
-    from policy_engine import kube
-
-    if cluster.api_server:
-        return kube.KubeCluster.from_url(cluster.api_server, token=os.environ.get("NETWARDEN_KUBE_TOKEN"))
-    return kube.KubeCluster.from_kubeconfig(cluster.kubeconfig, cluster.kube_context)

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from netwarden.demo.world import DemoCluster
-from netwarden.supervise import python_argv
 
 FAULTY_CLUSTER = "demo-east"
 # Pods of these workloads started before Cilium was chained: no CiliumEndpoint, policies not enforced.
@@ -22,15 +21,25 @@ DRIFTED = ("CiliumNetworkPolicy", "checkout-egress", "shop")
 
 
 async def sync_cluster(data_dir: Path, cluster: str) -> tuple[bool, str]:
-    """`netwarden sync --cluster NAME` as the operator runs it, in its own process (its output stays its own,
-    and the kube client is not loaded into `up`); returns (ok, its output)."""
-    proc = await asyncio.create_subprocess_exec(
-        *python_argv("-m", "netwarden", "sync", "--cluster", cluster, "--data-dir", str(data_dir),
-                     "--as-role", "org-admin"),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    return proc.returncode == 0, out.decode(errors="replace")
+    """`netwarden sync --cluster NAME` as the operator runs it (org admin), in a thread: the sync's lines are
+    returned, not printed; returns (ok, its output)."""
+    return await asyncio.to_thread(_sync, data_dir, cluster)
+
+
+def _sync(data_dir: Path, name: str) -> tuple[bool, str]:
+    from netwarden.commands.gitops import sync_cluster as sync
+    from policy_engine.control_plane import ControlPlane
+    from policy_engine.roles import Principal
+    from policy_engine.store import ControlPlaneStore
+
+    with ControlPlaneStore.open(data_dir) as store:
+        cp = ControlPlane(store, Principal.with_role("org-admin", name="netwarden-demo"))
+        cp.require_sync(name)
+        cluster = store.get_cluster(name)
+        if cluster is None:
+            return False, f"cluster {name}: not in the control plane"
+        ok, lines = sync(cp, cluster)
+    return ok, "\n".join(lines)
 
 
 def plant_drift(cluster: DemoCluster) -> str | None:

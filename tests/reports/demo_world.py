@@ -17,6 +17,7 @@ Prints {"report": {...}, "policy_traffic": {...}} as JSON.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -56,7 +57,7 @@ def cli(*argv: str) -> tuple[int, str]:
 @contextlib.contextmanager
 def demo_world(data_dir: Path, flows_per_cluster: int) -> Iterator[DemoWorld]:
     from netwarden.demo.enforcement import StandInJudge
-    from netwarden.demo.faults import UNMANAGED, plant_drift
+    from netwarden.demo.faults import UNMANAGED, plant_drift, sync_cluster
     from netwarden.demo.world import DemoCluster
     from netwarden.demo_seed import seed_demo, seed_demo_policies
     from policy_engine.store import ControlPlaneStore
@@ -72,9 +73,9 @@ def demo_world(data_dir: Path, flows_per_cluster: int) -> Iterator[DemoWorld]:
     try:
         seed_demo_policies(control, {name: c.url for name, c in clusters.items()})
         for name, demo in clusters.items():
-            # What `up` runs for a fresh demo cluster (netwarden.demo.faults.sync_cluster), then the planted drift.
-            code, output = cli("sync", "--cluster", name, "--data-dir", str(data_dir), "--as-role", "org-admin")
-            assert code == 0, output
+            # What `up` runs for a fresh demo cluster: the first sync, then the planted drift.
+            ok, output = asyncio.run(sync_cluster(data_dir, name))
+            assert ok, output
             plant_drift(demo)
         flows = FlowStore(open_clickhouse(str(data_dir), None))
         flows.ensure_schema()
