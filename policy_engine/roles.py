@@ -166,6 +166,26 @@ class Authorizer:
         needed = "role org-admin, project-admin or workspace-admin"
         raise PermissionDenied(action, f"{needed} covering namespace(s) {where}" if wanted else needed, principal)
 
+    def cluster_writers(self, cluster: str) -> list[str]:
+        """Who may write cluster-wide policies of `cluster` (as require_cluster_write grants it): "org-admin",
+        "infra-admin of PROJECT"."""
+        return [Role.ORG_ADMIN.value] + [f"{Role.INFRA_ADMIN} of {p}" for p in sorted(self.ownership.project_clusters)
+                                         if self.ownership.cluster_in_project(cluster, p)]
+
+    def namespace_writers(self, ref: NamespaceRef) -> list[str]:
+        """Who may write a namespace policy (and its assignment) in `ref` (as require_namespace_write grants
+        it): "org-admin", "project-admin of PROJECT", "workspace-admin of WORKSPACE"."""
+        writers = [Role.ORG_ADMIN.value]
+        owner = self.ownership.owner(ref)
+        if owner is not None:
+            project, workspace = owner
+            writers += [f"{Role.PROJECT_ADMIN} of {project}"] if project else []
+            writers.append(f"{Role.WORKSPACE_ADMIN} of {workspace}")
+        else:
+            writers += [f"{Role.PROJECT_ADMIN} of {p}" for p in sorted(self.ownership.project_clusters)
+                        if self.ownership.namespace_in_project(ref, p)]
+        return writers
+
     def require_workspace_policy_write(
         self, principal: Principal, action: str, workspace: str, project: str
     ) -> None:

@@ -56,7 +56,7 @@ from policy_engine.flow_keys import (
 from policy_engine.model import ENFORCERS, NamespaceRef, PolicyRule, PolicySpec
 from policy_engine.recommend import stable_labels
 from policy_engine.render import rule_object
-from policy_engine.roles import Ownership
+from policy_engine.roles import Authorizer, Ownership
 from policy_engine.traffic_report import drop_reason_name
 from schemas.conversation import VERDICT_NAMES, Conversation, SetDecision, Side
 from schemas.inventory import PolicySet
@@ -312,27 +312,6 @@ def _iso(t: datetime | None) -> str | None:
 # -- who may write --------------------------------------------------------------------------------------
 
 
-def namespace_policy_writers(ownership: Ownership, ref: NamespaceRef) -> list[str]:
-    """Roles that may write a namespace policy (and its assignment) in `ref`, with their scope, as
-    Authorizer.require_namespace_write grants it."""
-    roles = ["org-admin"]
-    owner = ownership.owner(ref)
-    if owner is not None:
-        project, workspace = owner
-        roles += [f"project-admin of {project}"] if project else []
-        roles.append(f"workspace-admin of {workspace}")
-    else:
-        roles += [f"project-admin of {p}" for p in sorted(ownership.project_clusters)
-                  if ownership.namespace_in_project(ref, p)]
-    return roles
-
-
-def cluster_policy_writers(ownership: Ownership, cluster: str) -> list[str]:
-    """Roles that may write cluster-wide policies of `cluster` (Authorizer.require_cluster_write)."""
-    return ["org-admin"] + [f"infra-admin of {p}" for p in sorted(ownership.project_clusters)
-                            if ownership.cluster_in_project(cluster, p)]
-
-
 # -- the fix --------------------------------------------------------------------------------------------
 
 
@@ -504,13 +483,13 @@ def smallest_fix(
                 "CiliumClusterwideNetworkPolicy/")
             entry.update(
                 blocked_by=denying, rule=rule_label, netwarden_policy=name,
-                writers=cluster_policy_writers(ownership, query.cluster) if clusterwide
-                else namespace_policy_writers(ownership, where),
+                writers=Authorizer(ownership).cluster_writers(query.cluster) if clusterwide
+                else Authorizer(ownership).namespace_writers(where),
                 action=f"deny rule {rule_label} of {denying} drops it; no allow rule can outweigh it: change or "
                        f"remove that rule{f' (netwarden policy {name})' if name else ''}",
             )
             continue
-        entry["writers"] = namespace_policy_writers(ownership, where)
+        entry["writers"] = Authorizer(ownership).namespace_writers(where)
         if not visible(query.cluster, d.subject.namespace):
             entry["action"] = (f"{d.direction} is enforced in {query.cluster}/{d.subject.namespace}, outside your "
                                "scope: ask one of the writers to allow it")
@@ -681,11 +660,9 @@ __all__ = [
     "PeerSpec",
     "WhyInputError",
     "WhyQuery",
-    "cluster_policy_writers",
     "decide_pair",
     "explain",
     "known_side",
-    "namespace_policy_writers",
     "observed",
     "pair_conversations",
     "parse_peer",

@@ -20,7 +20,6 @@ from policy_engine.why import (
     WhyInputError,
     decide_pair,
     explain,
-    namespace_policy_writers,
     parse_query,
 )
 from schemas.conversation import Conversation, SetDecision, Side
@@ -351,7 +350,7 @@ def test_writers_are_exactly_who_the_authorizer_lets_write() -> None:
     authorizer = Authorizer(OWNERSHIP)
     unowned = NamespaceRef(CLUSTER, "tools")
     for ref in (NamespaceRef(CLUSTER, "shop"), unowned):
-        names = namespace_policy_writers(OWNERSHIP, ref)
+        names = authorizer.namespace_writers(ref)
         for text in names:
             role, _, scope = text.partition(" of ")
             authorizer.require_namespace_write(Principal.with_role(role, scope), "write", [ref])
@@ -360,4 +359,11 @@ def test_writers_are_exactly_who_the_authorizer_lets_write() -> None:
                 continue
             with pytest.raises(PermissionDenied):
                 authorizer.require_namespace_write(Principal.with_role(role, scope), "write", [ref])
-    assert namespace_policy_writers(OWNERSHIP, unowned) == ["org-admin", "project-admin of storefront"]
+    assert authorizer.namespace_writers(unowned) == ["org-admin", "project-admin of storefront"]
+    assert authorizer.cluster_writers(CLUSTER) == ["org-admin", "infra-admin of storefront"]
+    for text in authorizer.cluster_writers(CLUSTER):
+        role, _, scope = text.partition(" of ")
+        authorizer.require_cluster_write(Principal.with_role(role, scope), "write", [CLUSTER])
+    for role, scope in (("infra-admin", "other"), ("project-admin", "storefront")):
+        with pytest.raises(PermissionDenied):
+            authorizer.require_cluster_write(Principal.with_role(role, scope), "write", [CLUSTER])
