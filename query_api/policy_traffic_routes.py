@@ -19,22 +19,19 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import Any
 
 import yaml
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from policy_engine.blueprints import cilium_enforces
 from policy_engine.control_plane import ControlPlane, resolve_policy_set, validate_policy
-from policy_engine.gitops import Document, GitOpsErrors
+from policy_engine.gitops import Document
 from policy_engine.recommend import Form, Recommendation, recommend
 from policy_engine.roles import PermissionDenied, Principal
-from policy_engine.store import ControlPlaneStore, StoreError
+from policy_engine.store import ControlPlaneStore
 from policy_engine.whatif import (
     WhatIfReport,
     candidate_policy_sets,
@@ -43,13 +40,13 @@ from policy_engine.whatif import (
     parse_documents,
 )
 from query_api.conversations import (
-    ConversationQueryError,
     HistoryParamError,
     HistoryWindow,
     history_window,
     read_conversations,
     redact_conversation,
 )
+from query_api.report_routes import HistoryRouteDeps, answer, control_plane_of
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
 
@@ -239,30 +236,7 @@ class RecommendationModel(BaseModel):
     conversations: int = Field(description="observed conversations the rules come from")
 
 
-@dataclass
-class PolicyTrafficRouteDeps:
-    """The flow store, the principal dependency and a control-plane store opener (None: not configured)."""
-
-    store: FlowStore
-    current_principal: Callable[..., Any]
-    control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]] | None
-
-
-def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=422,
-        content={"detail": [{"loc": [parameter], "msg": message, "type": "value_error", "input": value}]},
-    )
-
-
-def _documents_refused(exc: GitOpsErrors) -> JSONResponse:
-    """403 when the caller may not write a document (as `apply` refuses it), else 422; one line per problem."""
-    lines = [str(e) for e in exc.errors]
-    denied = [line for line in lines if "permission denied" in line]
-    if denied:
-        needed = denied[0].split(" needs ", 1)[-1].split(";", 1)[0] if " needs " in denied[0] else ""
-        return JSONResponse(status_code=403, content={"detail": "\n".join(lines), "needed": needed})
-    return JSONResponse(status_code=422, content={"detail": "\n".join(lines)})
+PolicyTrafficRouteDeps = HistoryRouteDeps
 
 
 def _body_documents(body: bytes) -> list[Any]:
@@ -281,35 +255,6 @@ def router(deps: PolicyTrafficRouteDeps) -> APIRouter:
         422: {"description": "a bad parameter or document, named"},
         503: {"description": "flow store or control plane unavailable"},
     }
-
-    async def answer(principal: Principal, work: Callable[[ControlPlaneStore], Any]) -> Any:
-        if not principal.bindings:
-            raise PermissionDenied("replaying history", "any role binding", principal)
-        opener = deps.control_plane
-        if opener is None:
-            raise HTTPException(503, "this API has no control-plane store")
-
-        def run() -> Any:
-            # Refusals travel back as values: the threadpool must not turn them into 503s.
-            try:
-                with opener() as control:
-                    return work(control)
-            except (PermissionDenied, TrafficParamError, GitOpsErrors, ConversationQueryError, StoreError) as exc:
-                return exc
-
-        try:
-            result = await run_in_threadpool(run)
-        except Exception:
-            raise HTTPException(503, "flow store unavailable") from None
-        if isinstance(result, PermissionDenied):
-            raise result
-        if isinstance(result, GitOpsErrors):
-            return _documents_refused(result)
-        if isinstance(result, TrafficParamError):
-            return _unprocessable(result.parameter, result.value, result.reason)
-        if isinstance(result, ConversationQueryError | StoreError):
-            return _unprocessable(str(result).split(":")[0], None, str(result))
-        return JSONResponse(result)
 
     @api.post(
         "/api/v1/policies/what-if",
@@ -339,7 +284,7 @@ def router(deps: PolicyTrafficRouteDeps) -> APIRouter:
                                  clusters=cluster or None, baseline=baseline)
             return report.to_dict()
 
-        return await answer(principal, work)
+        return await answer(deps, principal, "replaying history", work)
 
     @api.get("/api/v1/policies/recommendation", response_model=RecommendationModel, responses=errors)
     async def get_recommendation(
@@ -359,15 +304,13 @@ def router(deps: PolicyTrafficRouteDeps) -> APIRouter:
             return {"documents": list(result.documents), "notes": list(result.notes),
                     "conversations": result.conversations}
 
-        return await answer(principal, work)
+        return await answer(deps, principal, "learning from history", work)
 
     return api
 
 
 def app_router(store: FlowStore, current_principal: Callable[..., Any], authenticator: Any) -> APIRouter:
     """The routes as create_app wires them: the control-plane store is the authenticator's tenancy store."""
-    from query_api.report_routes import control_plane_of
-
     tenancy = getattr(authenticator, "tenancy", None)
     opener = control_plane_of(tenancy.store) if tenancy is not None else None
     return router(PolicyTrafficRouteDeps(store, current_principal, opener))

@@ -37,7 +37,7 @@ from policy_engine.traffic_report import (
     UnmanagedPod,
 )
 from policy_engine.traffic_report import validation_report as assemble
-from query_api.conversations import read_conversations, redact_conversation
+from query_api.conversations import HistoryParamError, history_window, read_conversations, redact_conversation
 from query_api.flow_query import FlowFilter
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
@@ -52,12 +52,8 @@ KUBE_TIMEOUT_S = 5.0  # a report must not hang on one unreachable cluster
 KUBE_PARALLEL = 8  # clusters' APIs asked at once
 
 
-class ReportParamError(ValueError):
-    """A report parameter is invalid: names the parameter and the value (422 / CLI exit 2)."""
-
-    def __init__(self, parameter: str, value: Any, reason: str) -> None:
-        self.parameter, self.value, self.reason = parameter, value, reason
-        super().__init__(f"{parameter}: {reason}")
+# A bad parameter, named (422 / CLI exit 2): the history questions' one error.
+ReportParamError = HistoryParamError
 
 
 @dataclass(frozen=True)
@@ -74,12 +70,7 @@ def _window(params: ReportParams, now_ns: int) -> tuple[int, int]:
     """[since, until) in ns. The history questions' one reading of a window (query_api.conversations,
     shared with what-if, recommend and why): a duration ago is widened to whole hours, so only the hourly
     conversation table is read; RFC 3339 times stay exact."""
-    from query_api.conversations import HistoryParamError, history_window
-
-    try:
-        window = history_window(params.since, params.until, now_ns, default_since=DEFAULT_SINCE)
-    except HistoryParamError as exc:
-        raise ReportParamError(exc.parameter, exc.value, exc.reason) from None
+    window = history_window(params.since, params.until, now_ns, default_since=DEFAULT_SINCE)
     return _ns(window.since), _ns(window.until)
 
 

@@ -17,12 +17,17 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from policy_engine.gitops import GitOpsErrors
 from policy_engine.roles import PermissionDenied, Principal
-from policy_engine.store import ControlPlaneStore
-from query_api.conversations import ConversationQueryError
-from query_api.report_data import ReportParamError, ReportParams, validation_report
+from policy_engine.store import ControlPlaneStore, StoreError
+from policy_engine.why import WhyInputError
+from query_api.conversations import ConversationQueryError, HistoryParamError
+from query_api.report_data import ReportParams, validation_report
 from query_api.report_html import render_html
 from query_api.store import FlowStore
+
+# Errors that name the parameter, value and reason (answered 422).
+PARAMETER_ERRORS = (HistoryParamError, WhyInputError)
 
 # ---- response models (OpenAPI) --------------------------------------------------------------------------
 
@@ -89,20 +94,71 @@ class ValidationReportModel(BaseModel):
 
 
 @dataclass
-class ReportRouteDeps:
-    """What the route needs from the app: the flow store, the principal dependency, and the control-plane
-    store (a context manager giving a store usable in the calling thread)."""
+class HistoryRouteDeps:
+    """What the history routes (report, why, what-if, recommend) need from the app: the flow store, the
+    principal dependency, and the control-plane store (a context manager giving a store usable in the calling
+    thread; None: the API has none)."""
 
     store: FlowStore
     current_principal: Callable[..., Any]
     control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]] | None
 
 
-def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
+ReportRouteDeps = HistoryRouteDeps
+
+
+def unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
+    """422 naming the parameter as FastAPI's own validation does (the request body: loc ["body"])."""
+    loc = ["body"] if parameter == "body" else ["query", parameter]
     return JSONResponse(
-        status_code=422,
-        content={"detail": [{"loc": ["query", parameter], "msg": message, "type": "value_error", "input": value}]},
+        status_code=422, content={"detail": [{"loc": loc, "msg": message, "type": "value_error", "input": value}]}
     )
+
+
+def _documents_refused(exc: GitOpsErrors) -> JSONResponse:
+    """403 when the caller may not write a document (as `apply` refuses it), else 422; one line per problem."""
+    lines = [str(e) for e in exc.errors]
+    if exc.denied is not None:
+        return JSONResponse(status_code=403, content={"detail": "\n".join(lines), "needed": exc.denied.needed})
+    return JSONResponse(status_code=422, content={"detail": "\n".join(lines)})
+
+
+async def answer(
+    deps: HistoryRouteDeps,
+    principal: Principal,
+    action: str,
+    work: Callable[[ControlPlaneStore], Any],
+    respond: Callable[[Any], Any] = JSONResponse,
+) -> Any:
+    """`work(control-plane store)` in the threadpool, answered: `respond(result)`; a refusal 403; a named bad
+    parameter, document or query 422; a store that fails 503."""
+    if not principal.bindings:
+        raise PermissionDenied(action, "any role binding", principal)
+    opener = deps.control_plane
+    if opener is None:
+        raise HTTPException(503, "this API has no control-plane store: the answer needs the policy sets")
+
+    def run() -> Any:
+        # Refusals travel back as values: the threadpool must not turn them into 503s.
+        try:
+            with opener() as control:
+                return work(control)
+        except (PermissionDenied, *PARAMETER_ERRORS, GitOpsErrors, ConversationQueryError, StoreError) as exc:
+            return exc
+
+    try:
+        result = await run_in_threadpool(run)
+    except Exception:
+        raise HTTPException(503, "flow store unavailable") from None
+    if isinstance(result, PermissionDenied):
+        raise result
+    if isinstance(result, GitOpsErrors):
+        return _documents_refused(result)
+    if isinstance(result, PARAMETER_ERRORS):
+        return unprocessable(result.parameter, result.value, result.reason)
+    if isinstance(result, ConversationQueryError | StoreError):
+        return unprocessable(str(result).split(":")[0], None, str(result))
+    return respond(result)
 
 
 def router(deps: Any) -> APIRouter:
@@ -130,33 +186,12 @@ def router(deps: Any) -> APIRouter:
         format: Literal["json", "html"] = Query("json"),
         principal: Principal = Depends(deps.current_principal),
     ) -> Any:
-        if not principal.bindings:
-            raise PermissionDenied("reading the validation report", "any role binding", principal)
         params = ReportParams(cluster or None, namespace, workspace or None, since, until, live)
-        if deps.control_plane is None:
-            raise HTTPException(503, "this API has no control-plane store: the report needs the policy sets")
-
-        def run() -> Any:
-            # Refusals travel back as values: the threadpool must not turn them into 503s.
-            try:
-                with deps.control_plane() as control:
-                    return validation_report(deps.store, control, principal, params)
-            except (PermissionDenied, ReportParamError, ConversationQueryError) as exc:
-                return exc
-
-        try:
-            result = await run_in_threadpool(run)
-        except Exception:
-            raise HTTPException(503, "flow store unavailable") from None
-        if isinstance(result, PermissionDenied):
-            raise result
-        if isinstance(result, ReportParamError):
-            return _unprocessable(result.parameter, result.value, result.reason)
-        if isinstance(result, ConversationQueryError):
-            return _unprocessable(str(result).split(":")[0], None, str(result))
-        if format == "html":
-            return HTMLResponse(render_html(result))
-        return JSONResponse(result)
+        return await answer(
+            deps, principal, "reading the validation report",
+            lambda control: validation_report(deps.store, control, principal, params),
+            lambda report: HTMLResponse(render_html(report)) if format == "html" else JSONResponse(report),
+        )
 
     return api
 

@@ -13,15 +13,12 @@ outside the scope is shown as flows show it (namespace, reserved identity).
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, Field
-from starlette.concurrency import run_in_threadpool
 
 from policy_engine.roles import PermissionDenied, Principal
 from policy_engine.store import ControlPlaneStore
@@ -35,11 +32,11 @@ from policy_engine.why import (
     parse_query,
 )
 from query_api.conversations import (
-    ConversationQueryError,
     HistoryParamError,
     history_window,
     read_conversations,
 )
+from query_api.report_routes import HistoryRouteDeps, answer, control_plane_of
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
 from schemas.clickhouse import FLOWS_TABLE
@@ -210,20 +207,7 @@ class WhyAnswer(BaseModel):
     notes: list[str]
 
 
-@dataclass
-class WhyRouteDeps:
-    """The flow store, the principal dependency and a control-plane store opener (one store per request)."""
-
-    store: FlowStore
-    current_principal: Callable[..., Any]
-    control_plane: Callable[[], AbstractContextManager[ControlPlaneStore]]
-
-
-def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
-    return JSONResponse(
-        status_code=422,
-        content={"detail": [{"loc": ["query", parameter], "msg": message, "type": "value_error", "input": value}]},
-    )
+WhyRouteDeps = HistoryRouteDeps
 
 
 def router(deps: WhyRouteDeps) -> APIRouter:
@@ -249,38 +233,15 @@ def router(deps: WhyRouteDeps) -> APIRouter:
         until: str | None = Query(None, description="RFC 3339 or a duration ago (default now)"),
         principal: Principal = Depends(deps.current_principal),
     ) -> Any:
-        if not principal.bindings:
-            raise PermissionDenied("asking why", "any role binding", principal)
-        opener = deps.control_plane
         params = WhyParams(cluster, source, destination, port, protocol, since, until)
-
-        def run() -> Any:
-            # Refusals travel back as values: the threadpool must not turn them into 503s.
-            try:
-                with opener() as control:
-                    return why_report(deps.store, control, principal, params)
-            except (PermissionDenied, WhyInputError, ConversationQueryError) as exc:
-                return exc
-
-        try:
-            result = await run_in_threadpool(run)
-        except Exception:
-            raise HTTPException(503, "flow store unavailable") from None
-        if isinstance(result, PermissionDenied):
-            raise result
-        if isinstance(result, WhyInputError):
-            return _unprocessable(result.parameter, result.value, result.reason)
-        if isinstance(result, ConversationQueryError):
-            return _unprocessable(str(result).split(":")[0], None, str(result))
-        return JSONResponse(result)
+        return await answer(deps, principal, "asking why",
+                            lambda control: why_report(deps.store, control, principal, params))
 
     return api
 
 
 def app_router(store: FlowStore, current_principal: Callable[..., Any], authenticator: Any) -> APIRouter:
     """The route as create_app wires it: the control-plane store is the authenticator's tenancy store."""
-    from query_api.report_routes import control_plane_of
-
     tenancy = getattr(authenticator, "tenancy", None)
     if tenancy is None:
         return APIRouter()  # no control plane (e.g. a test app): no policy sets to explain with

@@ -105,7 +105,7 @@ def test_what_if_over_http_with_roles_and_scope(app: FastAPI) -> None:
     bad = post(client, "org", files)
     assert bad.status_code == 422 and "fromFile is not accepted" in bad.json()["detail"]
     bad = post(client, "org", lock_shop_egress(), since="yesterday-ish")
-    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["since"]
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "since"]
     assert "/api/v1/policies/what-if" in client.get("/openapi.json").json()["paths"]
     # No documents, baseline observed (`sync --check-history` through the API): the current set against Hubble.
     r = post(client, "org", "", baseline="observed")
