@@ -310,10 +310,12 @@ def router(deps: PolicyTrafficRouteDeps) -> APIRouter:
 
 
 def app_router(store: FlowStore, current_principal: Callable[..., Any], authenticator: Any) -> APIRouter:
-    """The routes as create_app wires them: the control-plane store is the authenticator's tenancy store."""
+    """The routes as create_app wires them: the control-plane store is the authenticator's tenancy store; an
+    app without one (a flow-only API) has no policy sets to replay history against, so no routes."""
     tenancy = getattr(authenticator, "tenancy", None)
-    opener = control_plane_of(tenancy.store) if tenancy is not None else None
-    return router(PolicyTrafficRouteDeps(store, current_principal, opener))
+    if tenancy is None:
+        return APIRouter()
+    return router(PolicyTrafficRouteDeps(store, current_principal, control_plane_of(tenancy.store)))
 
 
 __all__ = [
