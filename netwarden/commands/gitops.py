@@ -163,10 +163,104 @@ def _emit(data: Any, output: str, table: Callable[[], list[list[str]]]) -> None:
         _print_table(table())
 
 
+def printable(text: Any) -> str:
+    """Text as a terminal shows it safely: names come from the clusters, never let one write control sequences."""
+    s = "" if text is None else str(text)
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
+
+
+def table_lines(rows: Sequence[Sequence[Any]], indent: str = "") -> list[str]:
+    """Rows (the first a header) as aligned columns."""
+    cells = [[printable(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
+    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+
+
 def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print("\n".join(table_lines(rows)))
+
+
+# -- sources: a running API (--server/--token) or the data directory ----------------------------------------
+
+SERVER_ENV = "NETWARDEN_SERVER"
+TOKEN_ENV = "NETWARDEN_TOKEN"
+CLICKHOUSE_ENV = "NETWARDEN_CLICKHOUSE"
+API_TIMEOUT_S = 120.0
+
+
+def source_parser() -> argparse.ArgumentParser:
+    """--data-dir, --server, --token, --as-role, --scope: commands that ask a running API (which applies the
+    token's role and scope) or read the data directory themselves (acting as --as-role/--scope)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--data-dir", metavar="DIR",
+                        help="netwarden data directory (env NETWARDEN_DATA_DIR, default ./netwarden-data)")
+    common.add_argument("--server", metavar="URL", help=f"ask a netwarden API instead (env {SERVER_ENV})")
+    common.add_argument("--token", metavar="T", help=f"API token for --server (env {TOKEN_ENV})")
+    common.add_argument("--as-role", help="local mode: act with this role (env NETWARDEN_ROLE, default org-admin)")
+    common.add_argument("--scope", help="local mode: project or workspace of --as-role (env NETWARDEN_SCOPE)")
+    return common
+
+
+def api_server(args: argparse.Namespace, *, role_from_token: bool = True) -> str | None:
+    """--server, else NETWARDEN_SERVER unless --data-dir says local. With a server the token decides the role:
+    --as-role/--scope are refused (`role_from_token=False`: they are the control plane's, e.g. `apply`)."""
+    server = getattr(args, "server", None) or (None if getattr(args, "data_dir", None) else os.environ.get(SERVER_ENV))
+    if server and role_from_token and (getattr(args, "as_role", None) or getattr(args, "scope", None)):
+        raise CommandError("--as-role/--scope act locally; with --server the token decides the role")
+    return server
+
+
+def api_request(args: argparse.Namespace, server: str, method: str, path: str, **kwargs: Any) -> Any:
+    """One request to the API as the token (--token, else NETWARDEN_TOKEN); the 200 response, or the API's
+    refusal as one CommandError (reads errors as `netwarden flows` does; document problems one per line)."""
+    import httpx
+
+    from netwarden.commands.flows import _api_error
+
+    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
+    headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
+    base = server if "://" in server else f"http://{server}"
+    try:
+        with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=API_TIMEOUT_S) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        raise CommandError(f"--server {server}: {exc}") from None
+    if response.status_code == 200:
+        return response
+    if response.status_code == 422 and "json" in response.headers.get("content-type", ""):
+        detail = response.json().get("detail")
+        if isinstance(detail, str):
+            raise CommandError(detail)
+        if isinstance(detail, list) and detail and isinstance(detail[0], dict) and (detail[0].get("loc") or [""])[0] == "body":
+            raise CommandError("\nnetwarden: ".join(str(d.get("msg", d)) for d in detail))
+    raise _api_error(response)
+
+
+def local_flow_store(args: argparse.Namespace, *, missing_ok: bool = False) -> Any:
+    """The flow store of the data directory (--data-dir, else NETWARDEN_CLICKHOUSE for a ClickHouse server, else
+    NETWARDEN_DATA_DIR / ./netwarden-data), migrated if it is older; None when the directory has no flow history
+    and `missing_ok`. A data dir a running `netwarden up` holds is refused with the --server form."""
+    from query_api.store import DataDirLockedError, FlowStore, clickhouse_path, open_clickhouse
+
+    dsn = None if getattr(args, "data_dir", None) else os.environ.get(CLICKHOUSE_ENV)
+    data_dir = str(resolve_data_dir(getattr(args, "data_dir", None)))
+    if not dsn and not os.path.isdir(clickhouse_path(data_dir)):
+        if missing_ok:
+            return None
+        raise CommandError(f"--data-dir {data_dir}: no flow history there (no {clickhouse_path(data_dir)})")
+    try:
+        store = FlowStore(open_clickhouse(data_dir, dsn))
+    except DataDirLockedError:
+        raise CommandError(
+            f"--data-dir {data_dir}: the flow store is in use by a running `netwarden up` (chDB allows one process "
+            f"per data directory); ask its API instead: --server http://127.0.0.1:8080 --token T (or set "
+            f"{SERVER_ENV} and {TOKEN_ENV})"
+        ) from None
+    except Exception as exc:
+        raise CommandError(f"cannot open the flow store: {exc}") from None
+    if not dsn:
+        store.ensure_schema()  # a data dir from before the conversation table: migrate (rows are kept)
+    return store
 
 
 # -- commands -------------------------------------------------------------------------------------

@@ -10,23 +10,16 @@ token.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
 from netwarden.cli import CommandError
-from netwarden.commands.gitops import common_parser, control_plane
+from netwarden.commands.gitops import api_request, api_server, control_plane, source_parser
 from policy_engine.gitops import Change, load_documents, stage_documents
-
-SERVER_ENV = "NETWARDEN_SERVER"
-TOKEN_ENV = "NETWARDEN_TOKEN"
-HTTP_TIMEOUT_S = 60.0
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
-    common = common_parser()
-    common.add_argument("--server", metavar="URL", help=f"ask a netwarden API instead of the data dir (env {SERVER_ENV})")
-    common.add_argument("--token", metavar="T", help=f"API token for --server (env {TOKEN_ENV})")
+    common = source_parser()
     policy = groups["policy"]
 
     p = policy.add_parser(
@@ -48,33 +41,14 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
 
 
 def _server(args: argparse.Namespace) -> str | None:
-    return args.server or (None if args.data_dir else os.environ.get(SERVER_ENV))
+    return api_server(args)
 
 
 def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
     """One API request as the token's principal; refusals become one-line CommandErrors."""
-    import httpx
-
     server = _server(args)
     assert server is not None
-    token = args.token or os.environ.get(TOKEN_ENV)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    base = server if "://" in server else f"http://{server}"
-    try:
-        with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT_S) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise CommandError(f"--server {server}: {exc}") from None
-    if response.status_code == 200:
-        return response.json()
-    try:
-        detail = response.json().get("detail")
-    except ValueError:
-        detail = response.text.strip()[:300]
-    if isinstance(detail, list):
-        detail = "\nnetwarden: ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail)
-    what = {401: "the server refused the token", 403: "permission denied"}.get(response.status_code)
-    raise CommandError(f"{what}: {detail}" if what else str(detail))
+    return api_request(args, server, method, path, **kwargs).json()
 
 
 def _print_changes(changes: list[Change], documents: int) -> None:

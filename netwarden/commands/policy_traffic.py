@@ -23,10 +23,6 @@ import yaml
 
 from netwarden.cli import CommandError
 
-SERVER_ENV = "NETWARDEN_SERVER"
-TOKEN_ENV = "NETWARDEN_TOKEN"
-CLICKHOUSE_ENV = "NETWARDEN_CLICKHOUSE"
-HTTP_TIMEOUT_S = 120.0
 EXIT_DENIES_OBSERVED = 3
 WHAT_IF_PATH = "/api/v1/policies/what-if"
 RECOMMEND_PATH = "/api/v1/policies/recommendation"
@@ -34,12 +30,9 @@ SHOWN_IN_REFUSAL = 20
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="data directory (env NETWARDEN_DATA_DIR, default ./netwarden-data)")
-    common.add_argument("--server", metavar="URL", help=f"ask a netwarden API instead (env {SERVER_ENV})")
-    common.add_argument("--token", metavar="T", help=f"API token for --server (env {TOKEN_ENV})")
-    common.add_argument("--as-role", help="local mode: act with this role (env NETWARDEN_ROLE, default org-admin)")
-    common.add_argument("--scope", help="local mode: project or workspace of the role (env NETWARDEN_SCOPE)")
+    from netwarden.commands.gitops import source_parser
+
+    common = argparse.ArgumentParser(add_help=False, parents=[source_parser()])
     common.add_argument("--since", metavar="T", default="7d", help="history from (RFC 3339 or a duration ago; default 7d)")
     common.add_argument("--until", metavar="T", help="history until (default now)")
 
@@ -79,38 +72,25 @@ def _progress(text: str) -> None:
 
 
 def _server(args: argparse.Namespace) -> str | None:
-    """--server, else NETWARDEN_SERVER unless --data-dir says local. Commands without --server (apply/sync
-    --check-history) follow NETWARDEN_SERVER when set: their --data-dir is the control plane's, and a running
-    `netwarden up` holds the flow store there."""
-    if not hasattr(args, "server"):
-        return os.environ.get(SERVER_ENV)
-    return args.server or (None if getattr(args, "data_dir", None) else os.environ.get(SERVER_ENV))
+    """The API to ask, if any. apply/sync --check-history follow NETWARDEN_SERVER too (a running `netwarden up`
+    holds the flow store), but their --data-dir and --as-role are the control plane's."""
+    from netwarden.commands.gitops import SERVER_ENV, api_server
+
+    if hasattr(args, "check_history"):  # apply/sync --check-history
+        return api_server(args, role_from_token=False) if hasattr(args, "server") else os.environ.get(SERVER_ENV)
+    return api_server(args)
 
 
 @contextmanager
 def flow_client(args: argparse.Namespace) -> Iterator[Any | None]:
     """The flow store's client for local mode; None when the data directory has no history yet."""
-    from policy_engine.store import resolve_data_dir
-    from query_api.store import DataDirLockedError, FlowStore, clickhouse_path, open_clickhouse
+    from netwarden.commands.gitops import local_flow_store
 
-    dsn = os.environ.get(CLICKHOUSE_ENV) if not getattr(args, "data_dir", None) else None
-    data_dir = str(resolve_data_dir(getattr(args, "data_dir", None)))
-    if not dsn and not os.path.isdir(clickhouse_path(data_dir)):
+    store = local_flow_store(args, missing_ok=True)
+    if store is None:
         yield None
         return
     try:
-        client = open_clickhouse(data_dir, dsn)
-    except DataDirLockedError:
-        raise CommandError(
-            f"--data-dir {data_dir}: the flow store is in use by a running `netwarden up` (chDB allows one process "
-            f"per data directory); ask its API instead: --server http://127.0.0.1:8080 --token T (apply/sync: "
-            f"set {SERVER_ENV} and {TOKEN_ENV})"
-        ) from None
-    except Exception as exc:
-        raise CommandError(f"cannot open the flow store: {exc}") from None
-    store = FlowStore(client)
-    try:
-        store.ensure_schema()  # a data dir from before the conversation table: migrate (rows are kept)
         yield store.client
     finally:
         store.close()
@@ -126,26 +106,9 @@ def _window(args: argparse.Namespace) -> Any:
 
 
 def _api(args: argparse.Namespace, server: str, method: str, path: str, **kwargs: Any) -> Any:
-    """One call to the API; errors as one line (reuses `netwarden flows`' reading of API errors)."""
-    import httpx
+    from netwarden.commands.gitops import api_request
 
-    from netwarden.commands.flows import _api_error
-
-    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    base = server if "://" in server else f"http://{server}"
-    try:
-        with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT_S) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise CommandError(f"--server {server}: {exc}") from None
-    if response.status_code != 200:
-        if response.status_code == 422:
-            detail = response.json().get("detail") if response.headers.get("content-type", "").startswith("application/json") else None
-            if isinstance(detail, str):
-                raise CommandError(detail)
-        raise _api_error(response)
-    return response.json()
+    return api_request(args, server, method, path, **kwargs).json()
 
 
 # -- documents ----------------------------------------------------------------------------------------------

@@ -13,10 +13,19 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from netwarden.cli import CommandError
+from netwarden.commands.gitops import (
+    api_request,
+    api_server,
+    local_flow_store,
+    principal_from,
+    printable,
+    source_parser,
+    table_lines,
+)
 
 FORMATS = ("table", "json", "html")
 
@@ -25,7 +34,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     report = sub.add_parser("report", help="reports on policy and traffic")
     verbs = report.add_subparsers(dest="report_command", metavar="REPORT", required=True)
     p = verbs.add_parser(
-        "validate",
+        "validate", parents=[source_parser()],
         help="validation report: coverage, policy not in effect, unexpected drops, unused rules, staged policies",
         description="Per cluster and namespace: zero-trust coverage, conversations Hubble forwarded that the "
         "desired policy set denies (with the likely cause), conversations it dropped that the set allows, "
@@ -39,21 +48,12 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--until", metavar="T", help="RFC 3339 time or a duration ago (default now)")
     p.add_argument("-o", "--output", choices=FORMATS, default="table")
     p.add_argument("--no-live", action="store_true", help="do not contact the clusters' kube APIs (pods, drift)")
-    p.add_argument("--data-dir", metavar="DIR", help="netwarden data directory (flow and control-plane stores)")
-    p.add_argument("--server", metavar="URL", help="ask a netwarden API instead (env NETWARDEN_SERVER)")
-    p.add_argument("--token", metavar="T", help="API token for --server (env NETWARDEN_TOKEN)")
-    p.add_argument("--as-role", help="local mode: act with this role (env NETWARDEN_ROLE, default org-admin)")
-    p.add_argument("--scope", help="local mode: project or workspace of --as-role (env NETWARDEN_SCOPE)")
     p.set_defaults(handler=cmd_validate)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from netwarden.commands.flows import SERVER_ENV
-
-    server = args.server or (None if args.data_dir else os.environ.get(SERVER_ENV))
+    server = api_server(args)
     if server:
-        if args.as_role or args.scope:
-            raise CommandError("--as-role/--scope act locally; with --server the token decides the role")
         body = _from_api(server, args)
     else:
         body = _local(args)
@@ -83,60 +83,22 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 def _from_api(server: str, args: argparse.Namespace) -> Any:
     """The report from GET /api/v1/reports/validation (HTML as text when -o html)."""
-    import httpx
-
-    from netwarden.commands.flows import HTTP_TIMEOUT_S, TOKEN_ENV, _api_error
-
-    token = args.token or os.environ.get(TOKEN_ENV)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    base = server if "://" in server else f"http://{server}"
     query = {**_params(args), "format": "html" if args.output == "html" else "json"}
     if args.no_live:
         query["live"] = "false"
-    try:
-        with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT_S) as client:
-            response = client.get("/api/v1/reports/validation", params=query)
-    except httpx.HTTPError as exc:
-        raise CommandError(f"--server {server}: {exc}") from None
-    if response.status_code != 200:
-        raise _api_error(response)
+    response = api_request(args, server, "GET", "/api/v1/reports/validation", params=query)
     return response.text if args.output == "html" else response.json()
 
 
-def _open_store(args: argparse.Namespace) -> Any:
-    """The flow store of --data-dir (or NETWARDEN_CLICKHOUSE); a data dir a running `up` holds is refused
-    with the --server form of the same command."""
-    from netwarden.commands.flows import CLICKHOUSE_ENV, DEFAULT_API
-    from query_api.store import DataDirLockedError, FlowStore, clickhouse_path, open_clickhouse
-
-    dsn = None if args.data_dir else os.environ.get(CLICKHOUSE_ENV)
-    if not args.data_dir and not dsn:
-        raise CommandError(f"--data-dir DIR or --server URL is required (or set {CLICKHOUSE_ENV})")
-    if args.data_dir and not os.path.isdir(clickhouse_path(args.data_dir)):
-        raise CommandError(f"--data-dir {args.data_dir}: no flow history there (no {clickhouse_path(args.data_dir)})")
-    try:
-        return FlowStore(open_clickhouse(args.data_dir, dsn))
-    except DataDirLockedError:
-        raise CommandError(
-            f"--data-dir {args.data_dir}: the flow store is in use by a running `netwarden up` (chDB allows one "
-            f"process per data directory); ask its API: netwarden report validate --server {DEFAULT_API} --token T"
-        ) from None
-    except Exception as exc:
-        raise CommandError(f"cannot open the flow store: {exc}") from None
-
-
 def _local(args: argparse.Namespace) -> dict[str, Any]:
-    from netwarden.commands.gitops import principal_from
     from policy_engine.roles import PermissionDenied
     from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
     from query_api.conversations import ConversationQueryError
     from query_api.report_data import ReportParamError, ReportParams, validation_report
 
     principal = principal_from(args)
-    flows = _open_store(args)
+    flows = local_flow_store(args)
     try:
-        if args.data_dir:
-            flows.ensure_schema()  # a data dir from before the conversation table: migrate, then read
         with ControlPlaneStore.open(resolve_data_dir(args.data_dir)) as control:
             params = ReportParams(args.cluster, args.namespace, args.workspace, args.since, args.until,
                                   live=not args.no_live)
@@ -150,18 +112,6 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- table output -------------------------------------------------------------------------------------
-
-
-def _printable(text: Any) -> str:
-    # Names come from the clusters: never let one write terminal control sequences.
-    s = "" if text is None else str(text)
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
-
-
-def _grid(rows: Sequence[Sequence[Any]], indent: str = "  ") -> list[str]:
-    cells = [[_printable(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
 
 
 def _endpoint(side: Mapping[str, Any]) -> str:
@@ -216,7 +166,7 @@ def render_table(report: Mapping[str, Any]) -> str:
                 f"{_pct(cov['egress']['workloads'])} ({cov['egress']['workloads_selected']}/{cov['egress']['workloads_total']})",
                 _pct(cov["ingress"]["flows"]), _pct(cov["egress"]["flows"]),
             ])
-        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out += table_lines(rows, "  ") if len(rows) > 1 else ["  none"]
         out.append("NOT IN EFFECT (Hubble forwarded, the desired set denies)")
         for g in c["not_in_effect"]:
             out.append(f"  {g['namespace']}/{g['workload']} {g['direction']}: {g['flows']} flow(s) in "
@@ -236,31 +186,31 @@ def render_table(report: Mapping[str, Any]) -> str:
         rows = [["CONVERSATION", "FLOWS", "REASON", "CAUSE"]]
         rows += [[_conv(d), d["flows"], d.get("drop_reason") or "-", f"{d['cause']}: {d['causes'][0]['detail']}"]
                  for d in c["unexpected_drops"]]
-        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out += table_lines(rows, "  ") if len(rows) > 1 else ["  none"]
         drops = c.get("drops") or {}
         out.append("DROPS BY REASON")
         rows = [["REASON", "FLOWS"]] + [[r["reason"], r["flows"]] for r in drops.get("by_reason") or []]
-        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out += table_lines(rows, "  ") if len(rows) > 1 else ["  none"]
         out.append("DROPS BY POLICY")
         rows = [["POLICY", "FLOWS"]] + [[_object(f"{r['kind']}/{r.get('namespace', '')}/{r['name']}"), r["flows"]]
                                         for r in drops.get("by_policy") or []]
-        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out += table_lines(rows, "  ") if len(rows) > 1 else ["  none"]
         out.append("TOP DROPPED CONVERSATIONS")
         rows = [["CONVERSATION", "FLOWS", "REASON", "DESIRED"]]
         rows += [[_conv(t), t["flows"], t.get("drop_reason") or "-", t.get("desired")]
                  for t in drops.get("top_conversations") or []]
-        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out += table_lines(rows, "  ") if len(rows) > 1 else ["  none"]
         out.append("UNUSED RULES (decided no flow in the window)")
         rows = [["POLICY", "VERSION", "OBJECT", "RULE"]]
         rows += [[r["policy"], r["version"], _object(r["object"]), r["rule"]] for r in c["unused_rules"]]
-        out += _grid(rows) if len(rows) > 1 else ["  none"]
+        out += table_lines(rows, "  ") if len(rows) > 1 else ["  none"]
         used = [r for r in c.get("rules") or [] if r["flows"]]
         if used:
             out.append("RULES THAT DECIDED FLOWS")
             rows = [["POLICY", "VERSION", "OBJECT", "RULE", "FLOWS", "LAST MATCHED"]]
             rows += [[r["policy"], r["version"], _object(r["object"]), r["rule"], r["flows"], r["last_matched"]]
                      for r in used]
-            out += _grid(rows)
+            out += table_lines(rows, "  ")
         out.append("STAGED POLICIES")
         for s in c["staged"]:
             out.append(f"  {s['policy']} v{s['version']}: would newly deny {s['newly_denied_flows']} flow(s), "
@@ -271,4 +221,4 @@ def render_table(report: Mapping[str, Any]) -> str:
             out.append("  none")
         lost = (c.get("health") or {}).get("lost_ranges") or []
         out.append(f"HEALTH: {len(lost)} lost range(s)")
-    return "\n".join(_printable(line) for line in out) + "\n"
+    return "\n".join(printable(line) for line in out) + "\n"

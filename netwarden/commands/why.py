@@ -12,10 +12,19 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from netwarden.cli import CommandError
+from netwarden.commands.gitops import (
+    api_request,
+    api_server,
+    local_flow_store,
+    principal_from,
+    printable,
+    source_parser,
+    table_lines,
+)
 
 FORMATS = ("table", "json")
 # policy_engine.why.PEER_FORMS, kept here: the CLI imports every command module at start, so they stay light.
@@ -24,7 +33,7 @@ PEER_FORMS = "NAMESPACE/WORKLOAD, NAMESPACE/POD, an IP or an entity (kube-apiser
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
     p = sub.add_parser(
-        "why",
+        "why", parents=[source_parser()],
         help="why a pair's traffic is allowed or dropped: what Hubble saw, what the policies decide, the fix",
         description="For one pair (client -> server) and port: what Hubble saw recently (verdicts, drop reasons, "
         "attribution, counts), what the desired and staged policy sets decide per direction (policy and rule), "
@@ -41,21 +50,12 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument("--since", metavar="T", help="RFC 3339 time or a duration ago (default 24h)")
     p.add_argument("--until", metavar="T", help="RFC 3339 time or a duration ago (default now)")
     p.add_argument("-o", "--output", choices=FORMATS, default="table")
-    p.add_argument("--data-dir", metavar="DIR", help="netwarden data directory (flow and control-plane stores)")
-    p.add_argument("--server", metavar="URL", help="ask a netwarden API instead (env NETWARDEN_SERVER)")
-    p.add_argument("--token", metavar="T", help="API token for --server (env NETWARDEN_TOKEN)")
-    p.add_argument("--as-role", help="local mode: act with this role (env NETWARDEN_ROLE, default org-admin)")
-    p.add_argument("--scope", help="local mode: project or workspace of --as-role (env NETWARDEN_SCOPE)")
     p.set_defaults(handler=cmd_why)
 
 
 def cmd_why(args: argparse.Namespace) -> int:
-    from netwarden.commands.flows import SERVER_ENV
-
-    server = args.server or (None if args.data_dir else os.environ.get(SERVER_ENV))
+    server = api_server(args)
     if server:
-        if args.as_role or args.scope:
-            raise CommandError("--as-role/--scope act locally; with --server the token decides the role")
         body = _from_api(server, args)
     else:
         body = _local(args)
@@ -74,26 +74,10 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _from_api(server: str, args: argparse.Namespace) -> Any:
-    import httpx
-
-    from netwarden.commands.flows import HTTP_TIMEOUT_S, TOKEN_ENV, _api_error
-
-    token = args.token or os.environ.get(TOKEN_ENV)
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    base = server if "://" in server else f"http://{server}"
-    try:
-        with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=HTTP_TIMEOUT_S) as client:
-            response = client.get("/api/v1/why", params=_params(args))
-    except httpx.HTTPError as exc:
-        raise CommandError(f"--server {server}: {exc}") from None
-    if response.status_code != 200:
-        raise _api_error(response)
-    return response.json()
+    return api_request(args, server, "GET", "/api/v1/why", params=_params(args)).json()
 
 
 def _local(args: argparse.Namespace) -> dict[str, Any]:
-    from netwarden.commands.flows import _open_store
-    from netwarden.commands.gitops import principal_from
     from policy_engine.roles import PermissionDenied
     from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
     from policy_engine.why import WhyInputError, parse_query
@@ -105,10 +89,8 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
     except WhyInputError as exc:
         raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
     principal = principal_from(args)
-    flows = _open_store(args)
+    flows = local_flow_store(args)
     try:
-        if args.data_dir:
-            flows.ensure_schema()  # a data dir from before the conversation table: migrate, then read
         with ControlPlaneStore.open(resolve_data_dir(args.data_dir)) as control:
             params = WhyParams(args.cluster, args.source, args.destination, args.port, args.protocol,
                                args.since, args.until)
@@ -122,18 +104,6 @@ def _local(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # ---- table output -------------------------------------------------------------------------------------
-
-
-def _printable(text: Any) -> str:
-    # Names come from the clusters: never let one write terminal control sequences.
-    s = "" if text is None else str(text)
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in s)
-
-
-def _grid(rows: Sequence[Sequence[Any]], indent: str = "  ") -> list[str]:
-    cells = [[_printable(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(cells[0]))]
-    return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
 
 
 def _side(side: Mapping[str, Any]) -> str:
@@ -166,7 +136,7 @@ def render_table(doc: Mapping[str, Any]) -> str:
         then = r["desired_then"]
         rows.append([r["verdict"], r["drop_reason"] or "-", r["observed_at"] or "-", r["flows"], r["last_seen"],
                      hubble, f"{then['verdict']} {then['drop_reason']}".strip()])
-    out += _grid(rows) if len(rows) > 1 else ["  nothing"]
+    out += table_lines(rows, "  ") if len(rows) > 1 else ["  nothing"]
     out += ["", "NETWARDEN DECIDES NOW"]
     for name in ("desired", "staged"):
         d = doc.get(name)
@@ -196,4 +166,4 @@ def render_table(doc: Mapping[str, Any]) -> str:
             out += fix["yaml"].rstrip("\n").splitlines()
     if doc.get("notes"):
         out += ["", "NOTES"] + [f"  {n}" for n in doc["notes"]]
-    return "\n".join(_printable(line) for line in out) + "\n"
+    return "\n".join(printable(line) for line in out) + "\n"
