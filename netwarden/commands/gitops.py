@@ -263,6 +263,25 @@ def local_flow_store(args: argparse.Namespace, *, missing_ok: bool = False) -> A
     return store
 
 
+def answer_locally(args: argparse.Namespace, work: Callable[[Any, ControlPlaneStore, Principal], Any]) -> Any:
+    """`work(flow store, control-plane store, principal)` on the data directory as --as-role/--scope; its
+    refusals as CommandErrors (a bad parameter named as its flag)."""
+    from policy_engine.why import WhyInputError
+    from query_api.conversations import ConversationQueryError, HistoryParamError
+
+    principal = principal_from(args)
+    flows = local_flow_store(args)
+    try:
+        with ControlPlaneStore.open(resolve_data_dir(args.data_dir)) as control:
+            return work(flows, control, principal)
+    except (HistoryParamError, WhyInputError) as exc:
+        raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
+    except (PermissionDenied, StoreError, ConversationQueryError) as exc:
+        raise CommandError(str(exc)) from None
+    finally:
+        flows.close()
+
+
 # -- commands -------------------------------------------------------------------------------------
 
 

@@ -16,12 +16,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from netwarden.cli import CommandError
 from netwarden.commands.gitops import (
+    answer_locally,
     api_request,
     api_server,
-    local_flow_store,
-    principal_from,
     printable,
     source_parser,
     table_lines,
@@ -91,24 +89,10 @@ def _from_api(server: str, args: argparse.Namespace) -> Any:
 
 
 def _local(args: argparse.Namespace) -> dict[str, Any]:
-    from policy_engine.roles import PermissionDenied
-    from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
-    from query_api.conversations import ConversationQueryError
-    from query_api.report_data import ReportParamError, ReportParams, validation_report
+    from query_api.report_data import ReportParams, validation_report
 
-    principal = principal_from(args)
-    flows = local_flow_store(args)
-    try:
-        with ControlPlaneStore.open(resolve_data_dir(args.data_dir)) as control:
-            params = ReportParams(args.cluster, args.namespace, args.workspace, args.since, args.until,
-                                  live=not args.no_live)
-            return validation_report(flows, control, principal, params)
-    except ReportParamError as exc:
-        raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
-    except (PermissionDenied, StoreError, ConversationQueryError) as exc:
-        raise CommandError(str(exc)) from None
-    finally:
-        flows.close()
+    params = ReportParams(args.cluster, args.namespace, args.workspace, args.since, args.until, live=not args.no_live)
+    return answer_locally(args, lambda flows, control, principal: validation_report(flows, control, principal, params))
 
 
 # ---- table output -------------------------------------------------------------------------------------

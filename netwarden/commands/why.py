@@ -17,10 +17,9 @@ from typing import Any
 
 from netwarden.cli import CommandError
 from netwarden.commands.gitops import (
+    answer_locally,
     api_request,
     api_server,
-    local_flow_store,
-    principal_from,
     printable,
     source_parser,
     table_lines,
@@ -78,29 +77,15 @@ def _from_api(server: str, args: argparse.Namespace) -> Any:
 
 
 def _local(args: argparse.Namespace) -> dict[str, Any]:
-    from policy_engine.roles import PermissionDenied
-    from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
     from policy_engine.why import WhyInputError, parse_query
-    from query_api.conversations import ConversationQueryError
     from query_api.why_routes import WhyParams, why_report
 
     try:  # a malformed question is refused before any store is opened
         parse_query(args.cluster, args.source, args.destination, args.port, args.protocol)
     except WhyInputError as exc:
         raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
-    principal = principal_from(args)
-    flows = local_flow_store(args)
-    try:
-        with ControlPlaneStore.open(resolve_data_dir(args.data_dir)) as control:
-            params = WhyParams(args.cluster, args.source, args.destination, args.port, args.protocol,
-                               args.since, args.until)
-            return why_report(flows, control, principal, params)
-    except WhyInputError as exc:
-        raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
-    except (PermissionDenied, StoreError, ConversationQueryError) as exc:
-        raise CommandError(str(exc)) from None
-    finally:
-        flows.close()
+    params = WhyParams(args.cluster, args.source, args.destination, args.port, args.protocol, args.since, args.until)
+    return answer_locally(args, lambda flows, control, principal: why_report(flows, control, principal, params))
 
 
 # ---- table output -------------------------------------------------------------------------------------
