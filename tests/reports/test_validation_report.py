@@ -29,6 +29,7 @@ from schemas.clickhouse import FLOWS_TABLE
 from streams.decode import FlowDecoder
 from tests.kube_api_stub import KubeApiStub
 from tests.query_api.conftest import encode
+from tests.reports.loopback_api import serve
 
 CLUSTER = "rep-it"
 AGENT_START = "2026-01-01T10:00:00Z"
@@ -368,30 +369,14 @@ def test_namespace_selection(world: dict[str, Any]) -> None:
 @pytest.fixture(scope="module")
 def server(world: dict[str, Any]) -> Iterator[str]:
     """The same API under uvicorn on loopback, for the CLI's --server mode."""
-    import socket
-    import threading
-
-    import uvicorn
-
     from policy_engine.tenancy import Tenancy
     from query_api.app import create_app
     from query_api.auth import Authenticator
 
     tenancy = Tenancy.open(world["data"])
     app = create_app(world["flows"], authenticator=Authenticator(tenancy), ownership=tenancy.ownership)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    api = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=api.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not api.started:
-        assert time.monotonic() < deadline, "API did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    api.should_exit = True
-    thread.join(10)
+    with serve(app) as url:
+        yield url
     tenancy.close()
 
 

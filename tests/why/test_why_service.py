@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
@@ -25,6 +22,7 @@ from query_api.report_routes import store_opener
 from query_api.store import FlowStore, open_clickhouse
 from query_api.why_routes import WhyParams, WhyRouteDeps, router, why_report
 from tests.query_api.conftest import bearer_principals, insert_responses
+from tests.reports.loopback_api import serve
 
 CLUSTER = "why-it"
 DOCUMENTS = f"""
@@ -252,18 +250,7 @@ def test_route_answers_in_scope_and_refuses_clearly(app: FastAPI) -> None:
 
 
 def test_cli_over_the_api_table_and_errors(app: FastAPI, capsys: pytest.CaptureFixture[str]) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    api = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=api.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not api.started:
-        assert time.monotonic() < deadline, "API did not start"
-        time.sleep(0.05)
-    server = f"http://127.0.0.1:{port}"
-    try:
+    with serve(app) as server:
         base = ["why", "--server", server, "--cluster", CLUSTER, "--from", "shop/web", "--to", "data/db",
                 "--port", "5432"]
         capsys.readouterr()
@@ -276,6 +263,3 @@ def test_cli_over_the_api_table_and_errors(app: FastAPI, capsys: pytest.CaptureF
         assert json.loads(capsys.readouterr().out)["source"]["in_scope"] is False
         assert main([*base[:-1], "70000", "--token", "org"]) == 2
         assert "--port" in capsys.readouterr().err
-    finally:
-        api.should_exit = True
-        thread.join(10)

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 import yaml
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -26,6 +22,7 @@ from query_api.store import FlowStore
 from tests.policy_engine.whatif.conftest import admin, new_store, store_demo_traffic
 from tests.policy_engine.whatif.test_whatif import deny_port
 from tests.query_api.conftest import bearer_principals
+from tests.reports.loopback_api import serve
 
 CLUSTER = "wa-east"
 ORG = Principal.with_role("org-admin", name="olga")
@@ -133,19 +130,8 @@ def test_recommendation_over_http(app: FastAPI) -> None:
 
 @pytest.fixture(scope="module")
 def server(app: FastAPI) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    api = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=api.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not api.started:
-        assert time.monotonic() < deadline, "API did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    api.should_exit = True
-    thread.join(10)
+    with serve(app) as url:
+        yield url
 
 
 def test_cli_through_the_api(server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
