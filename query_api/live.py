@@ -41,7 +41,7 @@ import json
 import logging
 import threading
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
@@ -71,6 +71,8 @@ Row = Mapping[str, Any]
 SUBSCRIBERS = Gauge("netwarden_live_subscribers", "Open live flow stream subscriptions")
 SENT = Counter("netwarden_live_flows_sent_total", "Flows delivered to live stream clients", ["transport"])
 MISSED = Counter("netwarden_live_flows_missed_total", "Flows dropped for live clients that fell behind")
+# Column of a stored table holding each row's jsonpb text as ClickHouse rendered it (streams.jsonpb_sql).
+JSONPB_COLUMN = "jsonpb"
 HUB_SHED = Counter(
     "netwarden_live_hub_shed_rows_total", "Rows the hub dropped before filtering (backlog full)"
 )
@@ -78,6 +80,8 @@ HUB_SHED = Counter(
 
 class RowScope(Protocol):
     """What the stream needs of `query_api.scope.ScopeFilter`: the Python twins of its SQL."""
+
+    def side_in_scope(self, row: Row, side: str) -> bool: ...
 
     def visible(self, row: Row) -> bool: ...
 
@@ -253,10 +257,81 @@ def table_rows(table: pa.Table) -> list[dict[str, Any]]:
 
     `time` becomes `time_ns` (int ns) like `flow_query.SELECT_COLUMNS`: Python datetimes stop at µs.
     """
+    if JSONPB_COLUMN in table.column_names:
+        table = table.drop_columns([JSONPB_COLUMN])
     if "time" in table.column_names:
         i = table.column_names.index("time")
         table = table.set_column(i, "time_ns", pc.cast(table.column(i), pa.int64()))
     return table.to_pylist()
+
+
+class _StoredColumns:
+    """A stored table's columns, each turned into Python values for the whole batch on first use: a filter
+    reads a few columns, and a row rendered by ClickHouse (StoredRow.jsonpb) is never turned into a dict
+    (Table.to_pylist costs ~50 us a flow)."""
+
+    def __init__(self, table: pa.Table) -> None:
+        self.table = table
+        self.names = [n for n in table.column_names if n not in ("time", JSONPB_COLUMN)]
+        if "time" in table.column_names:
+            self.names.insert(table.column_names.index("time"), "time_ns")
+        self._values: dict[str, list[Any]] = {}
+
+    def values(self, name: str) -> list[Any]:
+        got = self._values.get(name)
+        if got is None:
+            if name == "time_ns":
+                got = pc.cast(self.table.column("time"), pa.int64()).to_pylist()
+            elif name in self.names:
+                got = self.table.column(name).to_pylist()
+            else:
+                raise KeyError(name)
+            self._values[name] = got  # two threads may both convert a column: the same values
+        return got
+
+
+class StoredRow(Mapping[str, Any]):
+    """A row of a stored table in `table_rows` shape, read column by column; `jsonpb` is its text as rendered
+    by ClickHouse ('' when Python must render it). Only the row itself carries that text: a redacted copy
+    (ScopeFilter.redact makes a dict) is rendered from its own values."""
+
+    __slots__ = ("_columns", "_index", "jsonpb")
+
+    def __init__(self, columns: _StoredColumns, index: int, jsonpb: str) -> None:
+        self._columns = columns
+        self._index = index
+        self.jsonpb = jsonpb
+
+    def __getitem__(self, key: str) -> Any:
+        return self._columns.values(key)[self._index]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self._columns.values(key)[self._index]
+        except KeyError:
+            return default
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns.names)
+
+    def __len__(self) -> int:
+        return len(self._columns.names)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._columns.names
+
+    def __repr__(self) -> str:
+        return f"StoredRow({dict(self)!r})"
+
+
+def stored_rows(table: pa.Table) -> list[StoredRow]:
+    """The hub's rows of a stored table: lazy (StoredRow), with ClickHouse's jsonpb text when it has one."""
+    columns = _StoredColumns(table)
+    if JSONPB_COLUMN in table.column_names:
+        texts = table.column(JSONPB_COLUMN).to_pylist()
+    else:
+        texts = [""] * table.num_rows
+    return [StoredRow(columns, i, text or "") for i, text in enumerate(texts)]
 
 
 # ---- rendering: jsonpb without building protobuf messages ----------------------------------------
@@ -694,7 +769,7 @@ class LiveHub:
                     for sub in subs:
                         sub.add_gap(item)
                     continue
-                rows = table_rows(item) if isinstance(item, pa.Table) else item
+                rows = stored_rows(item) if isinstance(item, pa.Table) else item
                 for sub in subs:
                     sub.offer(rows)
             except Exception:
@@ -715,6 +790,8 @@ class LiveHub:
 
     def text_of(self, row: Row) -> str:
         """The jsonpb line of a delivered row, rendered once however many clients receive it."""
+        if isinstance(row, StoredRow) and row.jsonpb:
+            return row.jsonpb  # rendered by ClickHouse (streams.jsonpb_sql)
         key = id(row)
         with self._texts_lock:
             hit = self._texts.get(key)
@@ -1047,9 +1124,11 @@ __all__ = [
     "LiveSubscription",
     "Missed",
     "RowScope",
+    "StoredRow",
     "decode_enriched",
     "flow_predicate",
     "live_router",
+    "stored_rows",
     "subscription_filter",
     "table_rows",
 ]

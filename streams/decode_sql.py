@@ -25,6 +25,7 @@ from schemas.flow_record import (
     RECORD_COLUMNS,
     TCP_FLAG_NAMES,
 )
+from streams.jsonpb_sql import JSONPB_COLUMN, JSONPB_SETTINGS, jsonpb_sql
 
 PROTO_PATH = Path(__file__).resolve().parents[1] / "schemas" / "hubble" / "store.proto"
 PROTO_TEXT = PROTO_PATH.read_text()
@@ -368,15 +369,18 @@ def flows_insert(flows_table: str, stage: str, keys: str | None, dedup_token: st
 
 
 def stored_select(stage: str, keys: str | None) -> str:
-    """The rows just stored, RECORD_COLUMNS order (for the live stream)."""
+    """The rows just stored, RECORD_COLUMNS order, then their jsonpb text (streams.jsonpb_sql; for the live
+    stream)."""
     flow_cols = ", ".join(f"s.`{c.name}` AS `{c.name}`" for c in FLOW_COLUMNS)
+    text = f"{jsonpb_sql('s')} AS `{JSONPB_COLUMN}`"
+    settings = settings_clause(JSONPB_SETTINGS)
     if keys is None:
         enrich_cols = ", ".join(
             f"defaultValueOfTypeName('{_plain(c.clickhouse)}') AS `{c.name}`" for c in ENRICHMENT_COLUMNS
         )
-        return f"SELECT {flow_cols}, {enrich_cols} FROM {stage} AS s WHERE s.kind = {KIND_FLOW}"
+        return f"SELECT {flow_cols}, {enrich_cols}, {text} FROM {stage} AS s WHERE s.kind = {KIND_FLOW} {settings}"
     enrich_cols = ", ".join(f"k.`{c.name}` AS `{c.name}`" for c in ENRICHMENT_COLUMNS)
     return (
-        f"SELECT {flow_cols}, {enrich_cols} FROM {stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey "
-        f"WHERE s.kind = {KIND_FLOW}"
+        f"SELECT {flow_cols}, {enrich_cols}, {text} FROM {stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey "
+        f"WHERE s.kind = {KIND_FLOW} {settings}"
     )

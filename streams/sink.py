@@ -35,6 +35,7 @@ from schemas.flow_record import ENRICHMENT_RESULT_SCHEMA, RECORD_ARROW_SCHEMA
 from schemas.framing import frame, unframe
 from streams import decode_sql
 from streams.enrichment import KeyEnricher
+from streams.jsonpb_sql import JSONPB_COLUMN
 
 log = logging.getLogger("netwarden.streams.sink")
 
@@ -351,7 +352,9 @@ class ClickHouseSink:
         started = time.perf_counter()
         self._run(decode_sql.flows_insert(self.flows_table, self.stage, keys_table, dedup_token(runs)))
         if want_rows:
+            t0 = time.perf_counter()
             result.tables.append(self._stored_rows(keys_table))
+            STAGE_SECONDS.labels("live_rows").observe(time.perf_counter() - t0)
         for cluster, flows, lost, entries in self._query(decode_sql.stage_counts(self.stage)):
             STAGE_FLOWS.labels("decode").inc(int(entries))
             if flows:
@@ -444,7 +447,11 @@ class ClickHouseSink:
         return self.keys
 
     def _stored_rows(self, keys_table: str | None) -> pa.Table:
-        return to_record_schema(self._arrow(decode_sql.stored_select(self.stage, keys_table)))
+        """The stored rows (RECORD_ARROW_SCHEMA) and their jsonpb text (column `jsonpb`, '' where Python must
+        render it): ClickHouse renders it in its own threads, ~30x cheaper than Python (streams.jsonpb_sql)."""
+        table = self._arrow(decode_sql.stored_select(self.stage, keys_table))
+        records = to_record_schema(table)
+        return records.append_column(JSONPB_COLUMN, table.column(JSONPB_COLUMN).cast(pa.string()))
 
     # -- client calls with error classification ---------------------------------------------------------
 

@@ -1,10 +1,12 @@
 """`netwarden bench live`: latency from a flow entering the collector to its arrival at a WebSocket client.
 
-The whole embedded path runs in this process: a Hubble-compatible gRPC server fed at `--rate`, the real
-collector (gRPC follow -> Kafka), the embedded Tansu broker, the Faust worker storing into chDB, the live
-hub, and the API under uvicorn with the live router; the client is a real WebSocket client. A flow's
-clock starts when it is appended to the Hubble server's ring (the moment the collector can read it) and
-stops when its jsonpb message has been received and parsed; flows are matched by Hubble uuid.
+The embedded path in the processes `up` uses: a Hubble-compatible gRPC server fed at `--rate` in its own
+process, the real collector in its own process (gRPC follow -> Kafka), the embedded Tansu broker, the stream
+worker storing into chDB, the live hub and the API under uvicorn with the live router in this process, and
+real WebSocket clients in a process of their own (a client's parsing is not the server's CPU). A flow's clock
+(CLOCK_MONOTONIC, shared by the processes) starts when it is appended to the Hubble server's ring (the
+moment the collector can read it) and stops when its jsonpb message has been received and parsed; flows are
+matched by Hubble uuid.
 
 Prints one JSON line: {"flows", "p50_ms", "p99_ms", "max_ms", "missed", ...}; `stored_*` is the part up to
 the ClickHouse insert (collector linger, Kafka, worker window, insert), `delivery_*` the rest (hub, API,
@@ -48,6 +50,9 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--flows", type=int, default=5000, help="flows to measure (default 5000)")
     p.add_argument("--rate", type=float, default=500.0, help="flows per second (default 500)")
     p.add_argument("--clients", type=int, default=1, help="WebSocket clients, each receiving every flow")
+    p.add_argument("--deflate", action="store_true",
+                   help="clients offer permessage-deflate, as browsers do (the server then compresses every "
+                   "message for every client: ~30 us of its CPU per flow here)")
     p.add_argument("--kafka", help="external Kafka bootstrap (default: embedded Tansu)")
     p.add_argument("--data-dir", help="data directory (default: a temporary one)")
     p.set_defaults(handler=cmd_bench_live)
@@ -65,7 +70,7 @@ def cmd_bench_live(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="netwarden-bench-live-") as tmp:
         data_dir = Path(args.data_dir) if args.data_dir else Path(tmp)
         result = asyncio.run(
-            bench_live(data_dir, args.flows, args.rate, clients=args.clients, kafka=args.kafka)
+            bench_live(data_dir, args.flows, args.rate, clients=args.clients, kafka=args.kafka, deflate=args.deflate)
         )
     print(json.dumps(result), flush=True)
     return 0
@@ -73,6 +78,9 @@ def cmd_bench_live(args: argparse.Namespace) -> int:
 
 class EveryFlow:
     """Scope of the benchmark client: sees every flow, unredacted (the org-admin case)."""
+
+    def side_in_scope(self, row: Mapping[str, Any], side: str) -> bool:
+        return True
 
     def visible(self, row: Mapping[str, Any]) -> bool:
         return True
@@ -101,6 +109,7 @@ class LiveRig:
         clickhouse_dsn: str | None = None,
         build_app: Callable[[LiveHub], FastAPI] | None = None,
         ring_capacity: int = 200_000,
+        hubble_target: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.cluster = cluster
@@ -108,6 +117,7 @@ class LiveRig:
         self.clickhouse_dsn = clickhouse_dsn
         self.build_app = build_app or _open_app
         self.ring_capacity = ring_capacity
+        self.hubble_target = hubble_target  # a Hubble server elsewhere (host:port); None: one in this process
         self.stack: PipelineStack | None = None
         self.server: HubbleServer | None = None
         self._api: Any = None
@@ -137,10 +147,12 @@ class LiveRig:
             StackConfig(data_dir=self.data_dir, kafka=self.kafka, clickhouse_dsn=self.clickhouse_dsn)
         )
         await self.stack.start()
-        self.server = HubbleServer(ring_capacity=self.ring_capacity)
-        hubble_port = await self.server.start("127.0.0.1", 0)
-        # The collector in its own process, as in `up`: this one serves Hubble, the worker and the API.
-        await self.stack.spawn_collector(self.cluster, f"127.0.0.1:{hubble_port}", checkpoint=False)
+        target = self.hubble_target
+        if target is None:
+            self.server = HubbleServer(ring_capacity=self.ring_capacity)
+            target = f"127.0.0.1:{await self.server.start('127.0.0.1', 0)}"
+        # The collector in its own process, as in `up`.
+        await self.stack.spawn_collector(self.cluster, target, checkpoint=False)
         app = self.build_app(self.stack.live_hub)
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
         self._api = uvicorn.Server(config)
@@ -201,6 +213,54 @@ def _progress(text: str) -> None:
         print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
 
+class _ChildProcess:
+    """A helper process of the bench (`python -m netwarden.commands.bench_live <role>`): JSON lines both ways."""
+
+    def __init__(self, role: str, *args: str) -> None:
+        self.argv = [sys.executable, "-m", "netwarden.commands.bench_live", role, *args]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.last: dict[str, Any] = {}  # the latest status line
+        self._replies: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        async for line in self.proc.stdout:
+            message = json.loads(line)
+            if "status" in message:
+                self.last = message["status"]
+            else:
+                self._replies.put_nowait(message)
+        self._replies.put_nowait({"exited": self.proc.returncode})
+
+    async def ask(self, command: str, timeout: float = WARMUP_TIMEOUT_S) -> dict[str, Any]:
+        assert self.proc is not None and self.proc.stdin is not None
+        if command:
+            self.proc.stdin.write(command.encode() + b"\n")
+            await self.proc.stdin.drain()
+        reply = await asyncio.wait_for(self._replies.get(), timeout)
+        if "exited" in reply:
+            raise RuntimeError(f"bench helper {self.argv[3]} exited")
+        return reply
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.terminate()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proc.wait(), 5)
+            if self.proc.returncode is None:
+                self.proc.kill()
+                await self.proc.wait()
+        if self._reader is not None:
+            self._reader.cancel()
+
+
 async def bench_live(
     data_dir: Path,
     n: int,
@@ -209,90 +269,73 @@ async def bench_live(
     clients: int = 1,
     kafka: str | None = None,
     clickhouse_dsn: str | None = None,
+    deflate: bool = False,
 ) -> dict[str, Any]:
-    import websockets
-
-    from collectors.traffic import DemoTraffic
     from query_api.live import STREAM_PATH
-    from schemas.hubble.observer import observer_pb2
 
-    parse = observer_pb2.GetFlowsResponse.FromString
-    traffic = DemoTraffic(BENCH_CLUSTER, seed=3)
-    entered: dict[str, int] = {}  # uuid -> ns when appended to the Hubble server
-    arrived: list[dict[str, int]] = [{} for _ in range(clients)]  # per client: uuid -> ns received
-    missed = [0] * clients
     stored: dict[bytes, int] = {}  # uuid bytes -> ns when the pipeline had stored it (stage split)
 
     def on_stored(table: Any) -> None:
-        now = time.perf_counter_ns()
+        now = time.monotonic_ns()
         for u in table.column("uuid").to_pylist():
             stored[u] = now
 
-    def feed(count: int) -> None:
-        assert rig.server is not None
-        entries = traffic.serialized(count)
-        uuids = [parse(data).flow.uuid for _, _, data in entries]  # before the clock starts
-        now = time.perf_counter_ns()
-        for uuid in uuids:
-            entered[uuid] = now
-        rig.server.add_serialized(entries)
-
-    def complete() -> int:
-        return sum(len(a) for a in arrived) + sum(missed)
-
-    async def receive(ws: Any, i: int) -> None:
-        async for text in ws:
-            now = time.perf_counter_ns()
-            message = json.loads(text)
-            if "missed" in message:
-                missed[i] += int(message["missed"])
-            else:
-                arrived[i].setdefault(message["flow"].get("uuid", ""), now)
-
-    rig = LiveRig(data_dir, kafka=kafka, clickhouse_dsn=clickhouse_dsn)
-    async with rig, contextlib.AsyncExitStack() as connections:
-        assert rig.stack is not None and rig.stack.pipeline is not None
-        rig.stack.pipeline.stored_listeners.insert(0, on_stored)
-        sockets = [
-            await connections.enter_async_context(
-                websockets.connect(rig.ws_url + STREAM_PATH, max_size=None, max_queue=None)
+    feeder = _ChildProcess("feeder", "--cluster", BENCH_CLUSTER)
+    receivers = None
+    try:
+        await feeder.start()
+        hubble_port = (await feeder.ask(""))["port"]
+        rig = LiveRig(data_dir, kafka=kafka, clickhouse_dsn=clickhouse_dsn, hubble_target=f"127.0.0.1:{hubble_port}")
+        async with rig:
+            assert rig.stack is not None and rig.stack.pipeline is not None
+            rig.stack.pipeline.stored_listeners.insert(0, on_stored)
+            receivers = _ChildProcess(
+                "client", "--url", rig.ws_url + STREAM_PATH, "--clients", str(clients), *(["--deflate"] if deflate else [])
             )
-            for _ in range(clients)
-        ]
-        receivers = [asyncio.create_task(receive(ws, i)) for i, ws in enumerate(sockets)]
-        try:
+            await receivers.start()
+            await receivers.ask("")  # connected
             # Warm-up: the first flows wait for the consumer group to form; they are not measured.
-            feed(10)
-            warm = set(entered)
+            await feeder.ask("feed 10")
             deadline = time.monotonic() + WARMUP_TIMEOUT_S
-            while not all(warm <= a.keys() for a in arrived):
-                if time.monotonic() > deadline or any(r.done() for r in receivers):
+            while receivers.last.get("complete", 0) < 10 * clients:
+                if time.monotonic() > deadline:
                     raise RuntimeError("warm-up flows never reached the WebSocket clients")
                 await asyncio.sleep(0.05)
             await asyncio.sleep(0.5)
-            entered.clear()
+            await receivers.ask("reset")
             stored.clear()
-            for a in arrived:
-                a.clear()
-            missed[:] = [0] * clients
-
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            sent = 0
-            while sent < n:
-                due = min(n, int((loop.time() - started) * rate) + 1) - sent
-                if due > 0:
-                    feed(due)
-                    sent += due
-                    _progress(f"bench live: {sent}/{n} flows fed, {len(arrived[0])} arrived")
-                await asyncio.sleep(0.005)
-            deadline = time.monotonic() + DRAIN_TIMEOUT_S
-            while complete() < n * clients and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-        finally:
-            for r in receivers:
-                r.cancel()
+            with tempfile.TemporaryDirectory(prefix="netwarden-bench-live-") as tmp:
+                entered_path, arrived_path = Path(tmp) / "entered.json", Path(tmp) / "arrived.json"
+                run = asyncio.ensure_future(feeder.ask(f"run {n} {rate!r} {entered_path}", n / rate + 60))
+                while not run.done():
+                    _progress(f"bench live: {receivers.last.get('complete', 0)}/{n * clients} arrived")
+                    await asyncio.sleep(0.1)
+                run.result()
+                deadline = time.monotonic() + DRAIN_TIMEOUT_S
+                while receivers.last.get("complete", 0) < n * clients and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                await receivers.ask(f"dump {arrived_path}")
+                entered: dict[str, int] = json.loads(entered_path.read_text())
+                got = json.loads(arrived_path.read_text())
+    finally:
+        if receivers is not None:
+            await receivers.stop()
+        await feeder.stop()
     _progress("")
+    arrived: list[dict[str, int]] = got["arrived"]
+    missed: list[int] = got["missed"]
+    return {**_figures(n, rate, clients, entered, arrived, missed, stored), "deflate": deflate}
+
+
+def _figures(
+    n: int,
+    rate: float,
+    clients: int,
+    entered: dict[str, int],
+    arrived: list[dict[str, int]],
+    missed: list[int],
+    stored: dict[bytes, int],
+) -> dict[str, Any]:
     latencies = sorted((a[u] - t) / 1e6 for a in arrived for u, t in entered.items() if u in a)
     # Where the time goes: collector + Kafka + worker + ClickHouse, then hub + API + client.
     to_stored, to_client = [], []
@@ -319,3 +362,123 @@ async def bench_live(
         "delivery_p50_ms": round(_percentile(to_client, 0.50), 1),
         "delivery_p99_ms": round(_percentile(to_client, 0.99), 1),
     }
+
+
+# ---- the helper processes -------------------------------------------------------------------------------
+
+
+def _say(message: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+
+
+async def _stdin_lines() -> asyncio.StreamReader:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    return reader
+
+
+async def _feeder(cluster: str) -> None:
+    """A Hubble server fed with demo traffic on command: `feed N` now, `run N RATE PATH` at RATE flows/s,
+    then the append time of every flow (uuid -> CLOCK_MONOTONIC ns) into PATH."""
+    from collectors.hubble_server import HubbleServer
+    from collectors.traffic import DemoTraffic
+    from schemas.hubble.observer import observer_pb2
+
+    parse = observer_pb2.GetFlowsResponse.FromString
+    traffic = DemoTraffic(cluster, seed=3)
+    server = HubbleServer(ring_capacity=200_000)
+    _say({"port": await server.start("127.0.0.1", 0)})
+    entered: dict[str, int] = {}
+
+    def feed(count: int) -> None:
+        entries = traffic.serialized(count)
+        uuids = [parse(data).flow.uuid for _, _, data in entries]  # before the clock starts
+        now = time.monotonic_ns()
+        for u in uuids:
+            entered[u] = now
+        server.add_serialized(entries)
+
+    lines = await _stdin_lines()
+    loop = asyncio.get_running_loop()
+    try:
+        while line := (await lines.readline()).decode().split():
+            if line[0] == "feed":
+                feed(int(line[1]))
+                _say({"fed": int(line[1])})
+            elif line[0] == "run":
+                n, rate, path = int(line[1]), float(line[2]), line[3]
+                entered.clear()
+                started, sent = loop.time(), 0
+                while sent < n:
+                    due = min(n, int((loop.time() - started) * rate) + 1) - sent
+                    if due > 0:
+                        feed(due)
+                        sent += due
+                    await asyncio.sleep(0.005)
+                Path(path).write_text(json.dumps(entered))
+                _say({"fed": n})
+    finally:
+        await server.stop()
+
+
+async def _clients(url: str, count: int, deflate: bool) -> None:
+    """`count` WebSocket clients of the live stream; a status line every 100 ms; `reset` forgets what
+    arrived, `dump PATH` writes {"arrived": [{uuid: ns}, ...], "missed": [...]} per client into PATH."""
+    import websockets
+
+    arrived: list[dict[str, int]] = [{} for _ in range(count)]
+    missed = [0] * count
+
+    async def receive(ws: Any, i: int) -> None:
+        async for text in ws:
+            now = time.monotonic_ns()
+            message = json.loads(text)
+            if "missed" in message:
+                missed[i] += int(message["missed"])
+            else:
+                arrived[i].setdefault(message["flow"].get("uuid", ""), now)
+
+    async def status() -> None:
+        while True:
+            _say({"status": {"complete": sum(map(len, arrived)) + sum(missed)}})
+            await asyncio.sleep(0.1)
+
+    async with contextlib.AsyncExitStack() as stack:
+        sockets = [
+            await stack.enter_async_context(
+                websockets.connect(url, max_size=None, max_queue=None, compression="deflate" if deflate else None)
+            )
+            for _ in range(count)
+        ]
+        tasks = [asyncio.create_task(receive(ws, i)) for i, ws in enumerate(sockets)]
+        tasks.append(asyncio.create_task(status()))
+        _say({"connected": count})
+        lines = await _stdin_lines()
+        while line := (await lines.readline()).decode().split():
+            if line[0] == "reset":
+                for a in arrived:
+                    a.clear()
+                missed[:] = [0] * count
+                _say({"reset": True})
+            elif line[0] == "dump":
+                Path(line[1]).write_text(json.dumps({"arrived": arrived, "missed": missed}))
+                _say({"dumped": True})
+        for t in tasks:
+            t.cancel()
+
+
+if __name__ == "__main__":
+    _helper = argparse.ArgumentParser(prog="netwarden.commands.bench_live")
+    _roles = _helper.add_subparsers(dest="role", required=True)
+    _roles.add_parser("feeder").add_argument("--cluster", required=True)
+    _client = _roles.add_parser("client")
+    _client.add_argument("--url", required=True)
+    _client.add_argument("--clients", type=int, default=1)
+    _client.add_argument("--deflate", action="store_true")
+    _args = _helper.parse_args()
+    if _args.role == "feeder":
+        asyncio.run(_feeder(_args.cluster))
+    else:
+        asyncio.run(_clients(_args.url, _args.clients, _args.deflate))
