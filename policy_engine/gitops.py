@@ -198,7 +198,10 @@ def parse_documents(raw: Iterable[Any], file: str, base_dir: Path | None = None)
             continue
         ref = DocumentRef(file, index)
         if base_dir is None and _reads_files(doc):
-            errors.append(GitOpsError(ref, "spec.rules", "fromFile needs files: put the manifest inline (cilium: or kubernetes:)"))
+            meta = doc.get("metadata")
+            name = str(meta.get("name", "")) if isinstance(meta, Mapping) else ""
+            errors.append(GitOpsError(DocumentRef(file, index, "Policy", name), "spec.rules",
+                                      "fromFile is not accepted here: put the rule inline (cilium: or kubernetes:)"))
             continue
         try:
             parsed = parse_document(doc, ref, base_dir or Path("."))

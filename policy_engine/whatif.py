@@ -291,39 +291,10 @@ def _set_content(policy_set: PolicySet) -> dict[str, Any]:
 
 def parse_documents(raw: Sequence[Any], source: str, base_dir: Path | None = None) -> list[Document]:
     """netwarden.io/v1 documents given as parsed YAML/JSON (a list inside a document is flattened) -> Documents,
-    every problem as one GitOpsError line naming `source` and the document's index. Without `base_dir`,
-    `fromFile` rules are refused: a request body must not make the server read its own files."""
-    from policy_engine.gitops import DocumentRef, GitOpsError, GitOpsErrors, parse_document
+    as policy_engine.gitops.parse_documents reads them (every problem one GitOpsError line naming `source` and
+    the document's index; without `base_dir`, `fromFile` rules are refused: a request body must not make the
+    server read its own files)."""
+    from policy_engine.gitops import parse_documents as parse
 
-    flat = [d for item in raw for d in (item if isinstance(item, list) else [item]) if d is not None]
-    errors: list[GitOpsError] = []
-    docs: list[Document] = []
-    seen: dict[tuple[str, str], DocumentRef] = {}
-    for index, item in enumerate(flat, start=1):
-        ref = DocumentRef(source, index)
-        if base_dir is None and _uses_files(item):
-            name = str(((item.get("metadata") or {}) if isinstance(item, Mapping) else {}).get("name", ""))
-            errors.append(GitOpsError(DocumentRef(source, index, "Policy", name), "spec.rules",
-                                      "fromFile is not accepted here: put the rule inline (cilium: or kubernetes:)"))
-            continue
-        try:
-            doc = parse_document(item, ref, base_dir or Path("."))
-        except GitOpsError as exc:
-            errors.append(exc)
-            continue
-        key = (doc.kind, doc.name)
-        if key in seen:
-            errors.append(GitOpsError(doc.ref, "metadata.name", f"duplicate {doc.kind} {doc.name}, first in {seen[key]}"))
-            continue
-        seen[key] = doc.ref
-        docs.append(doc)
-    if errors:
-        raise GitOpsErrors(errors)
-    return docs
+    return parse([d for item in raw for d in (item if isinstance(item, list) else [item])], source, base_dir)
 
-
-def _uses_files(item: Any) -> bool:
-    if not isinstance(item, Mapping) or not isinstance(item.get("spec"), Mapping):
-        return False
-    rules = item["spec"].get("rules")
-    return isinstance(rules, list) and any(isinstance(r, Mapping) and "fromFile" in r for r in rules)
