@@ -297,4 +297,3 @@ def parse_documents(raw: Sequence[Any], source: str, base_dir: Path | None = Non
     from policy_engine.gitops import parse_documents as parse
 
     return parse([d for item in raw for d in (item if isinstance(item, list) else [item])], source, base_dir)
-
