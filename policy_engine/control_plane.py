@@ -164,11 +164,7 @@ class ControlPlane:
     def put_policy(self, spec: PolicySpec, *, source: str = "", message: str = "") -> tuple[PolicyVersion, PutResult]:
         if (live := self.store.get_policy(spec.name)) is not None and live.spec.hash() == spec.hash():
             return live, "unchanged"
-        current = self.store.get_policy(spec.name, include_deleted=True)
-        if current is not None and current.builtin:
-            raise StoreError(f"policy {spec.name} is built in and read-only; copy it under another name")
-        self._require_policy_write(spec.name, spec.scope, f"writing {spec.scope} policy {spec.name}")
-        validate_policy(spec)
+        self._check_policy_write(spec, "writing")
         return self.store.put_policy(spec, author=self.principal.name, source=source, message=message)
 
     def stage_policy(
@@ -178,12 +174,16 @@ class ControlPlane:
         and validation as writing the policy."""
         if (staged := self.store.get_staged_policy(spec.name)) is not None and staged.spec.hash() == spec.hash():
             return staged, "unchanged"
+        self._check_policy_write(spec, "staging")
+        return self.store.stage_policy(spec, author=self.principal.name, source=source, message=message)
+
+    def _check_policy_write(self, spec: PolicySpec, verb: str) -> None:
+        """Writing or staging `spec`: not a built-in, the role rules of its scope, valid against the schemas."""
         current = self.store.get_policy(spec.name, include_deleted=True)
         if current is not None and current.builtin:
             raise StoreError(f"policy {spec.name} is built in and read-only; copy it under another name")
-        self._require_policy_write(spec.name, spec.scope, f"staging {spec.scope} policy {spec.name}")
+        self._require_policy_write(spec.name, spec.scope, f"{verb} {spec.scope} policy {spec.name}")
         validate_policy(spec)
-        return self.store.stage_policy(spec, author=self.principal.name, source=source, message=message)
 
     def promote_policy(self, name: str) -> PolicyVersion:
         """The staged version becomes the enforced one, as a new version."""
