@@ -20,6 +20,7 @@ from query_api.scope import ScopeFilter
 from schemas.flow_render import row_to_jsonpb
 from streams.decode import FlowDecoder
 from tests.conftest import REPO_ROOT
+from tests.live.test_hub import wait_drained
 from tests.query_api.conftest import bearer_principals
 
 TOKEN = "follow-token"
@@ -87,11 +88,11 @@ async def test_jsonpb_output_filters_and_missed_counts(api: tuple[str, LiveHub])
     proc = await run_follow(server=server, token=TOKEN, namespace="shop", output="jsonpb")
     await until_subscribed(hub, proc)
     hub.publish_rows(rows)
-    for sub in hub._subs:  # a gap, as when this client falls behind
-        await asyncio.sleep(0.5)
+    await wait_drained(hub)
+    for sub in hub._subs:  # a gap after the rows, as when this client falls behind
         sub.add_gap(7)
-    await asyncio.sleep(0.5)
-    hub.close()  # the server ends the stream normally: the command exits 0
+    await wait_drained(hub)
+    hub.close()  # the server ends the stream normally (after the queue): the command exits 0
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
     got = [json.loads(line) for line in out.decode().splitlines()]
@@ -106,7 +107,7 @@ async def test_table_output(api: tuple[str, LiveHub]) -> None:
     proc = await run_follow(server=server, token=TOKEN, output="table")
     await until_subscribed(hub, proc)
     hub.publish_rows(rows)
-    await asyncio.sleep(1.0)
+    await wait_drained(hub)  # every row queued for the client: a closed stream still delivers its queue
     hub.close()
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
