@@ -220,10 +220,27 @@ class ControlPlaneStore:
     def open(cls, data_dir: str | os.PathLike[str]) -> ControlPlaneStore:
         path = Path(data_dir)
         path.mkdir(parents=True, exist_ok=True)
-        # The API reads it from worker threads; callers that share it serialize access (Tenancy holds a lock).
-        conn = sqlite3.connect(path / STORE_FILE, isolation_level=None, timeout=30, check_same_thread=False)
+        return cls.on_sqlite(path / STORE_FILE)
+
+    @classmethod
+    def on_sqlite(cls, file: str | os.PathLike[str]) -> ControlPlaneStore:
+        """A store on a SQLite file (":memory:": a private one). The API reads it from worker threads; callers
+        that share one store serialize access (Tenancy holds a lock)."""
+        conn = sqlite3.connect(file, isolation_level=None, timeout=30, check_same_thread=False)
         conn.execute("PRAGMA foreign_keys = ON")
         return cls(conn)
+
+    def sqlite_file(self) -> str:
+        """The SQLite file the store is on; "" for an in-memory or another database."""
+        if not isinstance(self._conn, sqlite3.Connection):
+            return ""
+        return next((str(r[2]) for r in self.execute("PRAGMA database_list") if r[1] == "main" and r[2]), "")
+
+    def copy_in_memory(self) -> ControlPlaneStore:
+        """A private in-memory copy (SQLite's online backup)."""
+        copy = ControlPlaneStore.on_sqlite(":memory:")
+        self._conn.backup(copy._conn)
+        return copy
 
     def close(self) -> None:
         self._conn.close()

@@ -17,7 +17,6 @@ functions (`what_if`, `recommendation`) are also what the CLI's local mode and `
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -183,19 +182,15 @@ def scratch_copy(store: ControlPlaneStore) -> Iterator[ControlPlaneStore]:
     """A private in-memory copy of a SQLite control-plane store: a what-if in a server never holds a transaction
     on the file every request authenticates against (what_if rolls its writes back on the copy too). A store
     without a file (tests) is used as it is."""
-    rows = store.execute("PRAGMA database_list")
-    path = next((str(r[2]) for r in rows if r[1] == "main" and r[2]), "")
+    path = store.sqlite_file()
     if not path:
         yield store
         return
-    source = sqlite3.connect(path, timeout=30)
-    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    source = ControlPlaneStore.on_sqlite(path)  # its own connection: `store` may be another thread's
     try:
-        source.backup(copy)
+        scratch = source.copy_in_memory()
     finally:
         source.close()
-    copy.execute("PRAGMA foreign_keys = ON")
-    scratch = ControlPlaneStore(copy)
     try:
         yield scratch
     finally:

@@ -208,12 +208,10 @@ def app_router(store: FlowStore, current_principal: Callable[..., Any], authenti
 
 def control_plane_of(shared: ControlPlaneStore) -> Callable[[], AbstractContextManager[ControlPlaneStore]]:
     """Per-request stores on the file `shared` uses; an in-memory store is shared under a lock."""
-    import sqlite3
     import threading
     from contextlib import contextmanager
 
-    rows = shared.execute("PRAGMA database_list")
-    path = next((str(r[2]) for r in rows if r[1] == "main" and r[2]), "")
+    path = shared.sqlite_file()
     lock = threading.Lock()
 
     @contextmanager
@@ -222,9 +220,7 @@ def control_plane_of(shared: ControlPlaneStore) -> Callable[[], AbstractContextM
             with lock:
                 yield shared
             return
-        conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
-        conn.execute("PRAGMA foreign_keys = ON")
-        store = ControlPlaneStore(conn)
+        store = ControlPlaneStore.on_sqlite(path)
         try:
             yield store
         finally:
