@@ -482,3 +482,62 @@ def test_from_kubeconfig(tmp_path, stub: KubeApiStub) -> None:  # type: ignore[n
     assert cluster.name == "east"
     assert cluster.apply([netpol("a", "shop")]).ok
     assert stub.requests_for("PATCH")[-1].method == "PATCH"
+
+
+def test_namespaces_and_objects_of_a_store_cluster(stub: KubeApiStub) -> None:
+    from policy_engine.model import Cluster
+
+    stub.put(ns("data", team="data"))
+    kube = KubeCluster.of(Cluster("k", "upstream", "cilium", api_server=stub.url))
+    namespaces = kube.namespaces()
+    assert {"shop", "blog", "data"} <= namespaces.keys() and namespaces["data"]["team"] == "data"
+    assert {o["metadata"]["name"] for o in kube.objects("v1", "Namespace")} == namespaces.keys()
+    assert all(o["kind"] == "Namespace" for o in kube.objects("v1", "Namespace"))
+
+
+def test_objects_of_namespaces_the_cluster_lacks_are_held_back() -> None:
+    from policy_engine.kube import deliverable
+    from policy_engine.render import RenderedCluster
+
+    ccnp = {"apiVersion": "cilium.io/v2", "kind": "CiliumClusterwideNetworkPolicy", "metadata": {"name": "all"}}
+    rendered = RenderedCluster("k", "cilium", (ccnp, netpol("a", "shop"), netpol("b", "later"), netpol("c", "gone")))
+    sent = deliverable(rendered, ["shop", "default"])
+    assert [o["metadata"]["name"] for o in sent.objects] == ["all", "a"]
+    assert sent.notes == ("namespace(s) gone, later do not exist on the cluster: their objects are held back",)
+    assert deliverable(rendered, ["shop", "later", "gone"]).objects == rendered.objects
+
+
+def test_without_retries_an_unreachable_cluster_is_asked_once() -> None:
+    """A report asks every cluster's API: one that drops connections is reported after one attempt, not after
+    urllib3's retries with backoff (KubeCluster.of(..., retries=False), through Configuration.retries)."""
+    import socket
+    import threading
+
+    from policy_engine.kube import KubeApiError
+    from policy_engine.model import Cluster
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    accepted: list[int] = []
+
+    def drop_every_connection() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(1)
+            conn.close()
+
+    threading.Thread(target=drop_every_connection, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        for retries, attempts in ((False, 1), (True, 4)):  # urllib3's default: 3 retries
+            accepted.clear()
+            kube = KubeCluster.of(Cluster("k", "upstream", "cilium", api_server=url), timeout=5, retries=retries)
+            with pytest.raises(KubeApiError):
+                kube.namespaces()
+            assert len(accepted) == attempts
+    finally:
+        listener.close()
