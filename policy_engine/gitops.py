@@ -164,14 +164,42 @@ def load_documents(path: str | Path) -> list[Document]:
         for r in ((doc.get("spec") or {}).get("rules") or [])
         if isinstance(r, Mapping) and isinstance(r.get("fromFile"), str)
     }
-    docs: list[Document] = []
-    seen: dict[tuple[str, str], DocumentRef] = {}
     revision = _git_revision(root if root.is_dir() else root.parent)
-    for file, index, doc in raw:
-        if file.resolve() in referenced:
+    return _parsed_once(
+        ((doc, DocumentRef(_display(file), index), file.parent) for file, index, doc in raw
+         if file.resolve() not in referenced),
+        errors, revision,
+    )
+
+
+def parse_documents(raw: Iterable[Any], file: str, base_dir: Path | None = None) -> list[Document]:
+    """Documents already read (an API request's body): `file` names them in errors, `fromFile` rules are
+    read relative to `base_dir` (refused without one). Raises GitOpsErrors."""
+    errors: list[GitOpsError] = []
+    given: list[tuple[Any, DocumentRef, Path]] = []
+    for index, doc in enumerate(raw, start=1):
+        if doc is None:
             continue
+        if base_dir is None and _reads_files(doc):
+            meta = doc.get("metadata")
+            name = str(meta.get("name", "")) if isinstance(meta, Mapping) else ""
+            errors.append(GitOpsError(DocumentRef(file, index, "Policy", name), "spec.rules",
+                                      "fromFile is not accepted here: put the rule inline (cilium: or kubernetes:)"))
+            continue
+        given.append((doc, DocumentRef(file, index), base_dir or Path(".")))
+    return _parsed_once(given, errors)
+
+
+def _parsed_once(
+    given: Iterable[tuple[Any, DocumentRef, Path]], errors: list[GitOpsError], revision: str = ""
+) -> list[Document]:
+    """Each (raw document, where it is, the directory its `fromFile`s are read from) parsed; a second document
+    of the same kind, name and mode is refused. Raises GitOpsErrors with `errors` and these problems."""
+    docs: list[Document] = []
+    seen: dict[tuple[str, str, str], DocumentRef] = {}
+    for doc, ref, base in given:
         try:
-            parsed = parse_document(doc, DocumentRef(_display(file), index), file.parent, revision)
+            parsed = parse_document(doc, ref, base, revision)
         except GitOpsError as exc:
             errors.append(exc)
             continue
@@ -179,38 +207,6 @@ def load_documents(path: str | Path) -> list[Document]:
         if key in seen:
             what = f"{parsed.kind} {parsed.name}" + (" (staged)" if parsed.staged else "")
             errors.append(GitOpsError(parsed.ref, "metadata.name", f"duplicate {what}, first in {seen[key]}"))
-            continue
-        seen[key] = parsed.ref
-        docs.append(parsed)
-    if errors:
-        raise GitOpsErrors(errors)
-    return docs
-
-
-def parse_documents(raw: Iterable[Any], file: str, base_dir: Path | None = None) -> list[Document]:
-    """Documents already read (an API request's body): `file` names them in errors, `fromFile` rules are
-    read relative to `base_dir` (refused without one). Raises GitOpsErrors."""
-    errors: list[GitOpsError] = []
-    docs: list[Document] = []
-    seen: dict[tuple[str, str, str], DocumentRef] = {}
-    for index, doc in enumerate(raw, start=1):
-        if doc is None:
-            continue
-        ref = DocumentRef(file, index)
-        if base_dir is None and _reads_files(doc):
-            meta = doc.get("metadata")
-            name = str(meta.get("name", "")) if isinstance(meta, Mapping) else ""
-            errors.append(GitOpsError(DocumentRef(file, index, "Policy", name), "spec.rules",
-                                      "fromFile is not accepted here: put the rule inline (cilium: or kubernetes:)"))
-            continue
-        try:
-            parsed = parse_document(doc, ref, base_dir or Path("."))
-        except GitOpsError as exc:
-            errors.append(exc)
-            continue
-        key = (parsed.kind, parsed.name, parsed.mode or "enforced")
-        if key in seen:
-            errors.append(GitOpsError(parsed.ref, "metadata.name", f"duplicate {parsed.kind} {parsed.name}, first in {seen[key]}"))
             continue
         seen[key] = parsed.ref
         docs.append(parsed)

@@ -176,6 +176,15 @@ def table_lines(rows: Sequence[Sequence[Any]], indent: str = "") -> list[str]:
     return [indent + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
 
 
+def write_stdout(text: str) -> None:
+    """The command's output; a reader that went away (`netwarden report validate | head`) is not an error."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _print_table(rows: list[list[str]]) -> None:
     print("\n".join(table_lines(rows)))
 

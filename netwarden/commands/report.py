@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +21,7 @@ from netwarden.commands.gitops import (
     printable,
     source_parser,
     table_lines,
+    write_stdout,
 )
 
 FORMATS = ("table", "json", "html")
@@ -51,20 +50,13 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
 
 def cmd_validate(args: argparse.Namespace) -> int:
     server = api_server(args)
-    if server:
-        body = _from_api(server, args)
+    body = _from_api(server, args) if server else _local(args)
+    if args.output == "json":
+        write_stdout(json.dumps(body, indent=2) + "\n")
+    elif args.output == "html":
+        write_stdout(body if isinstance(body, str) else _html(body))
     else:
-        body = _local(args)
-    try:
-        if args.output == "json":
-            sys.stdout.write(json.dumps(body, indent=2) + "\n")
-        elif args.output == "html":
-            sys.stdout.write(body if isinstance(body, str) else _html(body))
-        else:
-            sys.stdout.write(render_table(body))
-        sys.stdout.flush()
-    except BrokenPipeError:  # `netwarden report validate | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        write_stdout(render_table(body))
     return 0
 
 

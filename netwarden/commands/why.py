@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +21,7 @@ from netwarden.commands.gitops import (
     printable,
     source_parser,
     table_lines,
+    write_stdout,
 )
 
 FORMATS = ("table", "json")
@@ -54,15 +53,8 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
 
 def cmd_why(args: argparse.Namespace) -> int:
     server = api_server(args)
-    if server:
-        body = _from_api(server, args)
-    else:
-        body = _local(args)
-    try:
-        sys.stdout.write(json.dumps(body, indent=2) + "\n" if args.output == "json" else render_table(body))
-        sys.stdout.flush()
-    except BrokenPipeError:  # `netwarden why ... | head`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    body = _from_api(server, args) if server else _local(args)
+    write_stdout(json.dumps(body, indent=2) + "\n" if args.output == "json" else render_table(body))
     return 0
 
 
