@@ -368,19 +368,19 @@ def flows_insert(flows_table: str, stage: str, keys: str | None, dedup_token: st
     )
 
 
-def stored_select(stage: str, keys: str | None) -> str:
-    """The rows just stored, RECORD_COLUMNS order, then their jsonpb text (streams.jsonpb_sql; for the live
-    stream)."""
+def stored_select(stage: str, keys: str | None, with_text: bool = True) -> str:
+    """The rows just stored, RECORD_COLUMNS order, then (with_text) their jsonpb text (streams.jsonpb_sql; for
+    the live stream)."""
     flow_cols = ", ".join(f"s.`{c.name}` AS `{c.name}`" for c in FLOW_COLUMNS)
-    text = f"{jsonpb_sql('s')} AS `{JSONPB_COLUMN}`"
-    settings = settings_clause(JSONPB_SETTINGS)
+    text = f", {jsonpb_sql('s')} AS `{JSONPB_COLUMN}`" if with_text else ""
+    settings = settings_clause(JSONPB_SETTINGS) if with_text else ""
     if keys is None:
         enrich_cols = ", ".join(
             f"defaultValueOfTypeName('{_plain(c.clickhouse)}') AS `{c.name}`" for c in ENRICHMENT_COLUMNS
         )
-        return f"SELECT {flow_cols}, {enrich_cols}, {text} FROM {stage} AS s WHERE s.kind = {KIND_FLOW} {settings}"
+        return f"SELECT {flow_cols}, {enrich_cols}{text} FROM {stage} AS s WHERE s.kind = {KIND_FLOW} {settings}"
     enrich_cols = ", ".join(f"k.`{c.name}` AS `{c.name}`" for c in ENRICHMENT_COLUMNS)
     return (
-        f"SELECT {flow_cols}, {enrich_cols}, {text} FROM {stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey "
+        f"SELECT {flow_cols}, {enrich_cols}{text} FROM {stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey "
         f"WHERE s.kind = {KIND_FLOW} {settings}"
     )

@@ -17,6 +17,7 @@ from query_api.live import LiveHub, StoredRow, _jsonpb_text, stored_rows, table_
 from query_api.store import FlowStore, open_clickhouse
 from schemas.flow_record import FLOW_ARROW_SCHEMA
 from streams import decode_sql
+from streams import sink as sink_module
 from streams.decode import FlowDecoder
 from streams.jsonpb_sql import JSONPB_COLUMN, JSONPB_SETTINGS, jsonpb_sql
 from streams.sink import ClickHouseSink, Part
@@ -31,11 +32,14 @@ def client(chdb_dsn: str) -> Iterator[Any]:
     yield store.client
 
 
-def stored_texts(client: Any, cluster: str, payloads: list[bytes]) -> pa.Table:
+def stored_texts(client: Any, cluster: str, payloads: list[bytes], min_flows: int = 0) -> pa.Table:
+    """The stored rows as the live stream gets them; ClickHouse renders the text from `min_flows` a batch."""
     sink = ClickHouseSink(client)
+    sink_module.SQL_JSONPB_MIN_FLOWS, before = min_flows, sink_module.SQL_JSONPB_MIN_FLOWS
     try:
         result = sink.store([Part(cluster, "test[0]@0", payloads)], want_rows=True)
     finally:
+        sink_module.SQL_JSONPB_MIN_FLOWS = before
         sink.close()
     assert not result.refused
     return pa.concat_tables(result.tables)
@@ -128,3 +132,9 @@ def test_hub_sends_clickhouse_text_only_for_the_row_itself(client: Any) -> None:
         # A redacted copy (a dict) never borrows the row's text.
         redacted = {**row, "dst_pod": "", "dst_labels": []}
         assert hub.text_of(redacted) == _jsonpb_text(redacted) != row.jsonpb
+    # A batch below the threshold comes without ClickHouse's text (analysing that SQL costs more than Python
+    # rendering a few rows): the hub renders the same text itself.
+    small = stored_texts(client, "rsql-small", [d for _, _, d in DemoTraffic("rsql-small", seed=6).serialized(20)], 21)
+    assert JSONPB_COLUMN not in small.column_names
+    for row, want in zip(stored_rows(small), table_rows(small), strict=True):
+        assert row.jsonpb == "" and hub.text_of(row) == _jsonpb_text(want)
