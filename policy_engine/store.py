@@ -295,7 +295,10 @@ class ControlPlaneStore:
             finally:
                 self._depth -= 1
             return
-        self.execute("BEGIN")
+        # SQLite: take the write lock up front. A deferred transaction that reads first cannot upgrade to
+        # a writer while another connection (e.g. the inventory publisher) writes: SQLITE_BUSY at once,
+        # busy timeout or not ("database is locked").
+        self.execute("BEGIN IMMEDIATE" if isinstance(self._conn, sqlite3.Connection) else "BEGIN")
         self._depth = 1
         try:
             yield self
