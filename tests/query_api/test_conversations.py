@@ -15,7 +15,10 @@ from tests.query_api.conftest import BASE_NS, endpoint, insert_responses, make_r
 
 CLUSTER = "conv-c1"
 MIN_NS = 60 * 1_000_000_000
-BASE = dt.datetime.fromtimestamp(BASE_NS // 1_000_000_000, tz=dt.UTC)  # 10:00:00Z
+# A year after the package's dataset, with uuids of their own: the package's tests query across clusters.
+OWN_BASE_NS = BASE_NS + 365 * 24 * 60 * MIN_NS
+UUID_OFFSET = 700_000
+BASE = dt.datetime.fromtimestamp(OWN_BASE_NS // 1_000_000_000, tz=dt.UTC)  # 10:00:00Z
 
 
 def at(response: dict[str, Any], ns: int) -> dict[str, Any]:
@@ -26,27 +29,27 @@ def at(response: dict[str, Any], ns: int) -> dict[str, Any]:
 def dataset() -> list[dict[str, Any]]:
     out = []
     for k in range(8):  # every 25 minutes from 10:00 to 12:55
-        t = BASE_NS + k * 25 * MIN_NS
+        t = OWN_BASE_NS + k * 25 * MIN_NS
         front = endpoint("shop", f"frontend-{k}", workloads=[{"name": "frontend", "kind": "Deployment"}],
                          identity=5001)
         back = endpoint("data", "backend-0", workloads=[{"name": "backend", "kind": "StatefulSet"}],
                         identity=5002)
-        out.append(at(make_response(3 * k, src=front, dst=back, l4=tcp(40000 + k, 8080, SYN=True)), t))
-        out.append(at(make_response(3 * k + 1, src=back, dst=front, l4=tcp(8080, 40000 + k, SYN=True, ACK=True),
+        out.append(at(make_response(UUID_OFFSET + 3 * k, src=front, dst=back, l4=tcp(40000 + k, 8080, SYN=True)), t))
+        out.append(at(make_response(UUID_OFFSET + 3 * k + 1, src=back, dst=front, l4=tcp(8080, 40000 + k, SYN=True, ACK=True),
                                     is_reply=True), t + 1000))
         out.append(at(make_response(
-            3 * k + 2, src=front, dst={"identity": 2, "labels": ["reserved:world"]}, ip=("10.0.0.5", "1.1.1.1"),
+            UUID_OFFSET + 3 * k + 2, src=front, dst={"identity": 2, "labels": ["reserved:world"]}, ip=("10.0.0.5", "1.1.1.1"),
             l4={"UDP": {"source_port": 5353, "destination_port": 53}}, verdict="DROPPED", drop_reason=133,
             drop_reason_desc="POLICY_DENIED", event_type={"type": 1, "sub_type": 133},
             egress_denied_by=[{"kind": "CiliumNetworkPolicy", "namespace": "shop", "name": "deny-dns"}],
         ), t + 2000))
     # An ICMP echo and its reply: one conversation, port = the request's type.
-    out.append(at(make_response(100, src=endpoint("shop", "frontend-0", identity=5001),
+    out.append(at(make_response(UUID_OFFSET + 100, src=endpoint("shop", "frontend-0", identity=5001),
                                 dst=endpoint("data", "backend-0", identity=5002), l4={"ICMPv4": {"type": 8}}),
-                  BASE_NS + 5 * MIN_NS))
-    out.append(at(make_response(101, src=endpoint("data", "backend-0", identity=5002),
+                  OWN_BASE_NS + 5 * MIN_NS))
+    out.append(at(make_response(UUID_OFFSET + 101, src=endpoint("data", "backend-0", identity=5002),
                                 dst=endpoint("shop", "frontend-0", identity=5001), l4={"ICMPv4": {"type": 0}},
-                                is_reply=True), BASE_NS + 5 * MIN_NS + 1))
+                                is_reply=True), OWN_BASE_NS + 5 * MIN_NS + 1))
     return out
 
 
