@@ -249,6 +249,8 @@ def create_app(
 
     app = FastAPI(title="netwarden query API", version="1")
     metrics = QueryApiMetrics(registry)
+    if authenticator is not None:
+        authenticator.export_metrics(metrics.registry)  # netwarden_api_authentications_total on /metrics
     app.state.store = store
     app.state.metrics = metrics
 
@@ -503,6 +505,10 @@ def create_app(
             ]
         }
 
+    if live_hub is not None and authenticator is not None:
+        from query_api.auth import stream_ticket_router
+
+        app.include_router(stream_ticket_router(authenticator, current_principal))
     if live_hub is not None:
         from query_api.live import live_router
 

@@ -24,11 +24,12 @@ protocol, port, since, until) with the same meanings: `flow_predicate` is the Py
 scope (`ScopeFilter.visible` / `.redact`) applies first; the filters then see the redacted row, so a
 filter can never probe fields the caller is not allowed to see (e.g. the pod name of a hidden peer).
 
-Authentication. The principal dependency is the same as for the other routes. Browsers cannot set
-headers on a WebSocket or an EventSource, so both routes also accept `?token=T` (or `?access_token=T`,
-query_api.auth's name), turned into `Authorization: Bearer T` before the dependency runs (only when no
-Authorization header is present). The dependency must therefore read the header through parameters
-that exist on WebSocket connections too (`Header(...)`, `HTTPConnection`), not through `Request`.
+Authentication. The principal dependency is the same as for the other routes; it must read the header
+through parameters that exist on WebSocket connections too (`Header(...)`, `HTTPConnection`). Browsers
+cannot set headers on a WebSocket or an EventSource: both routes are marked `accepts_stream_tickets`, so
+query_api.auth takes a single-use `?ticket=` from POST /api/v1/stream-tickets there. No token in a URL.
+While a stream runs, its access is re-checked (query_api.stream_access): a revoked token or a narrowed
+scope ends it with the reason.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import ipaddress
 import json
 import logging
 import threading
+import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -49,12 +51,14 @@ from typing import Annotated, Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 from prometheus_client import Counter, Gauge
 from starlette.requests import HTTPConnection
 
+from query_api.auth import accepts_stream_tickets, reauthenticator
 from query_api.flow_query import PORT_PROTOCOLS, FilterValueError, FlowFilter, filter_conditions
+from query_api.stream_access import WS_POLICY_VIOLATION, StreamAccess, StreamEnd, recheck_period
 from schemas.flow_render import ip_text, row_time_ns
 from schemas.hubble.flow import flow_pb2
 from schemas.topics import FLOWS_ENRICHED
@@ -66,7 +70,6 @@ DEFAULT_QUEUE_FLOWS = 10_000  # per subscriber; rows are shared between subscrib
 RENDER_CACHE_ROWS = 10_000  # recent renderings kept for other clients of the same rows
 DEFAULT_BACKLOG_ROWS = 500_000  # rows waiting for the dispatcher before the hub itself sheds load
 SSE_KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
-WS_POLICY_VIOLATION = 1008
 
 Row = Mapping[str, Any]
 
@@ -890,24 +893,6 @@ class EnrichedTopicFeed:
 # ---- routes -------------------------------------------------------------------------------------
 
 
-def _query_token_as_bearer(connection: HTTPConnection) -> None:
-    """`?token=T` (or `?access_token=T`) -> `Authorization: Bearer T` unless a header is present.
-
-    A dependency listed before the principal's: it edits the shared ASGI scope (and drops the
-    connection's parsed-header cache), so any header-based principal dependency sees the token.
-    """
-    scope = connection.scope
-    headers = list(scope.get("headers") or [])
-    if any(k.lower() == b"authorization" for k, _ in headers):
-        return
-    token = connection.query_params.get("token") or connection.query_params.get("access_token")
-    if token:
-        headers.append((b"authorization", f"Bearer {token}".encode("latin-1", "replace")))
-        scope["headers"] = headers
-        # Starlette caches the parsed headers on the connection, and FastAPI has read them already.
-        connection.__dict__.pop("_headers", None)
-
-
 def live_flow_filter(filters: Mapping[str, Any]) -> FlowFilter:
     """A FlowFilter of the given query filters (every flow: no `last`)."""
     known = {f.name for f in dataclasses.fields(FlowFilter)}
@@ -932,6 +917,14 @@ def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
     )
 
 
+@dataclass(frozen=True)
+class _Opened:
+    filter: FlowFilter
+    scope: RowScope
+    accept: Callable[[Row], Row | None]
+    now_ns: int
+
+
 def live_router(
     hub: LiveHub,
     principal_dependency: Callable[..., Any],
@@ -939,9 +932,13 @@ def live_router(
     *,
     queue_flows: int = DEFAULT_QUEUE_FLOWS,
     keepalive_s: float = SSE_KEEPALIVE_S,
+    recheck_s: float | None = None,
 ) -> APIRouter:
-    """The stream routes; the app owner includes this router next to /api/v1/flows."""
+    """The stream routes; the app owner includes this router next to /api/v1/flows. `recheck_s`: how often
+    an open stream re-checks its caller's credential and scope (query_api.stream_access; default 5 s, or
+    NETWARDEN_STREAM_RECHECK_S)."""
     router = APIRouter()
+    period = recheck_period(recheck_s)
 
     def live_filter(
         cluster: str | None = Query(None, description="cluster the flow was collected from"),
@@ -979,38 +976,73 @@ def live_router(
         }
         return {k: v for k, v in given.items() if v is not None}
 
+    def opening(principal: Any, filters: dict[str, Any]) -> _Opened | tuple[JSONResponse, str]:
+        """The stream's filter, scope and row filter, or the refusal and its reason (422 naming the filter,
+        403 without any role binding)."""
+        if getattr(principal, "bindings", None) == ():
+            reason = f"user {principal.name!r} has no role binding"
+            return JSONResponse(status_code=403, content={"detail": reason, "needed": "any role binding"}), reason
+        now_ns = time.time_ns()  # relative `since`/`until` stay anchored here when the scope is swapped
+        try:
+            flt = live_flow_filter(filters)
+            scope = scope_for(principal)
+            return _Opened(flt, scope, subscription_filter(flt, scope, now_ns), now_ns)
+        except FilterValueError as exc:
+            return _unprocessable(exc.parameter, exc.value, str(exc)), str(exc)
+
+    def watch(conn: HTTPConnection, principal: Any, opened: _Opened, sub: LiveSubscription) -> asyncio.Task[StreamEnd]:
+        def widened(new_scope: Any) -> None:
+            sub.accept = subscription_filter(opened.filter, new_scope, opened.now_ns)
+
+        access = StreamAccess(principal, opened.scope, scope_for, reauthenticator(conn), widened, period)
+        return asyncio.create_task(access.until_lost())
+
     @router.get(
         STREAM_PATH,
         response_class=StreamingResponse,
-        responses={200: {"content": {"text/event-stream": {}}, "description": "jsonpb flows as SSE events"}},
+        responses={
+            200: {"content": {"text/event-stream": {}}, "description": "jsonpb flows as SSE events"},
+            401: {"description": "no or bad credentials, or a token in the URL"},
+            429: {"description": "too many failed authentications from this client (Retry-After)"},
+        },
         summary="Live flows as Server-Sent Events",
         description=(
             "Flows as they are stored, filtered like /api/v1/flows and limited to the caller's scope (peers "
             "outside it redacted). Each `data:` event is one jsonpb GetFlowsResponse; an event named "
             '`missed` carries `{"missed": N}` when this client fell behind and N flows were dropped for it. '
-            "The same path is a WebSocket (one text message per flow or gap). Clients that cannot set "
-            "headers may pass `?token=`."
+            "Access is re-checked every few seconds (at most 5): when the token is revoked or the scope "
+            'narrows, a last event named `closed` carries `{"closed": "revoked"|"narrowed"|"unverified", '
+            '"detail": ...}` and the stream ends. The same path is a WebSocket (one text message per flow or '
+            "gap; closed with code 1008 and the reason). Clients that cannot set headers pass a `ticket` "
+            "from POST /api/v1/stream-tickets; tokens in URLs are refused."
         ),
     )
+    @accepts_stream_tickets
     async def stream_sse(
-        token_header: None = Depends(_query_token_as_bearer),
+        request: Request,
         filters: dict[str, Any] = Depends(live_filter),
         principal: Any = Depends(principal_dependency),
-        token: str | None = Query(None, description="API token, for clients that cannot set headers"),
+        ticket: str | None = Query(None, description="a stream ticket (POST /api/v1/stream-tickets), single use"),
     ) -> Any:
-        try:
-            accept = subscription_filter(live_flow_filter(filters), scope_for(principal))
-        except FilterValueError as exc:
-            return _unprocessable(exc.parameter, exc.value, str(exc))
-        del token, token_header  # the token became the Authorization header before the principal ran
-        sub = hub.subscribe(accept, queue_flows)
+        del ticket  # read by the authentication dependency
+        opened = opening(principal, filters)
+        if isinstance(opened, tuple):
+            return opened[0]
+        sub = hub.subscribe(opened.accept, queue_flows)
         _log_opened("sse", principal, filters, hub.subscriber_count)
+        lost = watch(request, principal, opened, sub)
 
         async def events() -> AsyncIterator[str]:
             try:
                 yield ": netwarden live flows\n\n"  # flushes headers at once: the client knows it is subscribed
                 while True:
-                    batch = await sub.next_batch(timeout=keepalive_s)
+                    getter = asyncio.ensure_future(sub.next_batch(timeout=keepalive_s))
+                    await asyncio.wait({getter, lost}, return_when=asyncio.FIRST_COMPLETED)
+                    if lost.done():  # checked first: rows queued under the old access are not sent
+                        getter.cancel()
+                        yield lost.result().sse_event()
+                        return
+                    batch = getter.result()
                     if batch is None:
                         return
                     if not batch:
@@ -1025,6 +1057,7 @@ def live_router(
                     SENT.labels("sse").inc(len(batch))
                     yield "".join(parts)
             finally:
+                lost.cancel()
                 sub.close()
                 _log_closed("sse", principal, sub)
 
@@ -1034,21 +1067,20 @@ def live_router(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    @accepts_stream_tickets
     async def stream_ws(
         websocket: WebSocket,
-        token_header: None = Depends(_query_token_as_bearer),
         filters: dict[str, Any] = Depends(live_filter),
         principal: Any = Depends(principal_dependency),
-        token: str | None = Query(None, description="API token, for clients that cannot set headers"),
+        ticket: str | None = Query(None, description="a stream ticket (POST /api/v1/stream-tickets), single use"),
     ) -> None:
-        del token, token_header  # the token became the Authorization header before the principal ran
-        try:
-            accept = subscription_filter(live_flow_filter(filters), scope_for(principal))
-        except FilterValueError as exc:
-            await _reject(websocket, _unprocessable(exc.parameter, exc.value, str(exc)), str(exc))
+        del ticket  # read by the authentication dependency
+        opened = opening(principal, filters)
+        if isinstance(opened, tuple):
+            await _reject(websocket, *opened)
             return
         # Subscribed before the handshake completes: a client that sees the connection open misses nothing.
-        sub = hub.subscribe(accept, queue_flows)
+        sub = hub.subscribe(opened.accept, queue_flows)
         try:
             await websocket.accept()
         except BaseException:
@@ -1056,10 +1088,15 @@ def live_router(
             raise
         _log_opened("websocket", principal, filters, hub.subscriber_count)
         closed_by_client = asyncio.create_task(_wait_disconnect(websocket))
+        lost = watch(websocket, principal, opened, sub)
         try:
             while not closed_by_client.done():
                 getter = asyncio.ensure_future(sub.next_batch())
-                await asyncio.wait({getter, closed_by_client}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({getter, closed_by_client, lost}, return_when=asyncio.FIRST_COMPLETED)
+                if lost.done():  # checked first: rows queued under the old access are not sent
+                    getter.cancel()
+                    await websocket.close(code=WS_POLICY_VIOLATION, reason=lost.result().close_reason())
+                    break
                 if not getter.done():
                     getter.cancel()
                     break
@@ -1074,6 +1111,7 @@ def live_router(
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass  # the client went away mid-send
         finally:
+            lost.cancel()
             sub.close()
             _log_closed("websocket", principal, sub)
             closed_by_client.cancel()

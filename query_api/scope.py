@@ -93,6 +93,17 @@ class ScopeFilter:
     def empty(self) -> bool:
         return not (self.everything or self.clusters or self.namespaces)
 
+    def covers(self, other: ScopeFilter) -> bool:
+        """Everything `other` sees, this scope sees too (a live stream keeps going when its caller's scope
+        changes this way, and ends when it narrows)."""
+        if self.everything:
+            return True
+        if other.everything:
+            return False
+        return other.clusters <= self.clusters and all(
+            c in self.clusters or (c, n) in self.namespaces for c, n in other.namespaces
+        )
+
     def can_see_cluster(self, cluster: str) -> bool:
         return self.everything or cluster in self.clusters or any(c == cluster for c, _ in self.namespaces)
 

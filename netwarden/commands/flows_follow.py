@@ -6,7 +6,9 @@ server applies them together with the caller's scope. Output: `-o jsonpb`/`json`
 one compact GetFlowsResponse line (hubble's jsonpb); `-o table` prints hubble's columns, one line per
 flow. When the client falls behind, the server drops flows for it and says how many: printed on
 stderr, never mixed into the flow output. A dropped connection is retried with backoff; the stream
-ends when the server closes it normally.
+ends when the server closes it normally. The token goes in the Authorization header, never in the URL.
+When the server ends the stream because the caller's access changed, a narrowed scope reconnects at once
+(within the new scope, said on stderr) and a revoked token is an error naming the reason.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ STREAM_PATH = (
     "/api/v1/flows/stream"  # query_api.live.STREAM_PATH (not imported: the CLI needs no server deps)
 )
 RETRY_MAX_S = 10.0
+ACCESS_CHANGED = 1008  # close code of a stream whose access was revoked or narrowed (query_api.stream_access)
 # argparse attribute or FlowFilter field -> API query parameter, for history (`flows --server`) and
 # the live stream; names absent from the object at hand are simply not sent.
 FILTER_PARAMS = {
@@ -154,7 +157,17 @@ async def follow_stream(url: str, token: str | None, printer: FlowPrinter, err: 
             if status < 500:
                 raise FollowError(_refusal(exc.response.body or b"", status)) from None
             print(f"netwarden: stream unavailable (HTTP {status}); retrying in {delay:.1f}s", file=err)
-        except (OSError, websockets.ConnectionClosedError, websockets.InvalidHandshake) as exc:
+        except websockets.ConnectionClosedError as exc:
+            reason = exc.rcvd.reason if exc.rcvd is not None and exc.rcvd.code == ACCESS_CHANGED else None
+            if reason is None:
+                print(f"netwarden: stream lost ({exc}); reconnecting in {delay:.1f}s", file=err)
+            elif reason.startswith("access narrowed"):
+                # The server re-checks access while streaming: go on within the caller's current scope.
+                print(f"netwarden: {reason}; reconnecting with the current scope", file=err)
+                continue
+            else:  # revoked, or access could not be re-checked: reconnecting would be refused or unsafe
+                raise FollowError(f"the server ended the stream: {reason}") from None
+        except (OSError, websockets.InvalidHandshake) as exc:
             print(f"netwarden: stream lost ({exc}); reconnecting in {delay:.1f}s", file=err)
         await asyncio.sleep(delay)
         delay = min(delay * 2, RETRY_MAX_S)

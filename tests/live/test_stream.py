@@ -24,7 +24,7 @@ from policy_engine.model import Cluster, NamespaceRef, Project, Workspace
 from policy_engine.roles import Ownership, Principal
 from policy_engine.store import ControlPlaneStore
 from policy_engine.tenancy import Tenancy
-from query_api.auth import Authenticator, fastapi_dependency
+from query_api.auth import Authenticator, fastapi_dependency, stream_ticket_router
 from query_api.flow_query import FlowFilter
 from query_api.live import STREAM_PATH, LiveHub, Missed, live_router
 from query_api.scope import ScopeFilter
@@ -60,12 +60,14 @@ def control_plane(tmp: Path) -> tuple[Tenancy, Ownership, dict[str, str]]:
 
 def app_factory(tenancy: Tenancy, ownership: Ownership) -> Callable[[LiveHub], FastAPI]:
     def build(hub: LiveHub) -> FastAPI:
-        principal = fastapi_dependency(Authenticator(tenancy))
+        authenticator = Authenticator(tenancy)
+        principal = fastapi_dependency(authenticator)
 
         def scope_for(p: Principal) -> ScopeFilter:
             return ScopeFilter.for_principal(p, ownership)
 
         app = FastAPI()
+        app.include_router(stream_ticket_router(authenticator, principal))
         app.include_router(live_router(hub, principal, scope_for))
         app.include_router(live_router(hub, principal, scope_for, queue_flows=SLOW_QUEUE), prefix=SLOW_PREFIX)
         return app
@@ -172,11 +174,20 @@ def test_live_stream_end_to_end(tmp_path: Path, tansu: Any, chdb_dsn: str) -> No
             with pytest.raises(websockets.InvalidStatus) as refused:
                 async with websockets.connect(base_ws):
                     pass
-            assert refused.value.response.status_code == 403  # WebSocket 1008 before accept
+            assert refused.value.response.status_code == 401  # the handshake refused with the HTTP status
             async with httpx.AsyncClient(base_url=rig.http_url) as http:
                 assert (await http.get(STREAM_PATH)).status_code == 401
-                bad = await http.get(STREAM_PATH, params={"verdict": "MAYBE", "token": tokens["olga"]})
+                bad = await http.get(
+                    STREAM_PATH,
+                    params={"verdict": "MAYBE"},
+                    headers={"Authorization": f"Bearer {tokens['olga']}"},
+                )
                 assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["query", "verdict"]
+                ticket = (
+                    await http.post(
+                        "/api/v1/stream-tickets", headers={"Authorization": f"Bearer {tokens['wanda']}"}
+                    )
+                ).json()["ticket"]
             with pytest.raises(websockets.InvalidStatus) as refused:
                 async with websockets.connect(f"{base_ws}?protocol=http", **org):
                     pass
@@ -190,8 +201,8 @@ def test_live_stream_end_to_end(tmp_path: Path, tansu: Any, chdb_dsn: str) -> No
                 ws_client(
                     f"{base_ws}?namespace=shop&protocol=tcp&verdict=forwarded", filtered, ready[2], **org
                 ),
-                # Browsers cannot set headers: the token rides in the query.
-                ws_client(f"{base_ws}?token={tokens['wanda']}", scoped, ready[3]),
+                # Browsers cannot set headers: a stream ticket rides in the query (never the token).
+                ws_client(f"{base_ws}?ticket={ticket}", scoped, ready[3]),
             ):
                 await asyncio.wait_for(asyncio.gather(*(r.wait() for r in ready)), 10)
                 traffic = DemoTraffic(CLUSTER, seed=21)

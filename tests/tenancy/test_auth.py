@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi import Depends, FastAPI, WebSocket
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
-from starlette.websockets import WebSocketDisconnect
+from starlette.testclient import WebSocketDenialResponse
 
 from policy_engine.roles import Principal, Role, RoleBinding, ScopeKind
 from policy_engine.store import ControlPlaneStore
@@ -377,13 +377,17 @@ def test_fastapi_dependency(tmp_path: Path, issuer: Issuer) -> None:
     assert r.json() == {"name": "alice", "roles": ["org-read-only"]}
     r = client.get("/api/v1/whoami", headers={"Authorization": _bearer(issuer.token(groups=["interns"]))})
     assert r.status_code == 403 and "no role" in r.json()["detail"] and "www-authenticate" not in r.headers
-    # Query-string tokens only where browsers need them (the stream), not on ordinary routes.
+    # No token in a URL, on any route (browsers use stream tickets: tests/live/test_stream_access.py).
     assert client.get(f"/api/v1/whoami?access_token={secret}").status_code == 401
-    with client.websocket_connect(f"/api/v1/flows/stream?access_token={secret}") as ws:
-        assert ws.receive_json() == {"name": "alice"}
-    with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect("/api/v1/flows/stream") as ws:
-        ws.receive_json()
-    assert closed.value.code == 1008
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect(
+        f"/api/v1/flows/stream?access_token={secret}"
+    ):
+        pass
+    assert denied.value.status_code == 401 and "not accepted in URLs" in denied.value.json()["detail"]
+    # A refused WebSocket handshake is an HTTP response, so the client sees why.
+    with pytest.raises(WebSocketDenialResponse) as denied, client.websocket_connect("/api/v1/flows/stream"):
+        pass
+    assert denied.value.status_code == 401
 
     assert client.get("/metrics").json() == {"by": None}
     locked = TestClient(_app(auth, AuthSettings(metrics_requires_auth=True)))
