@@ -25,6 +25,7 @@ COMMAND_MODULES = [
     "netwarden.commands.policy_traffic",
     "netwarden.commands.bench_traffic",
     "netwarden.commands.why",
+    "netwarden.commands.grafana",
 ]
 
 

@@ -98,14 +98,14 @@ def test_stats_read_minute_or_hour_rollups_and_agree(flow_client: Any, hours: in
 
 def test_namespace_view_shows_only_flows_touching_the_namespace(flow_client: Any) -> None:
     ctx = QueryContext(T_START, T_END, 60, {"cluster": TemplateVariable("cluster", EAST),
-                                           "namespace": TemplateVariable("namespace", ["data"], ["data"])})
+                                           "namespace": TemplateVariable("namespace", ["shop"], ["shop"])})
     drops = run(flow_client, q.NS_RECENT_DROPS, ctx)
     sources = run(flow_client, q.NS_TOP_SOURCES, ctx)
     destinations = run(flow_client, q.NS_TOP_DESTINATIONS, ctx)
     assert drops and sources and destinations
-    assert all(f"{EAST}/data/" in r[2] or f"{EAST}/data/" in r[3] for r in drops), drops
-    assert all(r[1].startswith(f"{EAST}/data/") for r in sources), sources
-    assert all(r[0].startswith(f"{EAST}/data/") for r in destinations), destinations
+    assert all(f"{EAST}/shop/" in r[2] or f"{EAST}/shop/" in r[3] for r in drops), drops
+    assert all(r[1].startswith(f"{EAST}/shop/") for r in sources), sources
+    assert all(r[0].startswith(f"{EAST}/shop/") for r in destinations), destinations
 
 
 def test_policy_dashboard_cluster_filter(flow_client: Any) -> None:
