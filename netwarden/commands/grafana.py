@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import sys
 from typing import Any
@@ -95,7 +96,8 @@ def cmd_access(args: argparse.Namespace) -> int:
             try:
                 client.command(statement)
             except Exception as exc:
-                raise CommandError(f"grafana access: the server refused {statement.split(' ON ')[0]!r}: "
+                what = re.split(r" IDENTIFIED | AS PERMISSIVE | TO ", statement)[0]  # no hash, no condition
+                raise CommandError(f"grafana access: the server refused {what}: "
                                    f"{' '.join(str(exc).split())[:400]}") from exc
         print(f"created ClickHouse user {user.name}: readonly, row policies on {len(user.conditions)} tables "
               f"(flows touching workspace {user.workspace})")

@@ -167,3 +167,12 @@ def test_cli_prints_statements_and_instructions(control_plane_dir: Path, capsys:
                  "--clickhouse", ""]) == 2
     assert "ClickHouse server" in capsys.readouterr().err
 
+
+def test_cli_reports_a_server_refusal(control_plane_dir: Path, chdb_dsn: str, flow_client: Any,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """chDB stands in for a server that refuses user management: one line naming the statement, exit 2."""
+    assert main(["grafana", "access", "--workspace", WORKSPACE, "--data-dir", str(control_plane_dir),
+                 "--clickhouse", chdb_dsn]) == 2
+    err = capsys.readouterr().err
+    assert "the server refused CREATE USER OR REPLACE `grafana_grafana_shop_team`: Code: 497" in err, err
+    assert "sha256" not in err
