@@ -2,9 +2,10 @@
 
     python -m tests.grafana.row_policy_child write DATA_DIR CONTROL_PLANE_DIR
         the demo traffic of conftest.py, stored through the sink into DATA_DIR's chDB; prints flows per cluster
-    python -m tests.grafana.row_policy_child read DATA_DIR CONFIG_XML < {"name": "SQL", ...}
-        chDB on DATA_DIR started with CONFIG_XML, whose users make `default` the generated Grafana user, so
-        every query runs under its grants, readonly profile and row filters; prints {"name": rows | {"error"}}
+    python -m tests.grafana.row_policy_child sql DATA_DIR CONFIG_XML [DATABASE] < {"name": "SQL", ...}
+        chDB on DATA_DIR started with CONFIG_XML (its users: who `default` is, e.g. the generated Grafana
+        user, so every query runs under its grants, readonly profile and row filters); runs each statement
+        and prints {"name": rows | {"error": first line}}
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def write(data_dir: str, control_plane_dir: str) -> None:
     print(json.dumps({cluster: n for cluster, n in rows}))
 
 
-def read(data_dir: str, config: str) -> None:
+def sql(data_dir: str, config: str, database: str = "") -> None:
     import chdb
 
     from query_api.store import clickhouse_path
@@ -34,6 +35,8 @@ def read(data_dir: str, config: str) -> None:
     queries: dict[str, str] = json.load(sys.stdin)
     connection = chdb.connect(f"{clickhouse_path(data_dir)}?config-file={config}")
     cursor = connection.cursor()
+    if database:  # as Grafana's datasource does with its default database
+        cursor.execute(f"USE {database}")
     out: dict[str, Any] = {}
     for name, sql in queries.items():
         try:
@@ -45,4 +48,4 @@ def read(data_dir: str, config: str) -> None:
 
 
 if __name__ == "__main__":
-    {"write": write, "read": read}[sys.argv[1]](*sys.argv[2:])
+    {"write": write, "sql": sql}[sys.argv[1]](*sys.argv[2:])
