@@ -211,7 +211,9 @@ POLICY = Dashboard(
         Panel("Denied flows per rule", "timeseries", _ch(q.POLICY_DENIALS_OVER_TIME)),
         Panel("Hubble policy drops/s", "timeseries", _ch(q.HUBBLE_POLICY_DROPS_OVER_TIME), unit="ops"),
         Panel("Idle rules", "table", _ch(q.POLICY_IDLE_RULES),
-              description="Rules that decided flows earlier within retention but none in the selected range."),
+              description="Rules that decided flows earlier within retention but none in the selected range. "
+                          "Rules that never decided a flow are not in ClickHouse: `netwarden report validate` "
+                          "lists them (unused_rules)."),
         Panel("Hubble attribution (allowed_by / denied_by)", "table", _ch(q.HUBBLE_ATTRIBUTION)),
     ],
     [CLUSTER_ALL],
