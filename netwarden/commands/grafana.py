@@ -94,7 +94,7 @@ def cmd_access(args: argparse.Namespace) -> int:
             try:
                 client.command(statement)
             except Exception as exc:
-                what = re.split(r" IDENTIFIED | AS PERMISSIVE | TO ", statement)[0]  # no hash, no condition
+                what = re.split(r" IDENTIFIED | DEFINER = | AS PERMISSIVE | TO ", statement)[0]  # no hash, no SQL body
                 raise CommandError(f"grafana access: the server refused {what}: "
                                    f"{' '.join(str(exc).split())[:400]}") from exc
         print(f"created ClickHouse user {user.name}: readonly, reading {len(user.conditions)} views in "
