@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import socket
 import time
@@ -35,7 +36,7 @@ from policy_engine.store import ControlPlaneStore
 from query_api.live import LiveHub
 from query_api.store import FlowStore, open_clickhouse
 from schemas.topics import FLOWS_RAW, INVENTORY, TopicSpec, pipeline_topics
-from streams.app import FlowPipeline, FlowWorker, StreamSettings, build_app
+from streams.app import HOLD_ENV, FlowPipeline, FlowWorker, StreamSettings, build_app, hold_seconds_from
 from streams.inventory import InventoryFeed, start_inventory
 from streams.sink import ClickHouseSink
 from streams.verdicts import PolicyEnricher
@@ -157,6 +158,7 @@ class PipelineStack:
             group_id=f"netwarden-sink-g{self._generation.generation}",
             # Live stream hook: with an external Kafka, API replicas elsewhere read flows.enriched.
             publish_enriched=not self.embedded_broker,
+            hold_seconds=hold_seconds_from(os.environ.get(HOLD_ENV)),
         )
         self.app = build_app(settings, self.pipeline, on_stored=self.stored_event.set)
         await self.app.start()

@@ -49,6 +49,21 @@ LAST_INSERT = Gauge("netwarden_stream_last_insert_timestamp_seconds", "When rows
 DLQ_SECONDS = Histogram("netwarden_stream_dead_letter_seconds", "Dead-letter delivery latency per batch")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+HOLD_ENV = "NETWARDEN_HOLD_SECONDS"
+DEFAULT_HOLD_SECONDS = 1.0
+
+
+def hold_seconds_from(value: str | None) -> float:
+    """StreamSettings.hold_seconds from NETWARDEN_HOLD_SECONDS ('' or unset: the default; 0 disables)."""
+    if value is None or not value.strip():
+        return DEFAULT_HOLD_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 60:
+        raise ValueError(f"{HOLD_ENV}: expected seconds between 0 and 60, got {value!r}")
+    return seconds
 # A dead letter must fit a Kafka request even when its payload was a whole (large) flows.raw value.
 MAX_LETTER_PAYLOAD = 4 * 1024 * 1024
 
@@ -68,6 +83,10 @@ class StreamSettings:
     fetch_max_wait_s: float = 0.1
     dlq_topic: str = FLOWS_DLQ
     max_backoff_s: float = 10.0
+    # Small batches wait in the sink's held table up to this long (or streams.sink.HOLD_FLOWS flows) and go
+    # to flows in one insert, their offsets committed after it: the views' fixed cost is paid once per
+    # flush, not per batch. History lags the live stream by at most this much. 0 writes every batch through.
+    hold_seconds: float = DEFAULT_HOLD_SECONDS
     request_timeout_s: float = 30.0  # a dead-letter send not acknowledged by then is retried
 
 
@@ -108,8 +127,9 @@ class FlowPipeline:
     def enricher(self) -> KeyEnricher | None:
         return self.sink.enricher
 
-    def process(self, messages: Sequence[tuple[str, bytes]]) -> Outcome:
-        """messages: (origin "flows.raw[p]@offset", value) pairs."""
+    def process(self, messages: Sequence[tuple[str, bytes]], hold: bool = False) -> Outcome:
+        """messages: (origin "flows.raw[p]@offset", value) pairs. hold: the rows may wait in the sink's held
+        table (outcome.result.held) until `flush()`; the live listeners get them at once either way."""
         parts: list[Part] = []
         letters: list[DeadLetter] = []
         for origin, value in messages:
@@ -126,18 +146,12 @@ class FlowPipeline:
             elif batch.responses:
                 parts.append(Part(batch.cluster, origin, batch.responses, batch.origins, batch_id=batch_id))
         want_rows = self.want_rows or any(_wants_rows(listener) for listener in self.stored_listeners)
-        result = self.sink.store(parts, want_rows=want_rows)
-        for entry_origin, cluster, payload, reason in result.refused_entries():
-            letters.append(_letter(reason, entry_origin, cluster, payload))
+        result = self.sink.store(parts, want_rows=want_rows, hold=hold)
+        letters += self._letters(result)
         for cluster, lost in result.lost_events.items():
             LOST.labels(cluster).inc(lost)
-        if result.stored:
-            LAST_INSERT.set(time.time())
-            # Counted once the rows are in ClickHouse: `ingest` and tests wait on these totals.
-            for cluster, rows in result.stored_by_cluster.items():
-                self.totals.by_cluster[cluster] = self.totals.by_cluster.get(cluster, 0) + rows
-                STORED.labels(cluster).inc(rows)
-            self.totals.stored += result.stored
+        if not result.held:
+            self._count(result)
         table = pa.concat_tables(result.tables) if len(result.tables) > 1 else (result.tables or [None])[0]
         self.last_stored = table
         if table is not None and table.num_rows:
@@ -147,6 +161,29 @@ class FlowPipeline:
                 except Exception:  # the live feed is best effort; storage has already succeeded
                     log.exception("stored-table listener failed")
         return Outcome(result, letters)
+
+    def flush(self) -> Outcome:
+        """The held batches into flows (one insert); their letters if the flows table refused entries."""
+        result = self.sink.flush_held()
+        self._count(result)
+        return Outcome(result, self._letters(result))
+
+    @staticmethod
+    def _letters(result: StoreResult) -> list[DeadLetter]:
+        return [
+            _letter(reason, entry_origin, cluster, payload)
+            for entry_origin, cluster, payload, reason in result.refused_entries()
+        ]
+
+    def _count(self, result: StoreResult) -> None:
+        if not result.stored:
+            return
+        LAST_INSERT.set(time.time())
+        # Counted once the rows are in the flows table: `ingest` and tests wait on these totals.
+        for cluster, rows in result.stored_by_cluster.items():
+            self.totals.by_cluster[cluster] = self.totals.by_cluster.get(cluster, 0) + rows
+            STORED.labels(cluster).inc(rows)
+        self.totals.stored += result.stored
 
 
 def _wants_rows(listener: Callable[[pa.Table], None]) -> bool:
@@ -196,6 +233,7 @@ class FlowWorker:
         self._in_flight: asyncio.Future[Outcome] | None = None
         self.failure: BaseException | None = None
         self.on_batch_start: Callable[[], object] | None = None  # benches: when work on a batch begins
+        self._held_records: list[ConsumerRecord] = []  # handled, not yet committed (held or not yet flushed)
         pipeline.want_rows = settings.publish_enriched
 
     async def start(self) -> None:
@@ -235,9 +273,21 @@ class FlowWorker:
             except (asyncio.CancelledError, Exception):
                 pass
             self._task = None
-        if self._in_flight is not None and not self._in_flight.done():
+        interrupted = self._in_flight is not None and not self._in_flight.done()
+        if interrupted:
             # The insert thread cannot be interrupted; let it finish before ClickHouse may be closed.
-            await asyncio.wait([self._in_flight], timeout=60)
+            await asyncio.wait([self._in_flight], timeout=60)  # type: ignore[list-item]
+        try:
+            if self._held_records and not interrupted and self.failure is None:
+                # A clean stop: what was handled is stored and committed, not handed out again.
+                await asyncio.wait_for(self._flush_and_commit(), timeout=30)
+        except Exception as exc:  # a timeout included
+            log.warning("held batches not stored at stop (Kafka hands them out again): %s", exc)
+        finally:
+            if self._held_records or interrupted:
+                # Uncommitted: the rows must not reach flows now, or a redelivery would count them twice.
+                await asyncio.get_running_loop().run_in_executor(None, self.pipeline.sink.discard_held)
+                self._held_records = []
         if self.consumer is not None:
             await self.consumer.stop()  # auto-commit is off: leaving commits nothing
         if self.producer is not None:
@@ -250,6 +300,8 @@ class FlowWorker:
                 records = await self._gather()
                 if records:
                     await self.handle(records)
+                elif self._held_records:
+                    await self._flush_and_commit()
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug: make it visible instead of a silently dead loop
@@ -257,10 +309,19 @@ class FlowWorker:
             log.exception("flow worker stopped")
             raise
 
+    def _flush_due_in(self) -> float | None:
+        """Seconds until the held batches must be flushed (None: nothing held)."""
+        held_for = self.pipeline.sink.held_for()
+        if held_for is None:
+            return None
+        return max(0.0, self.settings.hold_seconds - held_for)
+
     async def _gather(self) -> list[ConsumerRecord]:
         assert self.consumer is not None
         s = self.settings
-        got = await self.consumer.getmany(timeout_ms=1000, max_records=s.buffer_messages)
+        due = self._flush_due_in()
+        first_wait = 1.0 if due is None else min(1.0, due)
+        got = await self.consumer.getmany(timeout_ms=int(first_wait * 1000), max_records=s.buffer_messages)
         records = list(chain.from_iterable(got.values()))
         if not records:
             return records
@@ -278,25 +339,47 @@ class FlowWorker:
         return records
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        """decode/enrich/write -> dead letters -> commit, for one batch of records."""
+        """decode/enrich/write -> dead letters -> commit, for one batch of records. A held batch is committed
+        with the flush that stores it."""
         if self.on_batch_start is not None:
             self.on_batch_start()
         messages = [(f"{FLOWS_RAW}[{r.partition}]@{r.offset}", r.value or b"") for r in records]
-        outcome = await self._retrying("write", lambda: self._store(messages))
+        hold = self.settings.hold_seconds > 0
+        outcome = await self._retrying("write", lambda: self._store(messages, hold))
         if outcome.letters:
             await self._retrying("dead_letter", lambda: self._deliver(outcome.letters))
         if self.settings.publish_enriched and self.pipeline.last_stored is not None:
             self._publish_enriched(self.pipeline.last_stored)
-        await self._retrying("commit", lambda: self._commit(records))
         self.pipeline.totals.dead_lettered += len(outcome.letters)
+        self._held_records += records
+        due = self._flush_due_in()
+        if not outcome.result.held or due == 0 or self.pipeline.sink.held_flows >= self.pipeline.sink.hold_flows:
+            await self._flush_and_commit()
+
+    async def _flush_and_commit(self) -> None:
+        """Held rows into flows (with their letters, if the flows table refused some), then every offset
+        handled since the last commit."""
+        loop = asyncio.get_running_loop()
+        if self.pipeline.sink.held_for() is not None:
+
+            async def flush() -> Outcome:
+                return await loop.run_in_executor(None, self.pipeline.flush)
+
+            outcome = await self._retrying("flush", flush)
+            if outcome.letters:
+                await self._retrying("dead_letter", lambda: self._deliver(outcome.letters))
+                self.pipeline.totals.dead_lettered += len(outcome.letters)
+        records = self._held_records
+        await self._retrying("commit", lambda: self._commit(records))
+        self._held_records = []
         self.pipeline.totals.messages += len(records)
         MESSAGES.inc(len(records))
         if self.on_stored is not None:
             self.on_stored()
 
-    async def _store(self, messages: list[tuple[str, bytes]]) -> Outcome:
+    async def _store(self, messages: list[tuple[str, bytes]], hold: bool) -> Outcome:
         loop = asyncio.get_running_loop()
-        self._in_flight = loop.run_in_executor(None, self.pipeline.process, messages)
+        self._in_flight = loop.run_in_executor(None, self.pipeline.process, messages, hold)
         # Shielded: a cancellation stops this task (no commit) but cannot stop the thread mid-insert.
         return await asyncio.shield(self._in_flight)
 
@@ -375,4 +458,5 @@ __all__ = [
     "StreamTotals",
     "build_app",
     "enriched_values",
+    "hold_seconds_from",
 ]

@@ -255,6 +255,19 @@ def keys_ddl(table: str) -> str:
     return f"CREATE TABLE IF NOT EXISTS {table} (`ekey` UInt64, {', '.join(cols)}) ENGINE = Memory"
 
 
+def held_ddl(table: str) -> str:
+    """Per-worker table of enriched rows waiting for one insert into flows (streams.sink hold)."""
+    cols = [f"`{c.name}` {_plain(c.clickhouse)}" for c in RECORD_COLUMNS]
+    return f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(cols)}) ENGINE = Memory"
+
+
+def held_flush(flows_table: str, held: str, dedup_token: str = "") -> str:
+    """Every held row into flows: one insert, so the rollup views run once for all the held batches."""
+    cols = ", ".join(f"`{c.name}`" for c in RECORD_COLUMNS)
+    settings = _deduplicated(dedup_token) if dedup_token else INSERT_SETTINGS
+    return f"INSERT INTO {flows_table} ({cols}) SELECT {cols} FROM {held} {settings_clause(settings)}"
+
+
 def _plain(ch_type: str) -> str:
     # Codecs belong to the stored table, not to scratch tables; so do LowCardinality dictionaries (built once,
     # when the rows reach the flows table: building them for the stage too costs ~1.5 us a flow, measured).

@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.clickhouse import FLOWS_TABLE
 from schemas.flow_record import ENRICHMENT_RESULT_SCHEMA, RECORD_ARROW_SCHEMA
@@ -50,6 +50,7 @@ ENRICH_KEYS = Counter("netwarden_sink_enrichment_keys_total", "Distinct enrichme
 ENRICH_FAILURES = Counter(
     "netwarden_sink_enrichment_failures_total", "Batches stored unenriched: the enricher raised"
 )
+HELD_FLOWS = Gauge("netwarden_sink_held_flows", "Decoded flows waiting in the held table for one insert into flows")
 BISECTS = Counter(
     "netwarden_sink_bisect_inserts_total", "Inserts of batch halves while isolating refused entries"
 )
@@ -161,6 +162,9 @@ class StoreResult:
         default_factory=list
     )  # (part, entry index, ClickHouse's message)
     tables: list[pa.Table] = field(default_factory=list)  # stored rows (RECORD_ARROW_SCHEMA) when asked
+    # The rows wait in the sink's held table (ClickHouseSink.flush_held writes them to flows); the counts
+    # above are what the flush will store.
+    held: bool = False
 
     @property
     def stored(self) -> int:
@@ -173,6 +177,7 @@ class StoreResult:
             self.lost_events[k] = self.lost_events.get(k, 0) + v
         self.refused += other.refused
         self.tables += other.tables
+        self.held = self.held or other.held
 
     def refused_entries(self) -> list[tuple[str, str, bytes, str]]:
         """(origin, cluster, payload, reason) of every refused entry."""
@@ -232,6 +237,11 @@ def is_embedded(client: Any) -> bool:
 
 
 _SINK_NUMBERS = count(1)
+# Small batches may be held (ClickHouseSink.store(hold=True)) and written to flows together: every insert into
+# flows runs its 13 materialized views, whose fixed cost (~250 ms an insert on 2 loaded cores, measured) is
+# what bounded how often a worker could store under a live load. A batch this large alone is written
+# straight through: it pays for its views by itself.
+HOLD_FLOWS = 50_000
 MIN_BYTES_PER_FILE = 4 << 20  # below this a second parsing thread costs more than it saves
 # From this many flows in a batch the live stream's jsonpb text is rendered by ClickHouse (fixed ~130-250 ms to
 # analyse the SQL, then ~20 us a flow) rather than by Python (~170 us a flow), measured here on 2 loaded cores.
@@ -260,6 +270,11 @@ class ClickHouseSink:
         suffix = "".join(ch if ch.isalnum() else "_" for ch in suffix)
         self.stage = f"_nw_stage_{suffix}"
         self.keys = f"_nw_keys_{suffix}"
+        self.held_table = f"_nw_held_{suffix}"
+        self.hold_flows = HOLD_FLOWS
+        self._held_runs: list[list[Run]] = []  # per held batch, for a flush ClickHouse refuses
+        self._held_by_cluster: dict[str, int] = {}
+        self._held_since: float | None = None
         shm = "/dev/shm"
         # Per process: chDB may map the file while reading it, and another process's sink must never
         # rewrite it under that mapping.
@@ -285,7 +300,11 @@ class ClickHouseSink:
             return
         try:
             # Dropped first: a scratch table of that name may be left by an earlier run (or version).
-            for table, ddl in ((self.stage, decode_sql.stage_ddl), (self.keys, decode_sql.keys_ddl)):
+            for table, ddl in (
+                (self.stage, decode_sql.stage_ddl),
+                (self.keys, decode_sql.keys_ddl),
+                (self.held_table, decode_sql.held_ddl),
+            ):
                 self.client.command(f"DROP TABLE IF EXISTS {table}")
                 self.client.command(ddl(table))
         except Exception as exc:
@@ -294,7 +313,8 @@ class ClickHouseSink:
 
     def close(self) -> None:
         with self._lock:
-            for table in (self.stage, self.keys):
+            self._forget_held()
+            for table in (self.stage, self.keys, self.held_table):
                 try:
                     self.client.command(f"DROP TABLE IF EXISTS {table}")
                 except Exception as exc:  # best effort: scratch tables hold no history
@@ -303,19 +323,80 @@ class ClickHouseSink:
 
     # -- the batch path -----------------------------------------------------------------------------------
 
-    def store(self, parts: Sequence[Part], want_rows: bool = False) -> StoreResult:
+    def store(self, parts: Sequence[Part], want_rows: bool = False, hold: bool = False) -> StoreResult:
         """Write every entry ClickHouse accepts; return the refused ones with ClickHouse's message.
 
+        hold: the rows may wait in the held table (result.held) until `flush_held()` writes every held batch
+        to flows in one insert; the caller commits a held batch only after that flush.
         Raises RetriableError when nothing can be decided about the data (the caller retries the batch)."""
         runs: list[Run] = [(p, 0, None) for p in parts if not p.empty]
         with self._lock:
             self._ensure_tables()
             try:
-                return self._store(runs, want_rows)
+                result = self._store(runs, want_rows, hold)
             except RefusedError as exc:
-                return self._bisect(runs, str(exc), want_rows)
+                result = self._bisect(runs, str(exc), want_rows, hold)
+            if result.held:
+                self._held_runs.append(runs)
+                for cluster, n in result.stored_by_cluster.items():
+                    self._held_by_cluster[cluster] = self._held_by_cluster.get(cluster, 0) + n
+                if self._held_since is None:
+                    self._held_since = time.monotonic()
+                HELD_FLOWS.set(self.held_flows)
+            return result
 
-    def _bisect(self, runs: list[Run], message: str, want_rows: bool) -> StoreResult:
+    @property
+    def held_flows(self) -> int:
+        return sum(self._held_by_cluster.values())
+
+    def held_for(self) -> float | None:
+        """Seconds since the oldest held batch was decoded; None when nothing is held."""
+        return None if self._held_since is None else time.monotonic() - self._held_since
+
+    def flush_held(self) -> StoreResult:
+        """Write every held batch to flows (one insert: the views run once) and return what was stored.
+        Raises RetriableError with the held rows kept (a retry carries the same deduplication token, so rows
+        of an insert that half happened are not stored twice)."""
+        with self._lock:
+            if not self._held_runs:
+                return StoreResult()
+            started = time.perf_counter()
+            try:
+                self._run(
+                    decode_sql.held_flush(
+                        self.flows_table, self.held_table, dedup_token([r for b in self._held_runs for r in b])
+                    )
+                )
+                result = StoreResult(stored_by_cluster=dict(self._held_by_cluster))
+            except RefusedError:
+                # The flows table refuses what the held table took: store batch by batch, isolating entries.
+                self._run(f"TRUNCATE TABLE {self.held_table}")
+                result = StoreResult()
+                for runs in self._held_runs:
+                    try:
+                        result.merge(self._store(runs, False, False))
+                    except RefusedError as exc:
+                        result.merge(self._bisect(runs, str(exc), False, False))
+            self._run(f"TRUNCATE TABLE {self.held_table}")
+            self._forget_held()
+            STAGE_SECONDS.labels("flush").observe(time.perf_counter() - started)
+            STAGE_FLOWS.labels("write").inc(result.stored)
+            return result
+
+    def discard_held(self) -> None:
+        """Drop the held rows unstored (their batches were not committed: Kafka hands them out again)."""
+        with self._lock:
+            if self._held_runs:
+                self._run(f"TRUNCATE TABLE {self.held_table}")
+            self._forget_held()
+
+    def _forget_held(self) -> None:
+        self._held_runs = []
+        self._held_by_cluster = {}
+        self._held_since = None
+        HELD_FLOWS.set(0)
+
+    def _bisect(self, runs: list[Run], message: str, want_rows: bool, hold: bool) -> StoreResult:
         total = sum(run_length(run) for run in runs)
         if total == 1:
             part, start, _ = runs[0]
@@ -324,12 +405,12 @@ class ClickHouseSink:
         for half in _halves(runs, total // 2):
             BISECTS.inc()
             try:
-                result.merge(self._store(half, want_rows))
+                result.merge(self._store(half, want_rows, hold))
             except RefusedError as exc:
-                result.merge(self._bisect(half, str(exc), want_rows))
+                result.merge(self._bisect(half, str(exc), want_rows, hold))
         return result
 
-    def _store(self, runs: list[Run], want_rows: bool) -> StoreResult:
+    def _store(self, runs: list[Run], want_rows: bool, hold: bool) -> StoreResult:
         result = StoreResult()
         if not runs:
             return result
@@ -347,25 +428,30 @@ class ClickHouseSink:
         # Framing is the only per-entry Python (none for batches the producer framed); part of decode.
         STAGE_SECONDS.labels("frame").observe(framing)
         STAGE_SECONDS.labels("decode").observe(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        keys_table = self._enrich()
-        STAGE_SECONDS.labels("enrich").observe(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        self._run(decode_sql.flows_insert(self.flows_table, self.stage, keys_table, dedup_token(runs)))
         for cluster, flows, lost, entries in self._query(decode_sql.stage_counts(self.stage)):
             STAGE_FLOWS.labels("decode").inc(int(entries))
             if flows:
                 result.stored_by_cluster[str(cluster)] = int(flows)
             if lost:
                 result.lost_events[str(cluster)] = int(lost)
+
+        started = time.perf_counter()
+        keys_table = self._enrich()
+        STAGE_SECONDS.labels("enrich").observe(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        result.held = hold and (bool(self._held_runs) or result.stored < self.hold_flows)
+        if result.held:
+            self._run(decode_sql.flows_insert(self.held_table, self.stage, keys_table))
+        else:
+            self._run(decode_sql.flows_insert(self.flows_table, self.stage, keys_table, dedup_token(runs)))
         if want_rows:
             t0 = time.perf_counter()
             result.tables.append(self._stored_rows(keys_table, result.stored >= SQL_JSONPB_MIN_FLOWS))
             STAGE_SECONDS.labels("live_rows").observe(time.perf_counter() - t0)
-        STAGE_SECONDS.labels("write").observe(time.perf_counter() - started)
-        STAGE_FLOWS.labels("write").inc(result.stored)
+        STAGE_SECONDS.labels("hold" if result.held else "write").observe(time.perf_counter() - started)
+        if not result.held:
+            STAGE_FLOWS.labels("write").inc(result.stored)
         self._run(f"TRUNCATE TABLE {self.stage}")
         return result
 

@@ -98,7 +98,8 @@ def test_a_failing_dead_letter_send_does_not_commit(tansu: Any, client: Any) -> 
             before = retries("dead_letter")
             # The broker refuses this topic name: every send fails for real (after the request timeout).
             worker = r.worker(
-                FlowPipeline(ClickHouseSink(client)), dlq_topic="bad topic!", request_timeout_s=1.0
+                FlowPipeline(ClickHouseSink(client)), dlq_topic="bad topic!", request_timeout_s=1.0,
+                hold_seconds=0,  # written through: the rows are in flows before their letters are sent
             )
             await worker.start()
             try:
@@ -237,5 +238,52 @@ def test_a_year_old_capture_spanning_months_ingests(tansu: Any, client: Any) -> 
                 0
             ][0]
             assert days == 300
+
+    asyncio.run(run())
+
+
+def rollup_flows(client: Any, cluster: str) -> int:
+    sql = "SELECT sum(flows) FROM flows_verdicts_1m WHERE cluster = {c:String}"
+    return int(client.query(sql, parameters={"c": cluster}).result_rows[0][0] or 0)
+
+
+def test_held_batches_reach_live_at_once_and_flows_with_one_flush_then_commit(tansu: Any, client: Any) -> None:
+    """Small batches wait in the held table (the rollup views then run once per flush, not per batch): the
+    live stream has them at once, flows and the rollups after the flush, and the offsets only after that."""
+
+    async def run() -> None:
+        async with rig(tansu, client, "wc-hold") as r:
+            for seed in (1, 2, 3):
+                await r.ship("wc-hold", demo("wc-hold", 40, seed=seed))
+            pipeline = FlowPipeline(ClickHouseSink(client))
+            live: list[int] = []
+            pipeline.stored_listeners.append(lambda table: live.append(table.num_rows))
+            worker = r.worker(pipeline, hold_seconds=3600, buffer_messages=1)
+            await worker.start()
+            try:
+                await until(lambda: pipeline.sink.held_flows == 120)
+                assert sum(live) == 120  # live listeners had every row as it was decoded ...
+                assert count(client, "wc-hold") == 0  # ... flows has none yet ...
+                assert await committed(r.bootstrap, r.group) is None  # ... and nothing is committed
+                assert pipeline.totals.stored == 0 and not r.stored.is_set()
+            finally:
+                await worker.stop()  # a clean stop flushes what was handled and commits it
+            assert count(client, "wc-hold", final=False) == 120
+            assert rollup_flows(client, "wc-hold") == 120
+            assert await committed(r.bootstrap, r.group) == 3
+            assert pipeline.totals.stored == 120 and pipeline.sink.held_for() is None
+
+            # With nothing more to read, the hold ends when it is due (here 0.2 s), not at the next batch.
+            await r.ship("wc-hold", demo("wc-hold", 10, seed=4))
+            r.stored.clear()
+            again = r.worker(FlowPipeline(ClickHouseSink(client)), hold_seconds=0.2)
+            await again.start()
+            try:
+                await asyncio.wait_for(r.stored.wait(), 30)
+            finally:
+                await again.stop()
+            assert count(client, "wc-hold", final=False) == 130
+            assert rollup_flows(client, "wc-hold") == 130
+            assert await committed(r.bootstrap, r.group) == 4
 
     asyncio.run(run())
