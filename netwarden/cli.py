@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "netwarden.commands.bench_traffic",
     "netwarden.commands.why",
     "netwarden.commands.grafana",
+    "netwarden.commands.serve",
 ]
 
 
