@@ -527,4 +527,9 @@ def create_app(
     from query_api.policy_traffic_routes import app_router as policy_traffic_router
 
     app.include_router(policy_traffic_router(store, current_principal, authenticator))
+    # Last: /api/v1/policies/{name} must not shadow the fixed policy routes above.
+    from query_api import admin_api, blueprint_api, policy_api
+
+    for control_plane_api in (policy_api, blueprint_api, admin_api):
+        app.include_router(control_plane_api.app_router(current_principal, authenticator))
     return app
