@@ -51,6 +51,17 @@ def tls_from_args(args: argparse.Namespace) -> ClientTLS | None:
         raise CommandError(f"cannot read TLS file: {exc}") from None
 
 
+def add_metrics_port(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus /metrics on this port (scale mode; default off)")
+
+
+def serve_metrics(port: int | None) -> None:
+    if port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port)
+
+
 def register(sub: Any, groups: dict[str, Any]) -> None:
     p = sub.add_parser("ingest", help="send Hubble captures through the whole pipeline into ClickHouse")
     add_data_dir(p)
@@ -66,12 +77,14 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--hubble", required=True, metavar="HOST:PORT", help="Hubble Relay address")
     p.add_argument("--kafka", default=os.environ.get("NETWARDEN_KAFKA"), required=not os.environ.get("NETWARDEN_KAFKA"))
     add_tls(p)
+    add_metrics_port(p)
     p.set_defaults(handler=cmd_collect)
 
     p = sub.add_parser("worker", help="run the stream worker: flows.raw -> ClickHouse (scale mode)")
     add_data_dir(p)
     p.add_argument("--kafka", default=os.environ.get("NETWARDEN_KAFKA"), required=not os.environ.get("NETWARDEN_KAFKA"))
     p.add_argument("--clickhouse", default=os.environ.get("NETWARDEN_CLICKHOUSE"), help="ClickHouse DSN (default chDB)")
+    add_metrics_port(p)
     p.set_defaults(handler=cmd_worker)
 
 
@@ -179,6 +192,7 @@ def _stored_count(stack: PipelineStack, cluster: str) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
+    serve_metrics(args.metrics_port)
     asyncio.run(collect(Path(args.data_dir), args.cluster, args.hubble, args.kafka, tls_from_args(args)))
     return 0
 
@@ -204,6 +218,8 @@ async def collect(data_dir: Path, cluster: str, target: str, kafka: str, tls: Cl
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from netwarden.embedded import PipelineStack, StackConfig
+
+    serve_metrics(args.metrics_port)
 
     async def run() -> None:
         stop = asyncio.Event()
