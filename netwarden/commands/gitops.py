@@ -1,9 +1,11 @@
 """CLI for the policy control plane: apply/diff GitOps documents, list, history/rollback, render,
 sync to clusters, and Cilium install profiles.
 
-Every command acts as a principal: `--as-role ROLE --scope NAME`, else the environment variables
-NETWARDEN_ROLE / NETWARDEN_SCOPE, else org-admin. The store lives in `--data-dir`, else
-NETWARDEN_DATA_DIR, else ./netwarden-data.
+Two sources, one output: with `--server URL --token T` (or NETWARDEN_SERVER / NETWARDEN_TOKEN) every command
+goes through the policy API (netwarden.api_client) and the token decides the role; locally (the data directory:
+`--data-dir`, else NETWARDEN_DATA_DIR, else ./netwarden-data) the caller is the machine's operator, who can open
+the store and so acts as org-admin; `--as-role ROLE --scope NAME` (or NETWARDEN_ROLE / NETWARDEN_SCOPE) only
+narrows that, to rehearse what a role may see and do (`narrowed_principal`).
 """
 
 from __future__ import annotations
@@ -13,44 +15,28 @@ import getpass
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import yaml
 
+from netwarden.api_client import API_TIMEOUT_S, SERVER_ENV, TOKEN_ENV, ApiClient, server_of, wire_documents
 from netwarden.cli import CommandError
 from netwarden.commands.admin import publish_inventory
-from policy_engine.blueprints import effective_engine
+from policy_engine import cluster_sync
 from policy_engine.control_plane import ControlPlane, PolicyInvalid
-from policy_engine.gitops import (
-    API_VERSION,
-    GitOpsErrors,
-    apply_documents,
-    blueprint_document,
-    diff_documents,
-    load_documents,
-    policy_document,
-    policy_documents,
-)
-from policy_engine.model import Assignment, BlueprintVersion, Cluster, PolicyState
-from policy_engine.render import RenderedCluster, RenderError
-from policy_engine.roles import PermissionDenied, Principal
+from policy_engine.gitops import Change, GitOpsErrors, apply_documents, load_documents
+from policy_engine.model import AssignmentTarget, Cluster
+from policy_engine.render import RenderError
+from policy_engine.roles import Authorizer, PermissionDenied, Principal, Role, RoleBinding, ScopeKind
 from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
 
-
-def common_parser() -> argparse.ArgumentParser:
-    """--data-dir, --as-role, --scope: what every control-plane command takes."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--data-dir", help="control-plane data directory (env NETWARDEN_DATA_DIR, default ./netwarden-data)")
-    common.add_argument("--as-role", help="act with this role (env NETWARDEN_ROLE, default org-admin)")
-    common.add_argument("--scope", help="project or workspace name the role is bound to (env NETWARDEN_SCOPE)")
-    return common
+__all__ = ["API_TIMEOUT_S", "SERVER_ENV", "TOKEN_ENV"]
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
-    common = common_parser()
+    common = source_parser()
 
     p = sub.add_parser("apply", parents=[common], help="apply netwarden.io/v1 documents to the control plane")
     p.add_argument("-f", "--filename", required=True, metavar="DIR|FILE", help="YAML file or directory (e.g. a Git checkout)")
@@ -77,6 +63,7 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     p.add_argument("--cluster", help="only this cluster (default: every cluster)")
     p.add_argument("--restart-unmanaged", action="store_true",
                    help="restart workloads whose pods predate Cilium (chaining) so policy applies to them")
+    p.add_argument("--dry-run", action="store_true", help="only the sync status and drift: change nothing")
     _history_flags(p)
     p.set_defaults(handler=cmd_sync)
 
@@ -102,10 +89,6 @@ def _history_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check-history", metavar="DURATION",
                    help="refuse if the change would deny traffic observed in this window (e.g. 7d): what-if first")
     p.add_argument("--force", action="store_true", help="with --check-history: warn and go ahead anyway")
-    p.add_argument("--server", metavar="URL",
-                   help="with --check-history: read the history through this netwarden API (env NETWARDEN_SERVER; "
-                        "needed while `netwarden up` holds the data dir's flow store)")
-    p.add_argument("--token", metavar="T", help="API token for --server (env NETWARDEN_TOKEN)")
 
 
 def check_history(args: argparse.Namespace, documents: Sequence[Any] | None, clusters: Sequence[str] | None = None) -> None:
@@ -123,32 +106,82 @@ def check_history(args: argparse.Namespace, documents: Sequence[Any] | None, clu
 # -- plumbing -------------------------------------------------------------------------------------
 
 
-def principal_from(args: argparse.Namespace) -> Principal:
-    role = args.as_role or os.environ.get("NETWARDEN_ROLE") or "org-admin"
-    scope = args.scope or os.environ.get("NETWARDEN_SCOPE") or ""
+def _os_user() -> str:
     try:
-        user = getpass.getuser()
+        return getpass.getuser()
     except (KeyError, OSError):
-        user = "cli"
+        return "cli"
+
+
+def local_principal(args: argparse.Namespace, store: ControlPlaneStore) -> Principal:
+    """Local mode's principal: the machine's operator (who can open the store, so holds every power over it) as
+    org-admin, narrowed by --as-role/--scope (else NETWARDEN_ROLE/NETWARDEN_SCOPE) when given."""
+    operator = Principal.with_role(Role.ORG_ADMIN, name=_os_user())
+    role = getattr(args, "as_role", None) or os.environ.get("NETWARDEN_ROLE")
+    scope = getattr(args, "scope", None) or os.environ.get("NETWARDEN_SCOPE") or ""
+    if not role:
+        if getattr(args, "scope", None):
+            raise CommandError("--scope: needs --as-role (the role bound to that scope)")
+        return operator
+    return narrowed_principal(operator, role, scope, store)
+
+
+def narrowed_principal(base: Principal, role: str, scope: str, store: ControlPlaneStore) -> Principal:
+    """`base` acting as one binding (role, scope) it covers: a rehearsal may narrow, never widen. Covering is the
+    engine's own rules (policy_engine.roles.Authorizer): `base` may write what the binding may write, and see
+    what it sees. Raises CommandError naming the flag."""
     try:
-        return Principal.with_role(role, scope, name=user)
+        requested = Principal.with_role(role, scope, name=base.name)
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise CommandError(f"--as-role: {exc}") from None
+    binding = requested.bindings[0]
+    clusters: tuple[str, ...] = ()
+    if binding.scope_kind is ScopeKind.PROJECT:
+        project = store.get_project(scope)
+        if project is None:
+            raise CommandError(f"--scope: no project named {scope!r} (role {role} binds to a project)")
+        clusters = project.clusters
+    workspace = store.get_workspace(scope) if binding.scope_kind is ScopeKind.WORKSPACE else None
+    if binding.scope_kind is ScopeKind.WORKSPACE and workspace is None:
+        raise CommandError(f"--scope: no workspace named {scope!r} (role {role} binds to a workspace)")
+    try:
+        _require_covers(Authorizer(store.ownership()), base, binding, clusters, workspace)
+    except PermissionDenied as exc:
+        raise CommandError(f"--as-role: only narrows: {exc}") from None
+    return requested
+
+
+def _require_covers(auth: Authorizer, base: Principal, binding: RoleBinding, clusters: Sequence[str],
+                    workspace: Any) -> None:
+    action, role = f"acting as {binding}", binding.role
+    if role is Role.ORG_ADMIN:
+        auth.require_project_write(base, action)  # org-admin only
+    elif role is Role.ORG_READ_ONLY and not base.roles(Role.ORG_ADMIN, Role.ORG_READ_ONLY):
+        raise PermissionDenied(action, "role org-admin or org-read-only", base)
+    elif role is Role.INFRA_ADMIN:
+        auth.require_cluster_write(base, action, clusters)
+    elif role is Role.PROJECT_ADMIN:
+        auth.require_workspace_write(base, action, binding.scope_name)
+    elif role is Role.PROJECT_READ_ONLY and not all(auth.can_see_cluster(base, c) for c in clusters):
+        raise PermissionDenied(action, f"a role that sees every cluster of project {binding.scope_name}", base)
+    elif role is Role.WORKSPACE_ADMIN:
+        auth.require_workspace_policy_write(base, action, workspace.name, workspace.project)
+    elif role is Role.WORKSPACE_READ_ONLY and not all(auth.can_see_namespace(base, r) for r in workspace.namespaces):
+        raise PermissionDenied(action, f"a role that sees every namespace of workspace {binding.scope_name}", base)
 
 
 @contextmanager
 def control_plane(args: argparse.Namespace) -> Iterator[ControlPlane]:
-    principal = principal_from(args)
     try:
         store = ControlPlaneStore.open(resolve_data_dir(args.data_dir))
     except OSError as exc:
         raise CommandError(f"cannot open the control-plane store: {exc}") from None
     try:
-        yield ControlPlane(store, principal)
+        yield ControlPlane(store, local_principal(args, store))
         publish_inventory(store)
     except GitOpsErrors as exc:
         raise CommandError("\nnetwarden: ".join(str(e) for e in exc.errors)) from None
-    except (PermissionDenied, StoreError, PolicyInvalid, RenderError) as exc:
+    except (PermissionDenied, StoreError, PolicyInvalid, RenderError, cluster_sync.InstallUnsupported) as exc:
         raise CommandError(str(exc)) from None
     finally:
         store.close()
@@ -191,10 +224,7 @@ def _print_table(rows: list[list[str]]) -> None:
 
 # -- sources: a running API (--server/--token) or the data directory ----------------------------------------
 
-SERVER_ENV = "NETWARDEN_SERVER"
-TOKEN_ENV = "NETWARDEN_TOKEN"
 CLICKHOUSE_ENV = "NETWARDEN_CLICKHOUSE"
-API_TIMEOUT_S = 120.0
 
 
 def source_parser() -> argparse.ArgumentParser:
@@ -213,36 +243,16 @@ def source_parser() -> argparse.ArgumentParser:
 def api_server(args: argparse.Namespace, *, role_from_token: bool = True) -> str | None:
     """--server, else NETWARDEN_SERVER unless --data-dir says local. With a server the token decides the role:
     --as-role/--scope are refused (`role_from_token=False`: they are the control plane's, e.g. `apply`)."""
-    server = getattr(args, "server", None) or (None if getattr(args, "data_dir", None) else os.environ.get(SERVER_ENV))
+    server = server_of(args)
     if server and role_from_token and (getattr(args, "as_role", None) or getattr(args, "scope", None)):
         raise CommandError("--as-role/--scope act locally; with --server the token decides the role")
     return server
 
 
 def api_request(args: argparse.Namespace, server: str, method: str, path: str, **kwargs: Any) -> Any:
-    """One request to the API as the token (--token, else NETWARDEN_TOKEN); the 200 response, or the API's
-    refusal as one CommandError (reads errors as `netwarden flows` does; document problems one per line)."""
-    import httpx
-
-    from netwarden.commands.flows import _api_error
-
-    token = getattr(args, "token", None) or os.environ.get(TOKEN_ENV)
-    headers = {**kwargs.pop("headers", {}), **({"Authorization": f"Bearer {token}"} if token else {})}
-    base = server if "://" in server else f"http://{server}"
-    try:
-        with httpx.Client(base_url=base.rstrip("/"), headers=headers, timeout=API_TIMEOUT_S) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        raise CommandError(f"--server {server}: {exc}") from None
-    if response.status_code == 200:
-        return response
-    if response.status_code == 422 and "json" in response.headers.get("content-type", ""):
-        detail = response.json().get("detail")
-        if isinstance(detail, str):
-            raise CommandError(detail)
-        if isinstance(detail, list) and detail and isinstance(detail[0], dict) and (detail[0].get("loc") or [""])[0] == "body":
-            raise CommandError("\nnetwarden: ".join(str(d.get("msg", d)) for d in detail))
-    raise _api_error(response)
+    """One request to the API as the token (--token, else NETWARDEN_TOKEN): the 200 response, or the API's
+    refusal as one CommandError (netwarden.api_client)."""
+    return ApiClient.of(args, server).send(method, path, **kwargs)
 
 
 def local_flow_store(args: argparse.Namespace, *, missing_ok: bool = False) -> Any:
@@ -273,16 +283,15 @@ def local_flow_store(args: argparse.Namespace, *, missing_ok: bool = False) -> A
 
 
 def answer_locally(args: argparse.Namespace, work: Callable[[Any, ControlPlaneStore, Principal], Any]) -> Any:
-    """`work(flow store, control-plane store, principal)` on the data directory as --as-role/--scope; its
-    refusals as CommandErrors (a bad parameter named as its flag)."""
+    """`work(flow store, control-plane store, principal)` on the data directory as the local principal (the
+    operator, narrowed by --as-role/--scope); its refusals as CommandErrors (a bad parameter named as its flag)."""
     from policy_engine.why import WhyInputError
     from query_api.conversations import ConversationQueryError, HistoryParamError
 
-    principal = principal_from(args)
     flows = local_flow_store(args)
     try:
         with ControlPlaneStore.open(resolve_data_dir(args.data_dir)) as control:
-            return work(flows, control, principal)
+            return work(flows, control, local_principal(args, control))
     except (HistoryParamError, WhyInputError) as exc:
         raise CommandError(f"--{exc.parameter}: {exc.reason}") from None
     except (PermissionDenied, StoreError, ConversationQueryError) as exc:
@@ -294,14 +303,32 @@ def answer_locally(args: argparse.Namespace, work: Callable[[Any, ControlPlaneSt
 # -- commands -------------------------------------------------------------------------------------
 
 
-def cmd_apply(args: argparse.Namespace) -> int:
+def _documents(path: str) -> list[Any]:
     try:
-        docs = load_documents(args.filename)
+        return load_documents(path)
     except GitOpsErrors as exc:
         raise CommandError("\nnetwarden: ".join(str(e) for e in exc.errors)) from None
+
+
+def _client_with(docs: Sequence[Any], args: argparse.Namespace) -> tuple[ApiClient, list[dict[str, Any]]] | None:
+    """With a server: its client (naming each document by its file in refusals) and the wire documents."""
+    client = ApiClient.from_args(args)
+    if client is None:
+        return None
+    body, client.sources = wire_documents(docs)
+    return client, body
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    docs = _documents(args.filename)
     check_history(args, docs)  # before anything is written
-    with control_plane(args) as cp:
-        changes = apply_documents(cp, docs, prune=args.prune)
+    if (remote := _client_with(docs, args)) is not None:
+        client, body = remote
+        result = client.call("POST", "/api/v1/apply", json=body, params={"prune": args.prune})
+        changes = [Change(c["kind"], c["name"], c["action"], c["detail"]) for c in result["changes"]]
+    else:
+        with control_plane(args) as cp:
+            changes = apply_documents(cp, docs, prune=args.prune)
     for change in changes:
         print(change)
     changed = sum(1 for c in changes if c.action != "unchanged")
@@ -310,270 +337,183 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    with control_plane(args) as cp:
-        docs = load_documents(args.filename)
-        report = diff_documents(cp, docs, prune=args.prune)
-        print("store:")
-        for change in [c for c in report.store if c.action != "unchanged"] or ["no changes"]:
-            print(f"  {change}")
-        for name, changes in report.clusters.items():
-            print(f"cluster {name}: desired objects")
-            for oc in changes or ["no changes"]:
-                print(f"  {oc}")
-            if name in report.staged:
-                print(f"cluster {name}: staged objects (evaluated on flows, never synced)")
-                for oc in report.staged[name] or ["no changes"]:
-                    print(f"  {oc}")
-            if not args.no_live and name in report.rendered:
-                _print_live_diff(cp, docs, name, prune=args.prune)
+    from query_api.policy_api import diff_body
+
+    docs = _documents(args.filename)
+    if (remote := _client_with(docs, args)) is not None:
+        client, body = remote
+        report = client.call("POST", "/api/v1/diff", json=body, params={"prune": args.prune, "live": not args.no_live})
+    else:
+        with control_plane(args) as cp:
+            report = diff_body(cp, docs, prune=args.prune, live=not args.no_live)
+    print("\n".join(diff_lines(report)))
     return 0
 
 
-def _print_live_diff(cp: ControlPlane, docs: Any, name: str, *, prune: bool) -> None:
-    """What a sync after this apply would change on the live cluster (nothing is written)."""
-    from policy_engine.kube import KubeCluster, reachable
+def diff_lines(report: Mapping[str, Any]) -> list[str]:
+    """`netwarden diff`'s output from the diff as data (POST /api/v1/diff's answer)."""
+    def objects(changes: list[dict[str, Any]]) -> list[str]:
+        return [f"  {c['action']:6} {c['kind']} " + (f"{c['namespace']}/" if c["namespace"] else "") + c["name"]
+                for c in changes] or ["  no changes"]
 
-    try:
-        with cp.store.transaction(rollback=True):
-            apply_documents(cp, docs, prune=prune)
-            cluster = cp.store.get_cluster(name)
-            if cluster is None or not reachable(cluster):
-                return
-            kube = KubeCluster.of(cluster)
-            rendered = _desired_live(cp, cluster, kube)
-        drift = kube.drift(list(rendered.objects))
-    except (GitOpsErrors, StoreError, RenderError, PermissionDenied):
-        raise
-    except Exception as exc:  # any transport error: report it, keep diffing the others
-        print(f"  live state unavailable: {exc}")
-        return
-    print(f"cluster {name}: what sync would change on the live cluster")
-    for note in (n for n in rendered.notes if "held back" in n):
-        print(f"  note: {note}")
-    for item in drift or ["nothing"]:
-        print(f"  {item}")
+    store = [Change(c["kind"], c["name"], c["action"], c["detail"]) for c in report["store"]]
+    lines = ["store:", *(f"  {c}" for c in store if c.action != "unchanged")] + (
+        [] if any(c.action != "unchanged" for c in store) else ["  no changes"])
+    for cluster in report["clusters"]:
+        name = cluster["cluster"]
+        lines += [f"cluster {name}: desired objects", *objects(cluster["desired"])]
+        if cluster["staged"] is not None:
+            lines += [f"cluster {name}: staged objects (evaluated on flows, never synced)", *objects(cluster["staged"])]
+        if cluster["live"] is not None:
+            lines += cluster_sync.live_diff_lines(name, cluster["live"])
+    return lines
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    with control_plane(args) as cp:
-        if args.resource == "policies":
-            states = cp.list_policy_states()
-            _emit(policy_documents(states), args.output, lambda: _policies_table(states))
-        elif args.resource == "blueprints":
-            blueprints = cp.list_blueprints()
-            _emit([blueprint_document(b) for b in blueprints], args.output, lambda: _blueprints_table(blueprints))
-        elif args.resource == "clusters":
-            clusters = cp.list_clusters()
-            engines = {c.name: cp.policy_set(c.name) for c in clusters}
-            _emit([_cluster_doc(c) for c in clusters], args.output, lambda: _clusters_table(clusters, engines))
-        else:
-            assignments = cp.list_assignments()
-            _emit([_assignment_doc(a) for a in assignments], args.output, lambda: _assignments_table(assignments))
+    from query_api.policy_api import resource_documents
+
+    if (client := ApiClient.from_args(args)) is not None:
+        docs = client.call("GET", f"/api/v1/documents/{args.resource}")["documents"]
+    else:
+        with control_plane(args) as cp:
+            docs = resource_documents(cp, args.resource)
+    tables = {"policies": _policies_table, "blueprints": _blueprints_table, "clusters": _clusters_table,
+              "assignments": _assignments_table}
+    _emit(docs, args.output, lambda: tables[args.resource](docs))
     return 0
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    with control_plane(args) as cp:
-        history = cp.policy_history(args.name)
-    data = [
-        {"version": v.version, "mode": v.info.mode, "createdAt": v.info.created_at, "createdBy": v.info.created_by,
-         "source": v.info.source, "message": v.info.message, "hash": v.spec.hash()[:12],
-         "spec": policy_document(v)["spec"]}
-        for v in history
-    ]
+    from query_api.policy_api import policy_versions
+
+    if (client := ApiClient.from_args(args)) is not None:
+        data = client.call("GET", f"/api/v1/policies/{args.name}/versions")["versions"]
+    else:
+        with control_plane(args) as cp:
+            data = policy_versions(cp, args.name)
     rows = [["VERSION", "MODE", "CREATED", "BY", "SOURCE", "MESSAGE"]] + [
-        [str(v.version), v.info.mode, v.info.created_at, v.info.created_by, v.info.source, v.info.message]
-        for v in history
+        [str(v["version"]), v["mode"], v["createdAt"], v["createdBy"], v["source"], v["message"]] for v in data
     ]
     _emit(data, args.output, lambda: rows)
     return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    with control_plane(args) as cp:
-        with cp.store.transaction():
-            pv = cp.rollback_policy(args.name, args.to)
-    print(f"policy {args.name}: version {args.to} restored as version {pv.version}")
+    if (client := ApiClient.from_args(args)) is not None:
+        version = client.call("POST", f"/api/v1/policies/{args.name}/rollback", json={"to_version": args.to})["version"]
+    else:
+        with control_plane(args) as cp:
+            with cp.store.transaction():
+                version = cp.rollback_policy(args.name, args.to).version
+    print(f"policy {args.name}: version {args.to} restored as version {version}")
     return 0
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    with control_plane(args) as cp:
-        rendered = cp.render(args.cluster)
-    print(_render_yaml(rendered), end="")
+    if (client := ApiClient.from_args(args)) is not None:
+        view = client.call("GET", f"/api/v1/clusters/{args.cluster}/render")
+    else:
+        with control_plane(args) as cp:
+            view = cluster_sync.rendered_view(cp.render(args.cluster))
+    print(cluster_sync.rendered_text(view), end="")
     return 0
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from policy_engine.kube import reachable
-
-    failures = 0
-    with control_plane(args) as cp:
-        clusters = [c for c in cp.store.list_clusters() if args.cluster in (None, c.name)]
-        if args.cluster and not clusters:
-            raise CommandError(f"unknown cluster {args.cluster!r}")
-        for cluster in clusters:
-            cp.require_sync(cluster.name)
-        check_history(args, None, [c.name for c in clusters])  # before anything reaches a cluster
-        for cluster in clusters:
-            if not reachable(cluster):
-                print(f"cluster {cluster.name}: status: error: no kubeContext, kubeconfig or apiServer to reach it")
-                failures += 1
-                continue
-            ok, lines = sync_cluster(cp, cluster, restart_unmanaged=args.restart_unmanaged)
-            print("\n".join(lines))
-            failures += not ok
+    results: list[cluster_sync.ClusterSync] = []
+    if (client := ApiClient.from_args(args)) is not None:
+        names = [args.cluster] if args.cluster else [
+            d["metadata"]["name"] for d in client.call("GET", "/api/v1/documents/clusters")["documents"]]
+        check_history(args, None, names)  # before anything reaches a cluster
+        for name in names:
+            answer = client.call("GET" if args.dry_run else "POST", f"/api/v1/clusters/{name}/sync",
+                                 params={} if args.dry_run else {"restart_unmanaged": args.restart_unmanaged})
+            results.append(cluster_sync.ClusterSync.from_dict(answer))
+            print("\n".join(results[-1].lines()))
+    else:
+        with control_plane(args) as cp:
+            clusters = [c for c in cp.store.list_clusters() if args.cluster in (None, c.name)]
+            if args.cluster and not clusters:
+                raise CommandError(f"unknown cluster {args.cluster!r}")
+            for cluster in clusters:
+                cp.require_sync(cluster.name)
+            check_history(args, None, [c.name for c in clusters])  # before anything reaches a cluster
+            for cluster in clusters:
+                results.append(cluster_sync.sync_cluster(cp, cluster, apply=not args.dry_run,
+                                                         restart_unmanaged=args.restart_unmanaged))
+                print("\n".join(results[-1].lines()))
+    failures = sum(1 for r in results if not r.ok)
     if failures:
         print(f"{failures} cluster(s) failed", file=sys.stderr)
     return 1 if failures else 0
 
 
 def sync_cluster(cp: ControlPlane, cluster: Cluster, *, restart_unmanaged: bool = False) -> tuple[bool, list[str]]:
-    """`netwarden sync` of one reachable cluster (the caller checked `require_sync`): (ok, the lines to show).
-    An error of the cluster's API is one of the lines (one unreachable cluster must not stop the fleet); the
-    control plane's own errors (store, render, permission) are raised."""
-    from policy_engine.kube import KubeCluster
-
-    lines = [f"cluster {cluster.name}:"]
-    try:
-        kube = KubeCluster.of(cluster)
-        rendered = _desired_live(cp, cluster, kube)
-        objects = list(rendered.objects)
-        lines.append(f"  engine {rendered.engine}: {len(objects)} desired object(s)")
-        lines += [f"  note: {note}" for note in rendered.notes]
-        lines += [f"  drift: {item}" for item in kube.drift(objects)]
-        report = kube.apply(objects, prune=True)
-        lines.append(f"  sync: {report.summary()}")
-        lines += [f"    created {ref}" for ref in report.created]
-        lines += [f"    updated {ref}" for ref in report.updated]
-        lines += [f"    pruned  {ref}" for ref in report.pruned]
-        lines += [f"    error   {error}" for error in report.errors]
-        if rendered.engine == "cilium-chaining":
-            pods = kube.unmanaged_pods()
-            if pods:
-                lines.append(f"  {len(pods)} pod(s) started before Cilium are not enforced until restarted:")
-                lines += [f"    {pod}" for pod in pods]
-                if restart_unmanaged:
-                    lines += [f"    restarted {workload}" for workload in kube.restart_workloads(pods)]
-    except (StoreError, RenderError, PermissionDenied):
-        raise
-    except Exception as exc:  # the cluster's API: reported, the next cluster is synced
-        return False, [*lines, f"  status: error: {exc}"]
-    lines.append(f"  status: {'synced' if report.ok else 'errors'}")
-    return report.ok, lines
-
-
-def _desired_live(cp: ControlPlane, cluster: Cluster, kube: Any) -> RenderedCluster:
-    """Rendered with the cluster's live namespaces; objects of namespaces it does not have are held back."""
-    from policy_engine.kube import deliverable
-
-    live = kube.namespaces()
-    return deliverable(cp.render(cluster.name, live_namespaces=live), live)
+    """`netwarden sync` of one cluster (the caller checked `require_sync`): (ok, the lines to show)."""
+    result = cluster_sync.sync_cluster(cp, cluster, restart_unmanaged=restart_unmanaged)
+    return result.ok, result.lines()
 
 
 def cmd_install_profile(args: argparse.Namespace) -> int:
-    from policy_engine import install_profile
-
-    with control_plane(args) as cp:
-        policy_set = cp.policy_set(args.cluster)
-    cluster = policy_set.cluster
-    profile = policy_set.blueprint.spec.install_profile if policy_set.blueprint else None
-    engine = args.engine or effective_engine(cluster, profile)
-    try:
-        plan = install_profile.render_install(
-            cluster.name, cluster.cluster_type, cluster.primary_cni, engine=engine,
-            policy_enforcement_mode=profile.policy_enforcement_mode if profile else "default",
-            audit_mode=profile.audit_mode if profile else False,
-        )
-    except install_profile.UnsupportedCombination as exc:
-        raise CommandError(f"cluster {cluster.name}: {exc}") from None
-    header = [f"# cluster {cluster.name}: {cluster.cluster_type}, primary CNI {cluster.primary_cni}, engine {engine}"]
-    header += [f"# note: {n}" for n in plan.notes]
-    if plan.installs_nothing:
-        print("\n".join([*header, "# nothing to install"]))
-        return 0
-    docs: list[Any] = [{"helmValues": plan.helm_values}, *plan.objects]
-    print("\n".join(header))
-    print(yaml.safe_dump_all(docs, sort_keys=False), end="")
+    if (client := ApiClient.from_args(args)) is not None:
+        view = client.call("GET", f"/api/v1/clusters/{args.cluster}/install-profile",
+                           params={"engine": args.engine} if args.engine else {})
+    else:
+        with control_plane(args) as cp:
+            view = cluster_sync.install_profile_view(cp, args.cluster, args.engine)
+    print(cluster_sync.install_profile_text(view), end="")
     return 0
 
 
-# -- presentation ---------------------------------------------------------------------------------
+# -- presentation: tables from the documents `get -o json` prints (the same locally and over HTTP) ---------------
 
 
-def _render_yaml(rendered: RenderedCluster) -> str:
-    header = f"# cluster {rendered.cluster}, engine {rendered.engine}: {len(rendered.objects)} object(s)\n"
-    notes = "".join(f"# note: {n}\n" for n in rendered.notes)
-    body = yaml.safe_dump_all(list(rendered.objects), sort_keys=False) if rendered.objects else ""
-    return header + notes + body
-
-
-def _cluster_doc(c: Cluster) -> dict[str, Any]:
-    spec = {k: v for k, v in c.to_content().items() if v not in (None, [])}
-    return {"apiVersion": API_VERSION, "kind": "Cluster", "metadata": {"name": c.name}, "spec": spec}
-
-
-def _assignment_doc(a: Assignment) -> dict[str, Any]:
-    return {"apiVersion": API_VERSION, "kind": "Assignment", "metadata": {"name": a.name}, "spec": a.to_content()}
-
-
-def _policies_table(states: Sequence[PolicyState]) -> list[list[str]]:
+def _policies_table(docs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     """One row per policy: MODE enforced, staged (only staged) or enforced+staged; VERSION the enforced one,
     STAGED the staged one; the rest describes the latest of the two."""
     rows = [["NAME", "SCOPE", "MODE", "VERSION", "STAGED", "RULES", "ENFORCERS", "UPDATED", "BY"]]
-    for s in states:
-        latest = s.staged or s.enforced
-        assert latest is not None
-        mode = "+".join(m for m, v in (("enforced", s.enforced), ("staged", s.staged)) if v is not None)
-        rows.append([s.name, s.scope, mode, str(s.enforced.version) if s.enforced else "-",
-                     str(s.staged.version) if s.staged else "-", str(len(latest.spec.rules)),
-                     ",".join(latest.spec.enforcers), latest.info.created_at, latest.info.created_by])
+    by_name: dict[str, list[Mapping[str, Any]]] = {}
+    for d in docs:
+        by_name.setdefault(d["metadata"]["name"], []).append(d)
+    for name, versions in by_name.items():
+        latest = versions[-1]  # the staged document follows the enforced one
+        status = latest["status"]
+        enforced, staged = status["enforcedVersion"], status["stagedVersion"]
+        mode = "+".join(m for m, v in (("enforced", enforced), ("staged", staged)) if v is not None)
+        rows.append([name, latest["spec"]["scope"], mode, str(enforced or "-"), str(staged or "-"),
+                     str(len(latest["spec"]["rules"])), ",".join(latest["spec"]["enforcers"]), status["updatedAt"],
+                     status["updatedBy"]])
     return rows
 
 
-def _blueprints_table(blueprints: Sequence[BlueprintVersion]) -> list[list[str]]:
+def _blueprints_table(docs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     rows = [["NAME", "VERSION", "ENGINE", "ENFORCEMENT", "AUDIT", "CLUSTER-POLICIES", "NAMESPACE-DEFAULTS", "BUILTIN"]]
-    for b in blueprints:
-        prof = b.spec.install_profile
-        rows.append([b.name, str(b.version), prof.engine or "auto", prof.policy_enforcement_mode,
-                     str(prof.audit_mode).lower(), str(len(b.spec.cluster_policies)),
-                     str(len(b.spec.namespace_policies)), str(b.builtin).lower()])
+    for d in docs:
+        spec, prof = d["spec"], d["spec"]["installProfile"]
+        rows.append([d["metadata"]["name"], str(d["status"]["version"]), prof.get("engine") or "auto",
+                     prof["policyEnforcementMode"], str(prof["auditMode"]).lower(), str(len(spec["clusterPolicies"])),
+                     str(len(spec["namespaceDefaults"]["policies"])), str(d["status"]["builtin"]).lower()])
     return rows
 
 
-def _clusters_table(clusters: Sequence[Cluster], sets: dict[str, Any]) -> list[list[str]]:
+def _clusters_table(docs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     rows = [["NAME", "TYPE", "PRIMARY-CNI", "ENGINE", "BLUEPRINT", "REACHED-VIA"]]
-    for c in clusters:
-        ps = sets[c.name]
-        via = c.api_server or (f"context {c.kube_context}" if c.kube_context else c.kubeconfig or "-")
-        rows.append([c.name, c.cluster_type, c.primary_cni, ps.engine,
-                     f"{ps.blueprint.name} v{ps.blueprint.version}" if ps.blueprint else "-", via])
+    for d in docs:
+        spec, status = d["spec"], d["status"]
+        via = spec.get("apiServer") or (f"context {spec['kubeContext']}" if spec.get("kubeContext") else
+                                        spec.get("kubeconfig") or "-")
+        blueprint = f"{status['blueprint']} v{status['blueprintVersion']}" if status["blueprint"] else "-"
+        rows.append([d["metadata"]["name"], spec["type"], spec["primaryCNI"], status["engine"], blueprint, via])
     return rows
 
 
-def _assignments_table(assignments: Sequence[Assignment]) -> list[list[str]]:
+def _assignments_table(docs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
     rows = [["NAME", "KIND", "SUBJECT", "TARGETS"]]
-    for a in assignments:
-        if a.blueprint is not None:
-            rows.append([a.name, "blueprint", a.blueprint, ", ".join(a.clusters)])
+    for d in docs:
+        spec = d["spec"]
+        if "blueprint" in spec:
+            rows.append([d["metadata"]["name"], "blueprint", spec["blueprint"], ", ".join(spec["clusters"])])
         else:
-            rows.append([a.name, "policy", a.policy or "", ", ".join(str(t) for t in a.targets)])
+            targets = ", ".join(str(AssignmentTarget(**t)) for t in spec["targets"])
+            rows.append([d["metadata"]["name"], "policy", spec["policy"], targets])
     return rows
-
-
-def _describe(item: Any) -> str:
-    """One line for a kube report, drift item or pod, whatever dataclass the kube module returns."""
-    if isinstance(item, str):
-        return item
-    summary = getattr(item, "summary", None)
-    if callable(summary):
-        return str(summary())
-    if is_dataclass(item) and not isinstance(item, type):
-        parts = []
-        for key, value in asdict(item).items():
-            if isinstance(value, list | tuple):
-                parts.append(f"{key}={len(value)}")
-            elif value not in (None, "", {}):
-                parts.append(f"{key}={value}")
-        return " ".join(parts)
-    return str(item)
