@@ -25,7 +25,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from netwarden.cli import CommandError
@@ -41,6 +41,10 @@ RESOURCES = ("cluster", "project", "workspace", "user", "binding", "token", "nam
 def register(sub: Any, groups: dict[str, Any]) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--data-dir", help="control-plane data directory (env NETWARDEN_DATA_DIR, default ./netwarden-data)")
+    # Verbs that also work against a running API, as the token's principal (netwarden.api_client).
+    remote = argparse.ArgumentParser(add_help=False, parents=[common])
+    remote.add_argument("--server", metavar="URL", help="ask a netwarden API instead (env NETWARDEN_SERVER)")
+    remote.add_argument("--token", metavar="T", help="API token for --server (env NETWARDEN_TOKEN)")
     listing = argparse.ArgumentParser(add_help=False)
     listing.add_argument("-o", "--output", choices=["table", "json"], default="table")
 
@@ -52,53 +56,53 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
             dest="admin_verb", metavar="VERB", required=True)
 
     v = verbs("cluster", "clusters (projects are sets of clusters)")
-    p = v.add_parser("create", parents=[common], help="register or update a cluster")
+    p = v.add_parser("create", parents=[remote], help="register or update a cluster")
     p.add_argument("name")
     p.add_argument("--type", default="upstream", help="cluster type: EKS, AKS, upstream, bare-metal, ... (default upstream)")
     p.add_argument("--cni", default="cilium", help="primary CNI (default cilium)")
     p.add_argument("--kube-context", help="kubeconfig context to reach the cluster")
     p.add_argument("--namespace", action="append", default=[], metavar="NS", help="a namespace known to exist (repeatable)")
     p.set_defaults(handler=cmd_cluster_create)
-    p = v.add_parser("list", parents=[common, listing], help="list clusters")
+    p = v.add_parser("list", parents=[remote, listing], help="list clusters")
     p.set_defaults(handler=cmd_cluster_list)
-    p = v.add_parser("delete", parents=[common], help="delete a cluster")
+    p = v.add_parser("delete", parents=[remote], help="delete a cluster")
     p.add_argument("name")
     p.set_defaults(handler=cmd_cluster_delete)
 
     v = verbs("project", "projects: sets of clusters")
-    p = v.add_parser("create", parents=[common], help="create or update a project")
+    p = v.add_parser("create", parents=[remote], help="create or update a project")
     p.add_argument("name")
     p.add_argument("--cluster", action="append", default=[], metavar="CLUSTER",
                    help="a cluster of the project (repeatable, or comma-separated)")
     p.add_argument("--description", default="")
     p.set_defaults(handler=cmd_project_create)
-    p = v.add_parser("list", parents=[common, listing], help="list projects")
+    p = v.add_parser("list", parents=[remote, listing], help="list projects")
     p.set_defaults(handler=cmd_project_list)
-    p = v.add_parser("delete", parents=[common], help="delete a project (its workspaces first) and its role bindings")
+    p = v.add_parser("delete", parents=[remote], help="delete a project (its workspaces first) and its role bindings")
     p.add_argument("name")
     p.set_defaults(handler=cmd_project_delete)
 
     v = verbs("workspace", "workspaces: sets of namespaces on clusters of one project")
-    p = v.add_parser("create", parents=[common], help="create or update a workspace")
+    p = v.add_parser("create", parents=[remote], help="create or update a workspace")
     p.add_argument("name")
     p.add_argument("--project", required=True)
     p.add_argument("--namespace", action="append", default=[], metavar="CLUSTER/NS",
                    help="a namespace of the workspace (repeatable, or comma-separated)")
     p.add_argument("--description", default="")
     p.set_defaults(handler=cmd_workspace_create)
-    p = v.add_parser("list", parents=[common, listing], help="list workspaces")
+    p = v.add_parser("list", parents=[remote, listing], help="list workspaces")
     p.set_defaults(handler=cmd_workspace_list)
-    p = v.add_parser("delete", parents=[common], help="delete a workspace and its role bindings")
+    p = v.add_parser("delete", parents=[remote], help="delete a workspace and its role bindings")
     p.add_argument("name")
     p.set_defaults(handler=cmd_workspace_delete)
 
     v = verbs("user", "users")
-    p = v.add_parser("create", parents=[common], help="create a user")
+    p = v.add_parser("create", parents=[remote], help="create a user")
     p.add_argument("name")
     p.set_defaults(handler=cmd_user_create)
-    p = v.add_parser("list", parents=[common, listing], help="list users with their roles")
+    p = v.add_parser("list", parents=[remote, listing], help="list users with their roles")
     p.set_defaults(handler=cmd_user_list)
-    p = v.add_parser("delete", parents=[common], help="delete a user, its role bindings and its tokens")
+    p = v.add_parser("delete", parents=[remote], help="delete a user, its role bindings and its tokens")
     p.add_argument("name")
     p.set_defaults(handler=cmd_user_delete)
 
@@ -106,25 +110,25 @@ def register(sub: Any, groups: dict[str, Any]) -> None:
     v = verbs("binding", "role bindings: a role on the organization, a project or a workspace")
     for verb, handler, text in (("create", cmd_binding_create, "grant a role"),
                                 ("delete", cmd_binding_delete, "remove a role")):
-        p = v.add_parser(verb, parents=[common], help=text)
+        p = v.add_parser(verb, parents=[remote], help=text)
         p.add_argument("user")
         p.add_argument("--role", required=True, help=f"one of {roles}")
         p.add_argument("--scope", help="'org' for org roles (default), else the project or workspace name")
         p.set_defaults(handler=handler)
-    p = v.add_parser("list", parents=[common, listing], help="list role bindings")
+    p = v.add_parser("list", parents=[remote, listing], help="list role bindings")
     p.add_argument("--user")
     p.set_defaults(handler=cmd_binding_list)
 
     v = verbs("token", "API tokens (Authorization: Bearer ...)")
-    p = v.add_parser("create", parents=[common], help="create a token; it is printed once")
+    p = v.add_parser("create", parents=[remote], help="create a token; it is printed once")
     p.add_argument("user")
     p.add_argument("--expires", default="never", metavar="DURATION", help="e.g. 30d, 12h, 2w, or never (default)")
     p.add_argument("--description", default="")
     p.set_defaults(handler=cmd_token_create)
-    p = v.add_parser("list", parents=[common, listing], help="list tokens (never their secrets)")
+    p = v.add_parser("list", parents=[remote, listing], help="list tokens (never their secrets)")
     p.add_argument("--user")
     p.set_defaults(handler=cmd_token_list)
-    p = v.add_parser("delete", parents=[common], help="revoke a token")
+    p = v.add_parser("delete", parents=[remote], help="revoke a token")
     p.add_argument("id")
     p.set_defaults(handler=cmd_token_delete)
 
@@ -238,6 +242,20 @@ def _time(t: datetime | None, never: str = "-") -> str:
     return t.isoformat(timespec="seconds") if t is not None else never
 
 
+# -- over HTTP (--server/--token) -----------------------------------------------------------------
+
+
+def _remote(args: argparse.Namespace) -> Any:
+    """The API client when the command asks a server (--server, else NETWARDEN_SERVER without --data-dir)."""
+    from netwarden.api_client import ApiClient, server_of
+
+    return ApiClient.of(args) if server_of(args) else None
+
+
+def _found(items: list[dict[str, Any]], name: str) -> dict[str, Any] | None:
+    return next((i for i in items if i["name"] == name), None)
+
+
 # -- clusters -------------------------------------------------------------------------------------
 
 
@@ -252,28 +270,56 @@ def cmd_cluster_create(args: argparse.Namespace) -> int:
     cni = args.cni.strip().lower()
     if cni not in install_profile.PRIMARY_CNIS:
         raise CommandError(f"--cni: unknown primary CNI {args.cni!r}; one of {', '.join(install_profile.PRIMARY_CNIS)}")
-    with admin_session(args) as s:
-        old = s.cp.store.get_cluster(args.name)
-        cluster = Cluster(args.name, cluster_type, cni, kube_context=args.kube_context or (old.kube_context if old else None),
-                          kubeconfig=old.kubeconfig if old else None, api_server=old.api_server if old else None,
-                          namespaces=tuple(sorted(set(_split(args.namespace)) or (old.namespaces if old else ()))))
-        print(f"cluster {args.name} {s.cp.put_cluster(cluster)}")
+    namespaces = tuple(sorted(set(_split(args.namespace))))
+    if (client := _remote(args)) is not None:
+        old = _found(_cluster_rows(client.call("GET", "/api/v1/documents/clusters")["documents"]), args.name) or {}
+        spec = {"type": cluster_type, "primaryCNI": cni, "kubeContext": args.kube_context or old.get("kubeContext"),
+                "kubeconfig": old.get("kubeconfig"), "apiServer": old.get("apiServer"),
+                "namespaces": list(namespaces or old.get("namespaces", []))}
+        doc = {"apiVersion": "netwarden.io/v1", "kind": "Cluster", "metadata": {"name": args.name},
+               "spec": {k: v for k, v in spec.items() if v is not None}}
+        result = client.call("PUT", f"/api/v1/clusters/{args.name}", json=doc)["result"]
+    else:
+        with admin_session(args) as s:
+            prev = s.cp.store.get_cluster(args.name)
+            cluster = Cluster(args.name, cluster_type, cni, kube_context=args.kube_context or (prev.kube_context if prev else None),
+                              kubeconfig=prev.kubeconfig if prev else None, api_server=prev.api_server if prev else None,
+                              namespaces=namespaces or (prev.namespaces if prev else ()))
+            result = s.cp.put_cluster(cluster)
+    print(f"cluster {args.name} {result}")
     return 0
 
 
+def _cluster_rows(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`admin cluster list -o json`: name and the cluster's definition, from its documents."""
+    keys = ("type", "primaryCNI", "kubeContext", "kubeconfig", "apiServer", "namespaces")
+    return [{"name": d["metadata"]["name"], **{k: d["spec"].get(k, [] if k == "namespaces" else None) for k in keys}}
+            for d in docs]
+
+
 def cmd_cluster_list(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        clusters = s.cp.list_clusters()
-    _emit([{"name": c.name, **c.to_content()} for c in clusters], args.output, ["NAME", "TYPE", "CNI", "NAMESPACES"],
-          lambda: [[c.name, c.cluster_type, c.primary_cni, ",".join(c.namespaces) or "-"] for c in clusters])
+    from query_api.policy_api import resource_documents
+
+    if (client := _remote(args)) is not None:
+        docs = client.call("GET", "/api/v1/documents/clusters")["documents"]
+    else:
+        with admin_session(args) as s:
+            docs = resource_documents(s.cp, "clusters")
+    clusters = _cluster_rows(docs)
+    _emit(clusters, args.output, ["NAME", "TYPE", "CNI", "NAMESPACES"],
+          lambda: [[c["name"], c["type"], c["primaryCNI"], ",".join(c["namespaces"]) or "-"] for c in clusters])
     return 0
 
 
 def cmd_cluster_delete(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        if s.cp.store.get_cluster(args.name) is None:
+    if (client := _remote(args)) is not None:
+        if not client.call("DELETE", f"/api/v1/clusters/{args.name}")["deleted"]:
             raise CommandError(f"no cluster named {args.name!r}")
-        s.cp.delete_cluster(args.name)
+    else:
+        with admin_session(args) as s:
+            if s.cp.store.get_cluster(args.name) is None:
+                raise CommandError(f"no cluster named {args.name!r}")
+            s.cp.delete_cluster(args.name)
     print(f"cluster {args.name} deleted")
     return 0
 
@@ -284,22 +330,31 @@ def cmd_cluster_delete(args: argparse.Namespace) -> int:
 def cmd_project_create(args: argparse.Namespace) -> int:
     from policy_engine.model import Project
 
-    with admin_session(args) as s:
-        old = s.cp.store.get_project(args.name)
-        clusters = tuple(sorted(set(_split(args.cluster)))) or (old.clusters if old else ())
-        description = args.description or (old.description if old else "")
-        print(f"project {args.name} {s.cp.put_project(Project(args.name, clusters, description))}")
+    clusters = tuple(sorted(set(_split(args.cluster))))
+    if (client := _remote(args)) is not None:
+        old = _found(client.call("GET", "/api/v1/admin/projects")["projects"], args.name) or {}
+        body = {"clusters": list(clusters or old.get("clusters", [])),
+                "description": args.description or old.get("description", "")}
+        result = client.call("PUT", f"/api/v1/admin/projects/{args.name}", json=body)["result"]
+    else:
+        with admin_session(args) as s:
+            prev = s.cp.store.get_project(args.name)
+            description = args.description or (prev.description if prev else "")
+            result = s.cp.put_project(Project(args.name, clusters or (prev.clusters if prev else ()), description))
+    print(f"project {args.name} {result}")
     return 0
 
 
 def cmd_project_list(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        projects = s.cp.list_projects()
-        workspaces = s.cp.list_workspaces()
-    per_project = {p.name: [w.name for w in workspaces if w.project == p.name] for p in projects}
-    _emit([{"name": p.name, **p.to_content(), "workspaces": per_project[p.name]} for p in projects], args.output,
-          ["NAME", "CLUSTERS", "WORKSPACES", "DESCRIPTION"],
-          lambda: [[p.name, ",".join(p.clusters) or "-", ",".join(per_project[p.name]) or "-", p.description]
+    from query_api.admin_api import projects_view
+
+    if (client := _remote(args)) is not None:
+        projects = client.call("GET", "/api/v1/admin/projects")["projects"]
+    else:
+        with admin_session(args) as s:
+            projects = projects_view(s.cp)
+    _emit(projects, args.output, ["NAME", "CLUSTERS", "WORKSPACES", "DESCRIPTION"],
+          lambda: [[p["name"], ",".join(p["clusters"]) or "-", ",".join(p["workspaces"]) or "-", p["description"]]
                    for p in projects])
     return 0
 
@@ -307,12 +362,17 @@ def cmd_project_list(args: argparse.Namespace) -> int:
 def cmd_project_delete(args: argparse.Namespace) -> int:
     from policy_engine.roles import ScopeKind
 
-    with admin_session(args) as s:
-        if s.cp.store.get_project(args.name) is None:
+    dropped = 0
+    if (client := _remote(args)) is not None:
+        if not client.call("DELETE", f"/api/v1/admin/projects/{args.name}")["deleted"]:
             raise CommandError(f"no project named {args.name!r}")
-        s.cp.delete_project(args.name)
-        # A later project of the same name must not inherit old grants.
-        dropped = s.tenancy.remove_scope_bindings(ScopeKind.PROJECT, args.name)
+    else:
+        with admin_session(args) as s:
+            if s.cp.store.get_project(args.name) is None:
+                raise CommandError(f"no project named {args.name!r}")
+            s.cp.delete_project(args.name)
+            # A later project of the same name must not inherit old grants.
+            dropped = s.tenancy.remove_scope_bindings(ScopeKind.PROJECT, args.name)
     print(f"project {args.name} deleted" + (f", {dropped} role binding(s) removed" if dropped else ""))
     return 0
 
@@ -333,34 +393,50 @@ def cmd_workspace_create(args: argparse.Namespace) -> int:
     from policy_engine.model import Workspace
 
     refs = tuple(sorted({_namespace_ref(v) for v in _split(args.namespace)}))
-    with admin_session(args) as s:
-        old = s.cp.store.get_workspace(args.name)
-        description = args.description or (old.description if old else "")
-        namespaces = refs or (old.namespaces if old and old.project == args.project else ())
-        print(f"workspace {args.name} {s.cp.put_workspace(Workspace(args.name, args.project, namespaces, description))}")
+    if (client := _remote(args)) is not None:
+        old = _found(client.call("GET", "/api/v1/admin/workspaces")["workspaces"], args.name) or {}
+        kept = [f"{r['cluster']}/{r['namespace']}" for r in old.get("namespaces", [])] \
+            if old.get("project") == args.project else []
+        body = {"project": args.project, "namespaces": [str(r) for r in refs] or kept,
+                "description": args.description or old.get("description", "")}
+        result = client.call("PUT", f"/api/v1/admin/workspaces/{args.name}", json=body)["result"]
+    else:
+        with admin_session(args) as s:
+            prev = s.cp.store.get_workspace(args.name)
+            description = args.description or (prev.description if prev else "")
+            namespaces = refs or (prev.namespaces if prev and prev.project == args.project else ())
+            result = s.cp.put_workspace(Workspace(args.name, args.project, namespaces, description))
+    print(f"workspace {args.name} {result}")
     return 0
 
 
 def cmd_workspace_list(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        workspaces = s.cp.list_workspaces()
-    _emit([{"name": w.name, "project": w.project,
-            "namespaces": [{"cluster": r.cluster, "namespace": r.namespace} for r in w.namespaces],
-            "description": w.description} for w in workspaces],
-          args.output, ["NAME", "PROJECT", "NAMESPACES", "DESCRIPTION"],
-          lambda: [[w.name, w.project, ",".join(str(r) for r in w.namespaces) or "-", w.description]
-                   for w in workspaces])
+    from query_api.admin_api import workspaces_view
+
+    if (client := _remote(args)) is not None:
+        workspaces = client.call("GET", "/api/v1/admin/workspaces")["workspaces"]
+    else:
+        with admin_session(args) as s:
+            workspaces = workspaces_view(s.cp)
+    _emit(workspaces, args.output, ["NAME", "PROJECT", "NAMESPACES", "DESCRIPTION"],
+          lambda: [[w["name"], w["project"], ",".join(f"{r['cluster']}/{r['namespace']}" for r in w["namespaces"]) or "-",
+                    w["description"]] for w in workspaces])
     return 0
 
 
 def cmd_workspace_delete(args: argparse.Namespace) -> int:
     from policy_engine.roles import ScopeKind
 
-    with admin_session(args) as s:
-        if s.cp.store.get_workspace(args.name) is None:
+    dropped = 0
+    if (client := _remote(args)) is not None:
+        if not client.call("DELETE", f"/api/v1/admin/workspaces/{args.name}")["deleted"]:
             raise CommandError(f"no workspace named {args.name!r}")
-        s.cp.delete_workspace(args.name)
-        dropped = s.tenancy.remove_scope_bindings(ScopeKind.WORKSPACE, args.name)
+    else:
+        with admin_session(args) as s:
+            if s.cp.store.get_workspace(args.name) is None:
+                raise CommandError(f"no workspace named {args.name!r}")
+            s.cp.delete_workspace(args.name)
+            dropped = s.tenancy.remove_scope_bindings(ScopeKind.WORKSPACE, args.name)
     print(f"workspace {args.name} deleted" + (f", {dropped} role binding(s) removed" if dropped else ""))
     return 0
 
@@ -369,40 +445,36 @@ def cmd_workspace_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_user_create(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        result = s.tenancy.create_user(args.name)
+    if (client := _remote(args)) is not None:
+        result = client.call("PUT", f"/api/v1/admin/users/{args.name}")["result"]
+    else:
+        with admin_session(args) as s:
+            result = s.tenancy.create_user(args.name)
     print(f"user {args.name} {'created' if result == 'created' else 'already exists'}")
     return 0
 
 
 def cmd_user_list(args: argparse.Namespace) -> int:
-    from policy_engine.tenancy import UserBinding
+    from query_api.admin_api import users_view
 
-    with admin_session(args) as s:
-        users = s.tenancy.list_users()
-        bindings = s.tenancy.list_bindings()
-        tokens = s.tenancy.list_tokens()
-    now = datetime.now(UTC)
-    roles: dict[str, list[UserBinding]] = {}
-    for b in bindings:
-        roles.setdefault(b.user, []).append(b)
-    active = {u.name: sum(1 for t in tokens if t.user == u.name and t.status(now) == "active") for u in users}
-    _emit(
-        [{"name": u.name, "created_at": u.created_at,
-          "roles": [{"role": b.binding.role.value, "scope": b.scope, "stale": b.stale}
-                    for b in roles.get(u.name, [])],
-          "active_tokens": active[u.name]} for u in users],
-        args.output, ["NAME", "ROLES", "ACTIVE TOKENS", "CREATED"],
-        lambda: [[u.name, ", ".join(f"{b.binding.role.value}@{b.scope}" + (" (stale)" if b.stale else "")
-                                    for b in roles.get(u.name, [])) or "-",
-                  str(active[u.name]), u.created_at] for u in users],
-    )
+    if (client := _remote(args)) is not None:
+        users = client.call("GET", "/api/v1/admin/users")["users"]
+    else:
+        with admin_session(args) as s:
+            users = users_view(s.tenancy)
+    _emit(users, args.output, ["NAME", "ROLES", "ACTIVE TOKENS", "CREATED"],
+          lambda: [[u["name"], ", ".join(f"{r['role']}@{r['scope']}" + (" (stale)" if r["stale"] else "")
+                                         for r in u["roles"]) or "-", str(u["active_tokens"]), u["created_at"]]
+                   for u in users])
     return 0
 
 
 def cmd_user_delete(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        s.tenancy.delete_user(args.name)
+    if (client := _remote(args)) is not None:
+        client.call("DELETE", f"/api/v1/admin/users/{args.name}")
+    else:
+        with admin_session(args) as s:
+            s.tenancy.delete_user(args.name)
     print(f"user {args.name} deleted with its role bindings and tokens")
     return 0
 
@@ -411,32 +483,44 @@ def cmd_user_delete(args: argparse.Namespace) -> int:
 
 
 def cmd_binding_create(args: argparse.Namespace) -> int:
-    from policy_engine.tenancy import parse_binding
+    from policy_engine.tenancy import TenancyError, parse_binding
 
-    with admin_session(args) as s:
-        result = s.tenancy.add_binding(args.user, args.role, args.scope)
-    binding = parse_binding(args.role, args.scope)
+    try:
+        binding = parse_binding(args.role, args.scope)
+    except TenancyError as exc:
+        raise CommandError(f"--{exc}") from None
+    if (client := _remote(args)) is not None:
+        body = {"user": args.user, "role": args.role, "scope": args.scope or "org"}
+        result = client.call("POST", "/api/v1/admin/bindings", json=body)["result"]
+    else:
+        with admin_session(args) as s:
+            result = s.tenancy.add_binding(args.user, args.role, args.scope)
     print(f"user {args.user}: {binding} " + ("granted" if result == "created" else "already granted"))
     return 0
 
 
 def cmd_binding_delete(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        s.tenancy.remove_binding(args.user, args.role, args.scope)
+    if (client := _remote(args)) is not None:
+        client.call("DELETE", "/api/v1/admin/bindings",
+                    params={"user": args.user, "role": args.role, "scope": args.scope or "org"})
+    else:
+        with admin_session(args) as s:
+            s.tenancy.remove_binding(args.user, args.role, args.scope)
     print(f"user {args.user}: {args.role} on {args.scope or 'org'} removed")
     return 0
 
 
 def cmd_binding_list(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        if args.user is not None and s.tenancy.get_user(args.user) is None:
-            raise CommandError(f"no user named {args.user!r}")
-        bindings = s.tenancy.list_bindings(args.user)
-    _emit([{"user": b.user, "role": b.binding.role.value, "scope_kind": b.binding.scope_kind.value,
-            "scope": b.scope, "stale": b.stale} for b in bindings],
-          args.output, ["USER", "ROLE", "SCOPE", "NOTE"],
-          lambda: [[b.user, b.binding.role.value, f"{b.binding.scope_kind.value} {b.binding.scope_name}".strip(),
-                    STALE_NOTE if b.stale else ""] for b in bindings])
+    from query_api.admin_api import bindings_view
+
+    if (client := _remote(args)) is not None:
+        bindings = client.call("GET", "/api/v1/admin/bindings", params={"user": args.user} if args.user else {})["bindings"]
+    else:
+        with admin_session(args) as s:
+            bindings = bindings_view(s.tenancy, args.user)
+    _emit(bindings, args.output, ["USER", "ROLE", "SCOPE", "NOTE"],
+          lambda: [[b["user"], b["role"], f"{b['scope_kind']} {b['scope'] if b['scope_kind'] != 'org' else ''}".strip(),
+                    STALE_NOTE if b["stale"] else ""] for b in bindings])
     return 0
 
 
@@ -444,41 +528,41 @@ def cmd_binding_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
-    from policy_engine.tenancy import parse_duration
+    from query_api.admin_api import create_token
 
-    with admin_session(args) as s:
-        expires_in = parse_duration(args.expires)
-        token_id, secret = s.tenancy.create_token(args.user, expires_in, description=args.description)
-        token = s.tenancy.get_token(token_id)
-        roles = ", ".join(str(b) for b in s.tenancy.bindings(args.user)) or "no roles yet"
-    assert token is not None
-    print(f"token {token_id} for user {args.user} ({roles}), expires {_time(token.expires_at, 'never')}; "
+    if (client := _remote(args)) is not None:
+        body = {"user": args.user, "expires": args.expires, "description": args.description}
+        created = client.call("POST", "/api/v1/admin/tokens", json=body)
+    else:
+        with admin_session(args) as s:
+            created = create_token(s.tenancy, args.user, args.expires, args.description)
+    roles = ", ".join(created["roles"]) or "no roles yet"
+    print(f"token {created['id']} for user {args.user} ({roles}), expires {created['expires_at'] or 'never'}; "
           "shown once, store it now:", file=sys.stderr)
-    print(secret)
+    print(created["token"])
     return 0
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        if args.user is not None and s.tenancy.get_user(args.user) is None:
-            raise CommandError(f"no user named {args.user!r}")
-        tokens = s.tenancy.list_tokens(args.user)
-    now = datetime.now(UTC)
-    _emit(
-        [{"id": t.id, "user": t.user, "status": t.status(now), "description": t.description,
-          "created_at": _time(t.created_at), "expires_at": _time(t.expires_at, "") or None,
-          "revoked_at": _time(t.revoked_at, "") or None, "last_used_at": _time(t.last_used_at, "") or None}
-         for t in tokens],
-        args.output, ["ID", "USER", "STATUS", "CREATED", "EXPIRES", "LAST USED", "DESCRIPTION"],
-        lambda: [[t.id, t.user, t.status(now), _time(t.created_at), _time(t.expires_at, "never"),
-                  _time(t.last_used_at, "never"), t.description] for t in tokens],
-    )
+    from query_api.admin_api import tokens_view
+
+    if (client := _remote(args)) is not None:
+        tokens = client.call("GET", "/api/v1/admin/tokens", params={"user": args.user} if args.user else {})["tokens"]
+    else:
+        with admin_session(args) as s:
+            tokens = tokens_view(s.tenancy, args.user)
+    _emit(tokens, args.output, ["ID", "USER", "STATUS", "CREATED", "EXPIRES", "LAST USED", "DESCRIPTION"],
+          lambda: [[t["id"], t["user"], t["status"], t["created_at"], t["expires_at"] or "never",
+                    t["last_used_at"] or "never", t["description"]] for t in tokens])
     return 0
 
 
 def cmd_token_delete(args: argparse.Namespace) -> int:
-    with admin_session(args) as s:
-        s.tenancy.revoke_token(args.id)
+    if (client := _remote(args)) is not None:
+        client.call("DELETE", f"/api/v1/admin/tokens/{args.id}")
+    else:
+        with admin_session(args) as s:
+            s.tenancy.revoke_token(args.id)
     print(f"token {args.id} revoked")
     return 0
 

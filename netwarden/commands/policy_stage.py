@@ -10,12 +10,11 @@ token.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-from typing import Any
 
+from netwarden.api_client import ApiClient, wire_documents
 from netwarden.cli import CommandError
-from netwarden.commands.gitops import api_request, api_server, control_plane, source_parser
-from policy_engine.gitops import Change, load_documents, stage_documents
+from netwarden.commands.gitops import control_plane, source_parser
+from policy_engine.gitops import Change, GitOpsErrors, load_documents, stage_documents
 
 
 def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubParsersAction]) -> None:
@@ -40,17 +39,6 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.set_defaults(handler=cmd_unstage)
 
 
-def _server(args: argparse.Namespace) -> str | None:
-    return api_server(args)
-
-
-def _call(args: argparse.Namespace, method: str, path: str, **kwargs: Any) -> Any:
-    """One API request as the token's principal; refusals become one-line CommandErrors."""
-    server = _server(args)
-    assert server is not None
-    return api_request(args, server, method, path, **kwargs).json()
-
-
 def _print_changes(changes: list[Change], documents: int) -> None:
     for change in changes:
         print(change)
@@ -62,28 +50,24 @@ def _print_changes(changes: list[Change], documents: int) -> None:
 
 
 def cmd_stage(args: argparse.Namespace) -> int:
-    if _server(args):
-        path = Path(args.filename)
-        files = sorted(p for p in path.rglob("*") if p.suffix in (".yaml", ".yml")) if path.is_dir() else [path]
-        try:
-            body = "\n---\n".join(f.read_text(encoding="utf-8") for f in files)
-        except OSError as exc:
-            raise CommandError(f"{args.filename}: {exc.strerror}") from None
-        result = _call(args, "POST", "/api/v1/policies/stage", content=body.encode(),
-                       headers={"Content-Type": "application/yaml"})
-        changes = [Change(c["kind"], c["name"], c["action"], c["detail"]) for c in result["changes"]]
-        _print_changes(changes, len(changes))
-        return 0
-    with control_plane(args) as cp:
+    try:
         docs = load_documents(args.filename)
-        changes = stage_documents(cp, docs)
+    except GitOpsErrors as exc:
+        raise CommandError("\nnetwarden: ".join(str(e) for e in exc.errors)) from None
+    if (client := ApiClient.from_args(args)) is not None:
+        body, client.sources = wire_documents(docs)
+        result = client.call("POST", "/api/v1/policies/stage", json=body)
+        changes = [Change(c["kind"], c["name"], c["action"], c["detail"]) for c in result["changes"]]
+    else:
+        with control_plane(args) as cp:
+            changes = stage_documents(cp, docs)
     _print_changes(changes, len(docs))
     return 0
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    if _server(args):
-        result = _call(args, "POST", f"/api/v1/policies/{args.name}/promote")
+    if (client := ApiClient.from_args(args)) is not None:
+        result = client.call("POST", f"/api/v1/policies/{args.name}/promote")
         version, staged = result["version"], result["promoted_from"]
     else:
         with control_plane(args) as cp:
@@ -97,8 +81,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
 
 
 def cmd_unstage(args: argparse.Namespace) -> int:
-    if _server(args):
-        version = _call(args, "DELETE", f"/api/v1/policies/{args.name}/staged")["unstaged_version"]
+    if (client := ApiClient.from_args(args)) is not None:
+        version = client.call("DELETE", f"/api/v1/policies/{args.name}/staged")["unstaged_version"]
     else:
         with control_plane(args) as cp:
             with cp.store.transaction():
