@@ -25,6 +25,7 @@ from pathlib import Path
 
 from collectors.hubble_client import Checkpoint, ClientTLS, HubbleCollector
 from collectors.kafka_out import FlowBatchProducer, new_producer
+from collectors.stored_acks import StoredAcks
 
 
 class _Gate:
@@ -52,7 +53,9 @@ async def run(args: argparse.Namespace) -> None:
     gate = _Gate()
     shipper = FlowBatchProducer(producer, args.cluster)
 
-    async def ship(node: str, responses: list[bytes]) -> None:
+    acks = StoredAcks(args.kafka, shipper.collector_id)
+
+    async def ship(node: str, responses: list[bytes]) -> int:
         if not gate.open.is_set():
             # Paused (the broker is rotating): wait, unless we are told to stop meanwhile; then this batch
             # is not shipped and the checkpoint does not move: the next run reads it again.
@@ -66,8 +69,9 @@ async def run(args: argparse.Namespace) -> None:
         gate.in_flight += 1
         gate.idle.clear()
         try:
-            await shipper.ship(node, responses)
+            sequence = await shipper.ship(node, responses)
             gate.shipped += 1
+            return sequence
         finally:
             gate.in_flight -= 1
             if not gate.in_flight:
@@ -77,7 +81,7 @@ async def run(args: argparse.Namespace) -> None:
     if args.data_dir:
         Path(args.data_dir).mkdir(parents=True, exist_ok=True)
         checkpoint = Checkpoint(Path(args.data_dir) / f"checkpoint-{args.cluster}.json")
-    collector = HubbleCollector(args.cluster, args.hubble, ship, checkpoint=checkpoint, tls=tls)
+    collector = HubbleCollector(args.cluster, args.hubble, ship, checkpoint=checkpoint, tls=tls, acks=acks)
 
     def reply(doc: dict[str, object]) -> None:
         sys.stdout.write(json.dumps(doc) + "\n")
@@ -103,7 +107,7 @@ async def run(args: argparse.Namespace) -> None:
                 s = collector.stats
                 reply({"stats": {"flows": s.flows, "lost_events": s.lost_events, "duplicates": s.duplicates,
                                  "connections": s.connections, "batches": s.batches, "last_error": s.last_error,
-                                 "shipped": gate.shipped}})
+                                 "shipped": gate.shipped, "rewinds": s.rewinds, "gaps": len(s.gaps)}})
 
     controller = asyncio.create_task(control()) if args.control else None
     try:
@@ -113,6 +117,7 @@ async def run(args: argparse.Namespace) -> None:
             controller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await controller
+        await acks.stop()
         await producer.stop()
 
 

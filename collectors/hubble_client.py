@@ -10,13 +10,17 @@ DATA frames and handled synchronously): the cheapest measured.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime
 import json
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from google.protobuf.message import DecodeError
 from prometheus_client import Counter, Gauge
@@ -24,6 +28,7 @@ from prometheus_client import Counter, Gauge
 from collectors.envelope import parse_envelope
 from collectors.grpc_stream import ServerStream
 from collectors.grpc_wire import client_ssl_context, split_target
+from collectors.stored_acks import StoredAcks
 from schemas.hubble.flow import flow_pb2
 from schemas.hubble.observer import observer_pb2
 
@@ -42,7 +47,23 @@ RECONNECTS = Counter("netwarden_collector_reconnects_total", "Stream (re)connect
 UNDECODABLE = Counter(
     "netwarden_collector_undecodable_total", "Responses shipped without reading (undecodable)", ["cluster"]
 )
-WATERMARK = Gauge("netwarden_collector_watermark_seconds", "Time of the newest flow shipped", ["cluster"])
+WATERMARK = Gauge("netwarden_collector_watermark_seconds", "Time of the newest flow stored", ["cluster"])
+UNSTORED = Gauge(
+    "netwarden_collector_unstored_batches", "Batches Kafka acknowledged that the worker has not yet stored", ["cluster"]
+)
+REWINDS = Counter(
+    "netwarden_collector_rewinds_total",
+    "Reconnects from the stored checkpoint because shipped batches were never stored (e.g. the broker lost them)",
+    ["cluster"],
+)
+GAPS = Counter(
+    "netwarden_collector_gaps_total",
+    "Ranges of a node's flows Hubble no longer held when the collector resumed (lost, not stored)",
+    ["cluster", "node"],
+)
+GAP_SECONDS = Counter(
+    "netwarden_collector_gap_seconds_total", "Length of those ranges, in flow time", ["cluster", "node"]
+)
 
 
 @dataclass(frozen=True)
@@ -62,59 +83,110 @@ class ClientTLS:
         return cls(read(ca), read(cert), read(key), server_name)
 
 
-class Checkpoint:
-    """Per-node watermark plus the uuids shipped in the last `window_ns`, as an append-only journal.
+BatchName = tuple[str, tuple[int, ...]]  # (collector id, Kafka batch sequences): its name in flows.stored
 
-    Each shipped batch appends one JSON line (every node's watermark, the batch's newest time, its
-    uuids): cost per batch, not per flow held (at 30k flows/s the window holds 150k uuids). The file is
-    rewritten with only the batches inside the window every `compact_every` lines or `compact_bytes`
-    appended, whichever comes first. A torn last line
-    (killed mid-write) is ignored: its batch is re-sent and de-duplicated by the store.
+
+class Checkpoint:
+    """Per-node watermark of the stored flows, the uuids stored in the last `window_ns`, and the batches
+    shipped but not yet reported stored, as an append-only journal of JSON lines:
+
+      {"nodes", "t", "u"[, "done", "pos"]}  a batch stored: every node's watermark, its newest time, its
+                                            uuids[, its name, the flows.stored position read so far]
+      {"ship", "n", "u"}                    a batch shipped (name, newest time per node, uuids)
+
+    Cost per batch, not per flow held (at 30k flows/s the window holds 150k uuids). The file is rewritten
+    with only what is still needed every `compact_every` lines or `compact_bytes` appended. A torn last
+    line (killed mid-write) is ignored: its batch is re-sent and de-duplicated by the store. Shipped batches
+    survive a restart: a restarted collector does not send them again, and confirms them from flows.stored
+    read again from `ack_positions`; if no notice comes they are read from Hubble again (`forget_pending`).
     """
 
     def __init__(self, path: Path | None, window_ns: int = 5_000_000_000, compact_every: int = 500,
-                 compact_bytes: int = 8 << 20):
+                 compact_bytes: int = 8 << 20, stale_ns: int = 600_000_000_000):
         self.path = path
         self.window_ns = window_ns
+        self.stale_ns = stale_ns
         self.compact_every = compact_every
         self.compact_bytes = compact_bytes
         self._appended = 0
         self.nodes: dict[str, int] = {}
         self.batches: deque[tuple[int, list[str]]] = deque()  # (newest time in batch, uuids), oldest first
+        self.pending: dict[BatchName, tuple[dict[str, int], list[str]]] = {}  # shipped, oldest first
+        self.ack_positions: dict[int, int] = {}  # flows.stored partition -> next offset to read
         self._lines = 0
-        self._unsaved: tuple[int, list[str]] | None = None
+        self._queue: list[str] = []
+        self._rewrite = False
         if path and path.exists():
             for line in path.read_text().splitlines():
                 try:
-                    doc = json.loads(line)
-                except ValueError:
+                    self._load(json.loads(line))
+                except (ValueError, KeyError, TypeError, IndexError):
                     continue
-                self.nodes = {k: int(v) for k, v in doc.get("nodes", {}).items()}
-                if "recent" in doc:  # the single-document format of earlier versions
-                    for t, u in doc["recent"]:
-                        self.batches.append((int(t), [u]))
-                else:
-                    self.batches.append((int(doc.get("t", 0)), list(doc.get("u", []))))
                 self._lines += 1
             self._prune()
 
+    def _load(self, doc: dict[str, Any]) -> None:
+        if "ship" in doc:
+            collector, seqs = doc["ship"]
+            self.pending[(str(collector), tuple(int(x) for x in seqs))] = (
+                {k: int(v) for k, v in doc.get("n", {}).items()}, list(doc.get("u", [])))
+            return
+        if "nodes" in doc:
+            self.nodes = {k: int(v) for k, v in doc["nodes"].items()}
+            if "recent" in doc:  # the single-document format of earlier versions
+                for t, u in doc["recent"]:
+                    self.batches.append((int(t), [u]))
+            else:
+                self.batches.append((int(doc.get("t", 0)), list(doc.get("u", []))))
+        if "done" in doc:
+            collector, seqs = doc["done"]
+            self.pending.pop((str(collector), tuple(int(x) for x in seqs)), None)
+        if "pos" in doc:
+            self.ack_positions = {int(k): int(v) for k, v in doc["pos"].items()}
+
     def since_ns(self) -> int | None:
-        # Rewind by the window: Relay merges nodes only within ~1 s, so a node may lag the others.
-        return max(0, min(self.nodes.values()) - self.window_ns) if self.nodes else None
+        """Where a (re)connect resumes: the oldest watermark of the nodes still reporting, rewound by the
+        window (Relay merges nodes only within ~1 s, so a node may lag the others). A node whose newest flow
+        is `stale_ns` older than the newest of any node has left (or stopped): it no longer holds the resume
+        point back, or every reconnect would replay the others' flows since it left."""
+        if not self.nodes:
+            return None
+        newest = max(self.nodes.values())
+        live = [t for t in self.nodes.values() if t >= newest - self.stale_ns]
+        return max(0, min(live) - self.window_ns)
 
     def recent_uuids(self) -> set[str]:
-        """Uuids shipped within the window (what a resumed stream may send again)."""
+        """Uuids stored within the window (what a resumed stream may send again)."""
         return {u for _, uuids in self.batches for u in uuids}
 
-    def record_batch(self, node_times: dict[str, int], uuids: list[str]) -> None:
-        """A batch Kafka acknowledged: the newest time per node in it, and its uuids."""
+    def record_shipped(self, name: BatchName, node_times: dict[str, int], uuids: list[str]) -> None:
+        """A batch Kafka acknowledged, not yet reported stored."""
+        self.pending[name] = (node_times, uuids)
+        self._queue.append(json.dumps({"ship": [name[0], list(name[1])], "n": node_times, "u": uuids}))
+
+    def record_batch(self, node_times: dict[str, int], uuids: list[str], done: BatchName | None = None,
+                     positions: dict[int, int] | None = None) -> None:
+        """A batch that is stored (or, without end-to-end acknowledgement, that Kafka acknowledged): the
+        newest time per node in it, and its uuids; with its name when it was pending."""
         for node, t in node_times.items():
             if t > self.nodes.get(node, -1):
                 self.nodes[node] = t
         newest = max(node_times.values(), default=0)
         if uuids:
             self.batches.append((newest, uuids))
-        self._unsaved = (newest, uuids)
+        doc: dict[str, Any] = {"nodes": self.nodes, "t": newest, "u": uuids}
+        if done is not None:
+            self.pending.pop(done, None)
+            doc["done"] = [done[0], list(done[1])]
+        if positions:
+            self.ack_positions = dict(positions)
+            doc["pos"] = self.ack_positions
+        self._queue.append(json.dumps(doc))
+
+    def forget_pending(self) -> None:
+        """The shipped batches were lost on the way: they must be read from Hubble again, after a restart too."""
+        self.pending.clear()
+        self._rewrite = True
 
     def _prune(self) -> None:
         horizon = max(self.nodes.values(), default=0) - self.window_ns
@@ -124,29 +196,53 @@ class Checkpoint:
     def save(self) -> None:
         self._prune()
         if not self.path:
+            self._queue.clear()
             return
-        if self._lines >= self.compact_every or self._appended >= self.compact_bytes or not self.batches:
+        if (self._rewrite or self._lines >= self.compact_every or self._appended >= self.compact_bytes
+                or not self.batches):
             lines = [json.dumps({"nodes": self.nodes, "t": t, "u": u}) for t, u in self.batches] or [
                 json.dumps({"nodes": self.nodes, "t": 0, "u": []})]
+            lines += [json.dumps({"ship": [c, list(q)], "n": n, "u": u}) for (c, q), (n, u) in self.pending.items()]
+            if self.ack_positions:
+                lines.append(json.dumps({"pos": self.ack_positions}))
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("\n".join(lines) + "\n")
             os.replace(tmp, self.path)
             self._lines = len(lines)
             self._appended = 0
-            self._unsaved = None
+            self._queue.clear()
+            self._rewrite = False
             return
-        if self._unsaved is None:
+        if not self._queue:
             return
-        (t, uuids), self._unsaved = self._unsaved, None
-        line = json.dumps({"nodes": self.nodes, "t": t, "u": uuids}) + "\n"
+        text = "".join(line + "\n" for line in self._queue)
+        self._queue.clear()
         with open(self.path, "a") as f:
-            f.write(line)
-        self._lines += 1
-        self._appended += len(line)
+            f.write(text)
+        self._lines += text.count("\n")
+        self._appended += len(text)
 
 
-# Receives (node, [serialized GetFlowsResponse]) and returns once the batch is durably in Kafka.
-ShipBatch = Callable[[str, list[bytes]], Awaitable[None]]
+# Receives (node, [serialized GetFlowsResponse]) and returns once Kafka acknowledged the batch, with the
+# batch's sequence (its name in flows.stored notices, collectors.stored_acks) when it has one.
+ShipBatch = Callable[[str, list[bytes]], Awaitable[int | None]]
+
+
+STOP_ACK_WAIT_S = 3.0
+
+
+class UnstoredError(Exception):
+    """Shipped batches were not stored in time: resume from the stored checkpoint."""
+
+
+@dataclass(frozen=True)
+class LostRange:
+    """Flows of `node` Hubble no longer held when the collector resumed: after the last stored flow
+    (`after_ns`) and before the first flow the server returned (`before_ns`)."""
+
+    node: str
+    after_ns: int
+    before_ns: int
 
 
 @dataclass
@@ -157,6 +253,8 @@ class CollectorStats:
     connections: int = 0
     batches: int = 0
     last_error: str = ""
+    rewinds: int = 0
+    gaps: deque[LostRange] = field(default_factory=lambda: deque(maxlen=100))
     connected: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -173,6 +271,8 @@ class HubbleCollector:
         linger_s: float = 0.2,
         queue_max: int = 20_000,
         backoff_max_s: float = 10.0,
+        acks: StoredAcks | None = None,
+        ack_timeout_s: float = 30.0,
     ):
         self.cluster = cluster
         self.target = target
@@ -183,6 +283,11 @@ class HubbleCollector:
         self.linger_s = linger_s
         self.queue_max = queue_max
         self.backoff_max_s = backoff_max_s
+        # With acks, the checkpoint moves only over batches the worker stored (flows.stored); batches shipped
+        # and never stored within ack_timeout_s (no notice at all meanwhile) are read from Hubble again.
+        self.acks = acks
+        self.ack_timeout_s = ack_timeout_s
+        self._shipped_at: dict[BatchName, float] = {}  # pending batch -> when shipped (monotonic)
         self.stats = CollectorStats()
 
     def _call(self, on_messages: Callable[[list[bytes]], bool]) -> ServerStream:
@@ -203,6 +308,13 @@ class HubbleCollector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow the stream until `stop` is set, reconnecting with backoff."""
+        if self.acks is not None and not self.acks.started:
+            # Notices for batches a previous run shipped are read again from where that run had read.
+            self.acks.follow(c for c, _ in self.checkpoint.pending)
+            await self.acks.start(self.checkpoint.ack_positions)
+        started = time.monotonic()
+        for name in self.checkpoint.pending:
+            self._shipped_at.setdefault(name, started)
         backoff = 0.2
         while not stop.is_set():
             try:
@@ -227,18 +339,33 @@ class HubbleCollector:
         shipper = asyncio.create_task(self._ship_loop(buffer))
         reader = asyncio.create_task(call.run())
         stopper = asyncio.create_task(stop.wait())
+        tasks = {reader, stopper, shipper}
+        watcher = asyncio.create_task(self._watch_stored()) if self.acks is not None else None
+        if watcher is not None:
+            tasks.add(watcher)
         RECONNECTS.labels(self.cluster).inc()
         self.stats.connections += 1
         try:
-            done, _ = await asyncio.wait({reader, stopper, shipper}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if reader in done:
                 reader.result()  # re-raise stream errors
+            if watcher is not None and watcher in done:
+                watcher.result()  # UnstoredError: reconnect from the stored checkpoint
         finally:
             stopper.cancel()
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
             buffer.close()
-            await shipper  # ships what was read before stopping, then saves the checkpoint; re-raises ship errors
+            try:
+                await shipper  # ships what was read before stopping, then saves the checkpoint; re-raises ship errors
+            finally:
+                if watcher is not None:
+                    if stop.is_set() and self.checkpoint.pending:
+                        # A clean stop: give the worker a moment to store what is in flight (bounded: the
+                        # process must exit promptly; what is not confirmed is read again next time).
+                        await self._await_stored(min(self.ack_timeout_s, STOP_ACK_WAIT_S))
+                    watcher.cancel()
+                    await asyncio.gather(watcher, return_exceptions=True)
 
     def _reader(self, buffer: _Buffer) -> Callable[[list[bytes]], bool]:
         """The per-message work, run synchronously on each read's messages; True = pause reading."""
@@ -247,8 +374,18 @@ class HubbleCollector:
         cluster = self.cluster
         # A flow newer than its node's watermark at (re)connect was never shipped; only older ones
         # can be repeats of what the rewind re-sends.
+        # Shipped counts as seen, stored or not: batches still awaiting their notice are not sent twice
+        # on a reconnect (a rewind forgets them first, so that they are).
         replay = dict(self.checkpoint.nodes)
-        seen = self.checkpoint.recent_uuids() if replay else set()
+        seen = self.checkpoint.recent_uuids()
+        for newest, uuids in self.checkpoint.pending.values():
+            for node, t in newest.items():
+                replay[node] = max(t, replay.get(node, -1))
+            seen.update(uuids)
+        if not replay:
+            seen = set()
+        first_seen: set[str] = set()  # nodes with a flow on this connection (gap check: the first only)
+        gap = self._gap
 
         def on_messages(messages: list[bytes]) -> bool:
             if not stats.connected.is_set():
@@ -270,6 +407,11 @@ class HubbleCollector:
                     ts = env.time if env.HasField("time") else flow.time
                     t = ts.seconds * 1_000_000_000 + ts.nanos
                     uuid = flow.uuid
+                    if node not in first_seen:
+                        first_seen.add(node)
+                        last = replay.get(node)
+                        if last is not None and t > last:
+                            gap(node, last, t)
                     if replay and uuid and t <= replay.get(node, -1) and uuid in seen:
                         stats.duplicates += 1
                         DUPLICATES.labels(cluster).inc()
@@ -295,6 +437,20 @@ class HubbleCollector:
 
         return on_messages
 
+    def _gap(self, node: str, after_ns: int, before_ns: int) -> None:
+        """The resume read from before the node's last stored flow (`since` rewinds), yet its first flow is
+        newer: Hubble's ring no longer reaches back (server restarted, ring overwritten). Recorded, not
+        silently skipped. A node idle since its last stored flow looks the same; Hubble gives no way to
+        tell, so the range is reported as possibly lost."""
+        gap = LostRange(node, after_ns, before_ns)
+        self.stats.gaps.append(gap)
+        GAPS.labels(self.cluster, node).inc()
+        GAP_SECONDS.labels(self.cluster, node).inc((before_ns - after_ns) / 1e9)
+        log.warning(
+            "cluster %s node %s: flows from %s to %s are no longer held by Hubble: lost range (%.1f s)",
+            self.cluster, node, _iso(after_ns), _iso(before_ns), (before_ns - after_ns) / 1e9,
+        )
+
     async def _ship_loop(self, buffer: _Buffer) -> None:
         step = self.batch_max
         while True:
@@ -304,16 +460,86 @@ class HubbleCollector:
             # One Kafka message per node (the key) and at most batch_max flows.
             sends = [self.ship(node, raws[i:i + step]) for node, raws in batch.by_node.items()
                      for i in range(0, len(raws), step)]
-            await asyncio.gather(*sends)
+            sequences = await asyncio.gather(*sends)
             self.stats.batches += len(sends)
-            # Only what Kafka acknowledged moves the checkpoint.
-            batch.newest.pop("", None)
-            self.checkpoint.record_batch(batch.newest, batch.uuids)
-            self.checkpoint.save()
             self.stats.flows += batch.count
             FLOWS.labels(self.cluster).inc(batch.count)
-            if self.checkpoint.nodes:
-                WATERMARK.labels(self.cluster).set(max(self.checkpoint.nodes.values()) / 1e9)
+            batch.newest.pop("", None)
+            if self.acks is None or any(s is None for s in sequences):
+                self._stored(batch.newest, batch.uuids)  # Kafka's acknowledgement is all there is
+                continue
+            name = (self.acks.collector_id, tuple(s for s in sequences if s is not None))
+            self._shipped_at[name] = time.monotonic()
+            self.checkpoint.record_shipped(name, batch.newest, batch.uuids)
+            self._advance()  # saves the shipped line too
+
+    def _stored(self, newest: dict[str, int], uuids: list[str]) -> None:
+        """Only what is stored moves the checkpoint."""
+        self.checkpoint.record_batch(newest, uuids)
+        self.checkpoint.save()
+        if self.checkpoint.nodes:
+            WATERMARK.labels(self.cluster).set(max(self.checkpoint.nodes.values()) / 1e9)
+
+    def _advance(self) -> None:
+        """Oldest first: the checkpoint never skips a batch that is not stored yet."""
+        assert self.acks is not None
+        pending = self.checkpoint.pending
+        while pending:
+            name = next(iter(pending))
+            if not self.acks.take(*name):
+                break
+            newest, uuids = pending[name]
+            self.checkpoint.record_batch(newest, uuids, done=name, positions=self.acks.positions)
+            self._shipped_at.pop(name, None)
+        self.checkpoint.save()
+        if self.checkpoint.nodes:
+            WATERMARK.labels(self.cluster).set(max(self.checkpoint.nodes.values()) / 1e9)
+        UNSTORED.labels(self.cluster).set(len(pending))
+
+    async def _watch_stored(self) -> None:
+        """Moves the checkpoint as notices arrive; raises UnstoredError when the oldest shipped batch waited
+        ack_timeout_s with no notice at all meanwhile (the worker is not storing, or the broker lost it)."""
+        assert self.acks is not None
+        while True:
+            self.acks.changed.clear()
+            self._advance()
+            pending = self.checkpoint.pending
+            if pending:
+                oldest = self._shipped_at.get(next(iter(pending)), time.monotonic())
+                waited = time.monotonic() - max(oldest, self.acks.last_notice)
+                if waited >= self.ack_timeout_s:
+                    self.stats.rewinds += 1
+                    REWINDS.labels(self.cluster).inc()
+                    count = len(pending)
+                    # Forgotten (on disk too): the next connection reads them again from the stored checkpoint.
+                    self.checkpoint.forget_pending()
+                    self.checkpoint.save()
+                    self._shipped_at.clear()
+                    UNSTORED.labels(self.cluster).set(0)
+                    raise UnstoredError(
+                        f"{count} shipped batches not stored after {self.ack_timeout_s:g}s: "
+                        "reading them again from the stored checkpoint"
+                    )
+                timeout = self.ack_timeout_s - waited
+            else:
+                timeout = self.ack_timeout_s
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.acks.changed.wait(), timeout)
+
+    async def _await_stored(self, timeout_s: float) -> None:
+        assert self.acks is not None
+        deadline = time.monotonic() + timeout_s
+        while self.checkpoint.pending and time.monotonic() < deadline:
+            self.acks.changed.clear()
+            self._advance()
+            if not self.checkpoint.pending:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.acks.changed.wait(), max(0.01, deadline - time.monotonic()))
+
+
+def _iso(ns: int) -> str:
+    return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC).isoformat()
 
 
 @dataclass

@@ -38,7 +38,8 @@ class FlowBatchProducer:
         self.collector_id = collector_id or f"{cluster}-{uuid.uuid4().hex[:8]}"
         self._seq = itertools.count()
 
-    async def ship(self, node: str, responses: list[bytes], origins: list[str] | None = None) -> None:
+    async def ship(self, node: str, responses: list[bytes], origins: list[str] | None = None) -> int:
+        """Returns the batch's sequence (with collector_id, its name in flows.stored notices)."""
         # Framed here once, so the worker hands the entries to ClickHouse untouched (no per-entry Python).
         batch = FlowBatch(
             cluster=self.cluster, collector=self.collector_id, framed=frame(responses), sequence=next(self._seq)
@@ -46,6 +47,7 @@ class FlowBatchProducer:
         if origins:
             batch.origins.extend(origins)
         await self.producer.send_and_wait(FLOWS_RAW, batch.SerializeToString(), key=batch_key(self.cluster, node))
+        return batch.sequence
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self.producer.send_and_wait(FLOWS_DLQ, letter.to_json(), key=self.cluster.encode())

@@ -8,6 +8,7 @@ FLOWS_RAW = "flows.raw"  # key "<cluster>/<node>", value netwarden.v1.FlowBatch
 FLOWS_ENRICHED = "flows.enriched"  # live feed for the query API (issue: role-filtered visibility)
 FLOWS_DLQ = "flows.dlq"  # value: DeadLetter JSON (schemas.dead_letter)
 INVENTORY = "inventory"  # compacted: namespace ownership, policy revisions
+FLOWS_STORED = "flows.stored"  # key collector id, value StoredNotice JSON (collectors.stored_acks)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ def pipeline_topics(partitions: int) -> list[TopicSpec]:
         TopicSpec(FLOWS_ENRICHED, partitions),
         TopicSpec(FLOWS_DLQ, 1),
         TopicSpec(INVENTORY, 1, compacted=True),
+        TopicSpec(FLOWS_STORED, 1),
     ]
 
 

@@ -31,7 +31,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.dead_letter import DeadLetter
 from schemas.messages.batch_pb2 import FlowBatch
-from schemas.topics import FLOWS_DLQ, FLOWS_ENRICHED, FLOWS_RAW
+from schemas.stored_notice import notices
+from schemas.topics import FLOWS_DLQ, FLOWS_ENRICHED, FLOWS_RAW, FLOWS_STORED
 from streams.enrichment import KeyEnricher
 from streams.sink import ClickHouseSink, Part, RetriableError, StoreResult
 
@@ -46,6 +47,9 @@ BACKING_OFF = Gauge("netwarden_stream_backing_off", "1 while a stage waits to re
 COMMIT_SECONDS = Histogram("netwarden_stream_commit_seconds", "Offset commit latency")
 COMMITS = Counter("netwarden_stream_commits_total", "Offset commits", ["outcome"])
 LAST_INSERT = Gauge("netwarden_stream_last_insert_timestamp_seconds", "When rows were last stored")
+NOTICE_FAILURES = Counter(
+    "netwarden_stream_stored_notice_failures_total", "flows.stored notices the broker did not take"
+)
 DLQ_SECONDS = Histogram("netwarden_stream_dead_letter_seconds", "Dead-letter delivery latency per batch")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -106,6 +110,8 @@ class Outcome:
 
     result: StoreResult
     letters: list[DeadLetter]
+    # (collector, sequence) of every FlowBatch handled: named in flows.stored once committed.
+    batch_ids: list[tuple[str, int]] = field(default_factory=list)
 
 
 class FlowPipeline:
@@ -132,6 +138,7 @@ class FlowPipeline:
         table (outcome.result.held) until `flush()`; the live listeners get them at once either way."""
         parts: list[Part] = []
         letters: list[DeadLetter] = []
+        batch_ids: list[tuple[str, int]] = []
         for origin, value in messages:
             try:
                 batch = FlowBatch.FromString(value)
@@ -139,6 +146,8 @@ class FlowPipeline:
                 letters.append(_letter(f"flows.raw value is not a FlowBatch: {exc}", origin, "", value))
                 continue
             batch_id = f"{batch.collector}#{batch.sequence}" if batch.collector else ""
+            if batch.collector:
+                batch_ids.append((batch.collector, batch.sequence))
             if batch.framed:  # framed by the producer: no entry is touched in Python
                 parts.append(
                     Part(batch.cluster, origin, origins=batch.origins, framed=batch.framed, batch_id=batch_id)
@@ -160,7 +169,7 @@ class FlowPipeline:
                     listener(table)
                 except Exception:  # the live feed is best effort; storage has already succeeded
                     log.exception("stored-table listener failed")
-        return Outcome(result, letters)
+        return Outcome(result, letters, batch_ids)
 
     def flush(self) -> Outcome:
         """The held batches into flows (one insert); their letters if the flows table refused entries."""
@@ -234,6 +243,7 @@ class FlowWorker:
         self.failure: BaseException | None = None
         self.on_batch_start: Callable[[], object] | None = None  # benches: when work on a batch begins
         self._held_records: list[ConsumerRecord] = []  # handled, not yet committed (held or not yet flushed)
+        self._held_ids: list[tuple[str, int]] = []  # their FlowBatch names, for flows.stored
         pipeline.want_rows = settings.publish_enriched
 
     async def start(self) -> None:
@@ -352,6 +362,7 @@ class FlowWorker:
             self._publish_enriched(self.pipeline.last_stored)
         self.pipeline.totals.dead_lettered += len(outcome.letters)
         self._held_records += records
+        self._held_ids += outcome.batch_ids
         due = self._flush_due_in()
         if not outcome.result.held or due == 0 or self.pipeline.sink.held_flows >= self.pipeline.sink.hold_flows:
             await self._flush_and_commit()
@@ -369,9 +380,10 @@ class FlowWorker:
             if outcome.letters:
                 await self._retrying("dead_letter", lambda: self._deliver(outcome.letters))
                 self.pipeline.totals.dead_lettered += len(outcome.letters)
-        records = self._held_records
+        records, ids = self._held_records, self._held_ids
         await self._retrying("commit", lambda: self._commit(records))
-        self._held_records = []
+        self._held_records, self._held_ids = [], []
+        await self._notify_stored(ids)
         self.pipeline.totals.messages += len(records)
         MESSAGES.inc(len(records))
         if self.on_stored is not None:
@@ -427,6 +439,20 @@ class FlowWorker:
             log.warning("commit of %s refused after a rebalance: %s", offsets, exc)
         finally:
             COMMIT_SECONDS.observe(time.perf_counter() - started)
+
+    async def _notify_stored(self, batch_ids: list[tuple[str, int]]) -> None:
+        """Tell the collectors which of their batches are stored and committed (collectors.stored_acks): only
+        these move their checkpoints. Best effort: a collector that hears nothing reads them again."""
+        assert self.producer is not None
+        try:
+            futures = [
+                await self.producer.send(FLOWS_STORED, n.to_json(), key=n.collector.encode())
+                for n in notices(batch_ids)
+            ]
+            await asyncio.gather(*futures)
+        except (KafkaError, OSError) as exc:
+            NOTICE_FAILURES.inc()
+            log.warning("flows.stored notice not sent (the collectors will read those batches again): %s", exc)
 
     def _publish_enriched(self, table: pa.Table) -> None:
         assert self.producer is not None

@@ -200,6 +200,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 async def collect(data_dir: Path, cluster: str, target: str, kafka: str, tls: ClientTLS | None) -> None:
     from collectors.hubble_client import Checkpoint, HubbleCollector
     from collectors.kafka_out import FlowBatchProducer, new_producer
+    from collectors.stored_acks import StoredAcks
 
     data_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
@@ -208,10 +209,15 @@ async def collect(data_dir: Path, cluster: str, target: str, kafka: str, tls: Cl
     await producer.start()
     try:
         shipper = FlowBatchProducer(producer, cluster)
-        checkpoint = Checkpoint(data_dir / f"checkpoint-{cluster}.json")
-        collector = HubbleCollector(cluster, target, shipper.ship, checkpoint=checkpoint, tls=tls)
-        print(f"collecting cluster {cluster} from {target} into {kafka}", flush=True)
-        await collector.run(stop)
+        # The checkpoint moves only over batches the worker reports stored (flows.stored).
+        acks = StoredAcks(kafka, shipper.collector_id)
+        try:
+            checkpoint = Checkpoint(data_dir / f"checkpoint-{cluster}.json")
+            collector = HubbleCollector(cluster, target, shipper.ship, checkpoint=checkpoint, tls=tls, acks=acks)
+            print(f"collecting cluster {cluster} from {target} into {kafka}", flush=True)
+            await collector.run(stop)
+        finally:
+            await acks.stop()
     finally:
         await producer.stop()
 
