@@ -151,6 +151,10 @@ def load_documents(path: str | Path) -> list[Document]:
             for i, doc in enumerate(yaml.safe_load_all(file.read_text(encoding="utf-8")), start=1):
                 if doc is not None:
                     raw.append((file, i, doc))
+        except UnicodeDecodeError as exc:  # found by tests/fuzz: a traceback before
+            errors.append(GitOpsError(DocumentRef(_display(file), 0), "", f"not UTF-8 text (byte {exc.start})"))
+        except RecursionError:
+            errors.append(GitOpsError(DocumentRef(_display(file), 0), "", "invalid YAML: nested too deeply"))
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -277,6 +281,13 @@ class _Fields:
                 raise self.error(f"{key}[{i}]", f"expected a name, found {v!r}")
         return list(values)
 
+    def name_in(self, item: Mapping[str, Any], key: str, path: str) -> str:
+        """`item[key]` as a name: any other type was turned into a name by str() before (found by tests/fuzz)."""
+        value = item[key]
+        if not isinstance(value, str) or not value:
+            raise self.error(f"{path}.{key}", f"expected a name, found {value!r}")
+        return value
+
     def refuse_unknown(self) -> None:
         for key in self.spec:
             if key not in self.read:
@@ -320,7 +331,7 @@ def _parse_workspace(name: str, f: _Fields, _base: Path) -> Workspace:
         if isinstance(item, str) and item.count("/") == 1:
             cluster, namespace = item.split("/")
         elif isinstance(item, Mapping) and set(item) == {"cluster", "namespace"}:
-            cluster, namespace = str(item["cluster"]), str(item["namespace"])
+            cluster, namespace = (f.name_in(item, k, f"namespaces[{i}]") for k in ("cluster", "namespace"))
         else:
             raise f.error(f"namespaces[{i}]", f"expected {{cluster, namespace}} or 'cluster/namespace', found {item!r}")
         refs.append(NamespaceRef(cluster, namespace))
@@ -442,9 +453,10 @@ def _parse_assignment(name: str, f: _Fields, _base: Path) -> Assignment:
     targets: list[AssignmentTarget] = []
     for i, t in enumerate(f.get("targets", list, required=True)):
         if isinstance(t, Mapping) and set(t) == {"workspace"}:
-            targets.append(AssignmentTarget(workspace=str(t["workspace"])))
+            targets.append(AssignmentTarget(workspace=f.name_in(t, "workspace", f"targets[{i}]")))
         elif isinstance(t, Mapping) and set(t) == {"cluster", "namespace"}:
-            targets.append(AssignmentTarget(cluster=str(t["cluster"]), namespace=str(t["namespace"])))
+            cluster, namespace = (f.name_in(t, k, f"targets[{i}]") for k in ("cluster", "namespace"))
+            targets.append(AssignmentTarget(cluster=cluster, namespace=namespace))
         else:
             raise f.error(f"targets[{i}]", f"expected {{cluster, namespace}} or {{workspace}}, found {t!r}")
     if not targets:
