@@ -159,9 +159,14 @@ def test_flow_reaches_every_replica_live_and_history_through_the_worker(tmp_path
                 got = await asyncio.wait_for(asyncio.gather(*(q.get() for q in queues)), 30)
                 assert got == [uuid, uuid], "both replicas stream the flow live"
 
-            for process, sig in ((replica_a, signal.SIGTERM), (replica_b, signal.SIGINT), (worker, signal.SIGTERM)):
-                code, seconds = await process.stop(sig)
-                assert code == 0 and seconds < 10, f"{process.name}: exit {code} after {seconds:.1f}s\n{process.output}"
+                # Stopped with clients still streaming: each replica ends its streams and exits promptly.
+                for process, sig, reader in ((replica_a, signal.SIGTERM, readers[0]),
+                                             (replica_b, signal.SIGINT, readers[1])):
+                    code, seconds = await process.stop(sig)
+                    assert code == 0 and seconds < 10, f"{process.name}: exit {code} after {seconds:.1f}s\n{process.output}"
+                    await asyncio.wait_for(reader, 5)  # the stream ended (an error would be raised here)
+            code, seconds = await worker.stop(signal.SIGTERM)
+            assert code == 0 and seconds < 10, f"worker: exit {code} after {seconds:.1f}s\n{worker.output}"
 
             # The worker stored it (a clean stop stores what it held); a replica on its directory reads it back.
             history, port_h = serve("serve-history", tmp_path / "worker", kafka, store)
