@@ -272,7 +272,7 @@ class HubbleCollector:
         queue_max: int = 20_000,
         backoff_max_s: float = 10.0,
         acks: StoredAcks | None = None,
-        ack_timeout_s: float = 30.0,
+        ack_timeout_s: float = 10.0,
     ):
         self.cluster = cluster
         self.target = target

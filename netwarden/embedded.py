@@ -53,6 +53,9 @@ CHILD_COLLECTOR = Gauge("netwarden_collector_child_total", "Totals reported by a
 ROTATIONS = Counter("netwarden_broker_rotations_total", "flows.raw generations retired to free broker memory")
 ROTATION_BACKLOG = Gauge("netwarden_broker_rotation_backlog_messages",
                          "flows.raw messages the worker had yet to consume when a rotation was due")
+BROKER_RESTARTS = Counter("netwarden_broker_restarts_total", "Times the embedded broker died and was restarted")
+BROKER_MAX_RESTARTS = 5
+BROKER_RESTART_WINDOW_S = 300.0
 ROTATE_MAX_BACKLOG = 16  # messages (<= 2000 flows each): the drain before a rotation takes a second or two
 
 
@@ -107,6 +110,7 @@ class PipelineStack:
         self.shipped_messages = 0
         self._in_flight = 0
         self._generation = GenerationState(self.data_dir / "broker-generation.json")
+        self._broker_deaths: list[float] = []
         self.stored_event = asyncio.Event()
         # Live stream hook: every stored table is offered to live clients in-process (query_api.live).
         self.live_hub = LiveHub()
@@ -236,10 +240,8 @@ class PipelineStack:
                     log.error("%s keeps dying: stopping the stack", name)
                     self.failed.set()
             if self.broker and self.broker.process and self.broker.process.poll() is not None \
-                    and not self.failed.is_set():
-                log.error("the embedded broker exited with %s (log: %s): stopping the stack",
-                          self.broker.process.returncode, self.broker.log_path)
-                self.failed.set()
+                    and not self.failed.is_set() and not self._stop.is_set():
+                await self._restart_broker()
             if ticks % 5 == 0:
                 for cluster, collector in self.collector_children.items():
                     with contextlib.suppress(ChildFailed, TimeoutError, BrokenPipeError, ConnectionResetError):
@@ -248,6 +250,40 @@ class PipelineStack:
                             CHILD_COLLECTOR.labels(cluster, what).set(float(stats.get(what, 0)))  # type: ignore[arg-type]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
+
+    async def _restart_broker(self) -> None:
+        """The embedded Tansu died, and with it everything it held (memory storage). Start it again on the same
+        port with fresh topics and a new worker generation. Nothing is lost that Hubble still holds: collectors
+        move their checkpoints only over stored batches and read the rest again (collectors.stored_acks).
+        More than BROKER_MAX_RESTARTS deaths within BROKER_RESTART_WINDOW_S fail the stack instead."""
+        assert self.broker is not None and self.broker.process is not None
+        now = time.monotonic()
+        self._broker_deaths = [t for t in self._broker_deaths if now - t < BROKER_RESTART_WINDOW_S] + [now]
+        log.error("the embedded broker exited with %s (log: %s)", self.broker.process.returncode, self.broker.log_path)
+        if len(self._broker_deaths) > BROKER_MAX_RESTARTS:
+            log.error("the broker died %d times within %.0f s: stopping the stack",
+                      len(self._broker_deaths), BROKER_RESTART_WINDOW_S)
+            self.failed.set()
+            return
+        await asyncio.sleep(min(30.0, 0.5 * 2 ** (len(self._broker_deaths) - 1)))
+        if self.app is not None:
+            # Its consumer talks to a dead broker; whatever it had not committed is read again by collectors.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.app.stop(), 10)
+        try:
+            self.broker.start()
+            await ensure_topics(self.bootstrap, self._topics())
+        except Exception:
+            log.exception("restarting the broker failed: stopping the stack")
+            self.failed.set()
+            return
+        self._generation.advance()
+        self.shipped_messages = 0
+        if self.pipeline is not None:
+            self.pipeline.totals.messages = 0
+        await self._start_worker()
+        BROKER_RESTARTS.inc()
+        log.warning("the embedded broker was restarted (generation %d)", self._generation.generation)
 
     async def _backlog_messages(self) -> int:
         """Kafka messages shipped this generation that the worker has not consumed yet."""
