@@ -11,7 +11,9 @@ import functools
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -33,7 +35,8 @@ Object = dict[str, Any]
 
 @functools.cache
 def render(overlay: str) -> tuple[Object, ...]:
-    kubectl = shutil.which("kubectl")
+    beside_python = Path(sys.executable).parent / "kubectl"  # scripts/setup's fallback: the PyPI wheel
+    kubectl = shutil.which("kubectl") or (str(beside_python) if beside_python.exists() else None)
     assert kubectl, "kubectl is missing: scripts/setup installs it (Debian's kubernetes-client)"
     out = subprocess.run([kubectl, "kustomize", str(DEPLOY / "overlays" / overlay)],
                          capture_output=True, text=True, timeout=60)
