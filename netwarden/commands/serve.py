@@ -120,6 +120,8 @@ async def serve(host: str, port: int, kafka: str, clickhouse_dsn: str | None, co
     # The workers create it too (same partitions); a replica that starts first must not fail on a missing topic.
     topics = pipeline_topics(StackConfig.partitions)
     await ensure_topics(kafka, [t for t in topics if t.name == FLOWS_ENRICHED])
+    # A new store has no users: every request is refused until `netwarden admin` adds some (say so).
+    fresh = not control_plane.exists()
     tenancy = Tenancy(ControlPlaneStore.on_sqlite(control_plane))
     hub = LiveHub()
     feed = EnrichedTopicFeed(kafka, hub)
@@ -150,7 +152,8 @@ async def serve(host: str, port: int, kafka: str, clickhouse_dsn: str | None, co
             print(
                 f"netwarden serve: http://{host}:{port}/api/v1/flows (/healthz, /metrics); history from "
                 f"{'the ClickHouse server' if clickhouse_dsn else 'chDB under ' + data_dir}, live from "
-                f"{FLOWS_ENRICHED} at {kafka}, control plane {control_plane}",
+                f"{FLOWS_ENRICHED} at {kafka}, control plane {control_plane}"
+                + (f" (new: no users yet; netwarden admin ... --data-dir {control_plane.parent})" if fresh else ""),
                 flush=True,
             )
         await asyncio.wait({api_task, feeding, stopping}, return_when=asyncio.FIRST_COMPLETED)
