@@ -164,7 +164,7 @@ def test_containers_run_real_netwarden_commands(overlay: str) -> None:
             o["metadata"]["name"] for o in of_kind(objects, "ServiceAccount")
         }
 
-    (api,) = {id(a): a for a in commands["api"]}.values()
+    (api,) = commands["api"]
     assert api.command == "serve" and api.port == 8080 and api.kafka
     assert api.control_plane == "/var/lib/netwarden/control-plane"
     assert api.clickhouse is None, "the DSN (with its password) comes from NETWARDEN_CLICKHOUSE, not the args"
