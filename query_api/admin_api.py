@@ -212,8 +212,13 @@ def router(current_principal: Callable[..., Any], tenancy: Any) -> APIRouter:
     @api.put("/projects/{name}", response_model=Written, responses=responses(409, 422))
     async def put_project(name: str, body: ProjectRequest, principal: Principal = Depends(current_principal)) -> Any:
         def fn(cp: ControlPlane) -> Any:
-            with cp.store.transaction():
-                result = cp.put_project(Project(name, tuple(sorted(set(body.clusters))), body.description))
+            try:
+                with cp.store.transaction():
+                    result = cp.put_project(Project(name, tuple(sorted(set(body.clusters))), body.description))
+            except StoreError as exc:
+                if "unknown cluster" not in str(exc):
+                    raise
+                raise BadInput(str(exc), "body", "clusters") from None
             return {"kind": "Project", "name": name, "result": result}
 
         return await run(principal, fn)
@@ -239,8 +244,14 @@ def router(current_principal: Callable[..., Any], tenancy: Any) -> APIRouter:
                             principal: Principal = Depends(current_principal)) -> Any:
         def fn(cp: ControlPlane) -> Any:
             workspace = Workspace(name, body.project, namespace_refs(body.namespaces), body.description)
-            with cp.store.transaction():
-                result = cp.put_workspace(workspace)
+            try:
+                with cp.store.transaction():
+                    result = cp.put_workspace(workspace)
+            except StoreError as exc:  # the engine's words for a bad reference: name the field
+                field = "project" if "unknown project" in str(exc) else "namespaces" if "of namespace" in str(exc) else ""
+                if not field:
+                    raise
+                raise BadInput(str(exc), "body", field) from None
             return {"kind": "Workspace", "name": name, "result": result}
 
         return await run(principal, fn)

@@ -4,7 +4,10 @@ Authenticator; a second data directory seeded the same way for the local (data-d
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +25,22 @@ from query_api.app import create_app
 from query_api.auth import Authenticator
 from tests.reports.loopback_api import serve
 
+_TEMPLATE: list[Path] = []
+
 
 def seed(data_dir: Path, api_servers: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The demo organization in `data_dir`; role id -> that demo user's token."""
+    """The demo organization in `data_dir`; role id -> that demo user's token. Seeded once per test process and
+    copied (applying the demo's documents is most of a test's set-up); the tokens differ per copy only in use."""
+    if not _TEMPLATE:
+        template = Path(tempfile.mkdtemp(prefix="nw-policy-api-"))
+        atexit.register(shutil.rmtree, template, ignore_errors=True)
+        with ControlPlaneStore.open(template) as store:
+            seed_demo(store, template)
+            seed_demo_policies(store, {})
+        _TEMPLATE.append(template)
+    shutil.copytree(_TEMPLATE[0], data_dir)
     with ControlPlaneStore.open(data_dir) as store:
-        entries = seed_demo(store, data_dir)
+        entries = seed_demo(store, data_dir)  # keeps the copied tokens
         seed_demo_policies(store, api_servers or {})
     return {e["role"]: e["token"] for e in entries}
 
