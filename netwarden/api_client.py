@@ -88,18 +88,20 @@ class ApiClient:
         text = self._named(str(detail))
         what = {401: "the server refused the token", 403: "permission denied"}.get(status)
         if what is None:
-            return CommandError(text if status in (404, 409) else f"server error {status}: {text}")
+            return CommandError(text if status in (400, 404, 409, 422) else f"server error {status}: {text}")
         lines = text.split("\n")  # the API's own message often starts with the same words: say them once
         return CommandError("\nnetwarden: ".join(ln if what in ln.lower() else f"{what}: {ln}" for ln in lines))
 
     def _field_error(self, item: Mapping[str, Any]) -> str:
+        """A parameter as its flag; a body field named once (the engine's messages often name it already)."""
+        from netwarden.commands.flows import _flag
+
         loc = [str(x) for x in item.get("loc") or []]
         msg = str(item.get("msg", "invalid value"))
-        if len(loc) >= 2 and loc[0] == "body" and loc[1].startswith("document "):
-            return msg  # the engine's line already names document and field
         if loc and loc[0] in ("query", "path"):
-            return f"--{loc[-1].replace('_', '-')}: {msg}"
-        return f"{'.'.join(loc[1:]) or 'body'}: {msg}"
+            return f"{_flag(loc[-1])}: {msg}"
+        field = ".".join(x for x in loc[1:] if not x.startswith("document "))
+        return msg if not field or field in msg else f"{field}: {msg}"
 
     def _named(self, text: str) -> str:
         """'request: document 2' -> where document 2 of the body came from."""
