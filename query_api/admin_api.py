@@ -18,7 +18,7 @@ from policy_engine.model import NamespaceRef, Project, Workspace
 from policy_engine.roles import Principal, ScopeKind
 from policy_engine.store import StoreError
 from policy_engine.tenancy import Tenancy, TenancyError, parse_binding, parse_duration
-from query_api.control_plane_http import BadInput, ControlPlaneCalls, responses
+from query_api.control_plane_http import BadInput, ControlPlaneCalls, deleting, responses
 from query_api.policy_api import Deleted
 
 
@@ -225,15 +225,12 @@ def router(current_principal: Callable[..., Any], tenancy: Any) -> APIRouter:
 
     @api.delete("/projects/{name}", response_model=Deleted, responses=responses(409))
     async def delete_project(name: str, principal: Principal = Depends(current_principal)) -> Any:
-        def fn(cp: ControlPlane) -> Any:
-            with cp.store.transaction():
-                exists = cp.store.get_project(name) is not None
-                cp.delete_project(name)
-                # A later project of the same name must not inherit old grants.
-                Tenancy(cp.store).remove_scope_bindings(ScopeKind.PROJECT, name)
-            return {"kind": "Project", "name": name, "deleted": exists}
+        def delete(cp: ControlPlane) -> None:
+            cp.delete_project(name)
+            # A later project of the same name must not inherit old grants.
+            Tenancy(cp.store).remove_scope_bindings(ScopeKind.PROJECT, name)
 
-        return await run(principal, fn)
+        return await run(principal, deleting("Project", name, lambda cp: cp.store.get_project(name), delete))
 
     @api.get("/workspaces", response_model=Workspaces, responses=responses())
     async def list_workspaces(principal: Principal = Depends(current_principal)) -> Any:
@@ -258,15 +255,12 @@ def router(current_principal: Callable[..., Any], tenancy: Any) -> APIRouter:
 
     @api.delete("/workspaces/{name}", response_model=Deleted, responses=responses(409))
     async def delete_workspace(name: str, principal: Principal = Depends(current_principal)) -> Any:
-        def fn(cp: ControlPlane) -> Any:
-            with cp.store.transaction():
-                exists = cp.store.get_workspace(name) is not None
+        def delete(cp: ControlPlane) -> None:
+            if cp.store.get_workspace(name) is not None:  # the engine checks roles only for one that exists
                 cp.delete_workspace(name)
-                if exists:
-                    Tenancy(cp.store).remove_scope_bindings(ScopeKind.WORKSPACE, name)
-            return {"kind": "Workspace", "name": name, "deleted": exists}
+                Tenancy(cp.store).remove_scope_bindings(ScopeKind.WORKSPACE, name)
 
-        return await run(principal, fn)
+        return await run(principal, deleting("Workspace", name, lambda cp: cp.store.get_workspace(name), delete))
 
     # -- users, bindings, tokens (org-admin) -----------------------------------------------------------------
     @api.get("/users", response_model=Users, responses=responses())

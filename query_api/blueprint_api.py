@@ -26,6 +26,7 @@ from query_api.control_plane_http import (
     ControlPlaneCalls,
     DocumentBody,
     VersionConflict,
+    deleting,
     documents_or_refusal,
     one_document,
     responses,
@@ -139,13 +140,8 @@ def router(current_principal: Callable[..., Any], tenancy: Any) -> APIRouter:
 
     @api.delete("/api/v1/blueprints/{name}", response_model=Deleted, responses=responses(409))
     async def delete_blueprint(name: str, principal: Principal = Depends(current_principal)) -> Any:
-        def fn(cp: ControlPlane) -> Any:
-            with cp.store.transaction():
-                exists = cp.store.get_blueprint(name) is not None
-                cp.delete_blueprint(name)
-            return {"kind": "Blueprint", "name": name, "deleted": exists}
-
-        return await run(principal, fn)
+        return await run(principal, deleting("Blueprint", name, lambda cp: cp.store.get_blueprint(name),
+                                             lambda cp: cp.delete_blueprint(name)))
 
     # -- assignments --------------------------------------------------------------------------------------
     @api.get("/api/v1/assignments", response_model=DocumentList, responses=responses())
@@ -164,13 +160,8 @@ def router(current_principal: Callable[..., Any], tenancy: Any) -> APIRouter:
 
     @api.delete("/api/v1/assignments/{name}", response_model=Deleted, responses=responses())
     async def delete_assignment(name: str, principal: Principal = Depends(current_principal)) -> Any:
-        def fn(cp: ControlPlane) -> Any:
-            with cp.store.transaction():
-                exists = cp.store.get_assignment(name) is not None
-                cp.delete_assignment(name)
-            return {"kind": "Assignment", "name": name, "deleted": exists}
-
-        return await run(principal, fn)
+        return await run(principal, deleting("Assignment", name, lambda cp: cp.store.get_assignment(name),
+                                             lambda cp: cp.delete_assignment(name)))
 
     # -- clusters -----------------------------------------------------------------------------------------
     @api.get("/api/v1/clusters/{name}", response_model=DocumentBody, responses=responses(404))
@@ -189,13 +180,8 @@ def router(current_principal: Callable[..., Any], tenancy: Any) -> APIRouter:
 
     @api.delete("/api/v1/clusters/{name}", response_model=Deleted, responses=responses(409))
     async def delete_cluster(name: str, principal: Principal = Depends(current_principal)) -> Any:
-        def fn(cp: ControlPlane) -> Any:
-            with cp.store.transaction():
-                exists = cp.store.get_cluster(name) is not None
-                cp.delete_cluster(name)
-            return {"kind": "Cluster", "name": name, "deleted": exists}
-
-        return await run(principal, fn)
+        return await run(principal, deleting("Cluster", name, lambda cp: cp.store.get_cluster(name),
+                                             lambda cp: cp.delete_cluster(name)))
 
     @api.get("/api/v1/clusters/{name}/render", response_model=RenderedObjects, responses=responses(404, 409))
     async def render(name: str, principal: Principal = Depends(current_principal)) -> Any:

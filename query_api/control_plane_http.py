@@ -194,5 +194,18 @@ async def documents_or_refusal(request: Request) -> list[Document] | JSONRespons
         return refusal(exc)
 
 
+def deleting(kind: str, name: str, find: Callable[[ControlPlane], Any],
+             delete: Callable[[ControlPlane], Any]) -> Callable[[ControlPlane], dict[str, Any]]:
+    """A DELETE route's work: `delete(cp)` in one transaction (the engine checks roles, also for what is
+    absent), answering whether `find(cp)` found anything to delete."""
+    def fn(cp: ControlPlane) -> dict[str, Any]:
+        with cp.store.transaction():
+            found = find(cp) is not None
+            delete(cp)
+        return {"kind": kind, "name": name, "deleted": found}
+
+    return fn
+
+
 def change_body(c: Change) -> dict[str, Any]:
     return {"kind": c.kind, "name": c.name, "action": c.action, "detail": c.detail}

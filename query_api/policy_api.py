@@ -31,6 +31,7 @@ from query_api.control_plane_http import (
     DocumentBody,
     VersionConflict,
     change_body,
+    deleting,
     documents_or_refusal,
     one_document,
     responses,
@@ -218,13 +219,9 @@ def router(current_principal: Callable[..., Any], tenancy: Any) -> APIRouter:
     @api.delete("/api/v1/policies/{name}", response_model=Deleted, responses=responses(409))
     async def delete_policy(name: str, principal: Principal = Depends(current_principal)) -> Any:
         """Stops rendering and evaluating the policy; its versions stay for history. 409 while still used."""
-        def fn(cp: ControlPlane) -> Any:
-            with cp.store.transaction():
-                exists = cp.store.get_policy(name) or cp.store.get_staged_policy(name)
-                cp.delete_policy(name)
-            return {"kind": "Policy", "name": name, "deleted": exists is not None}
-
-        return await run(principal, fn)
+        return await run(principal, deleting(
+            "Policy", name, lambda cp: cp.store.get_policy(name) or cp.store.get_staged_policy(name),
+            lambda cp: cp.delete_policy(name)))
 
     @api.post("/api/v1/apply", response_model=ApplyResult, responses=responses(422), openapi_extra=YAML_OR_JSON_BODY)
     async def apply(
