@@ -144,7 +144,7 @@ def live_diff(cp: ControlPlane, docs: Any, name: str, *, prune: bool) -> dict[st
 
 def live_diff_lines(name: str, live: dict[str, Any]) -> list[str]:
     """`netwarden diff`'s lines for one cluster's live state."""
-    if "error" in live:
+    if live.get("error"):  # the API's answer spells "no error" as null
         return [f"  live state unavailable: {live['error']}"]
     drift = [f"  {_drift_text(d)}" for d in live["drift"]] or ["  nothing"]
     return [f"cluster {name}: what sync would change on the live cluster", *(f"  note: {n}" for n in live["notes"]),

@@ -95,7 +95,8 @@ def test_policy_commands_print_the_same_locally_and_over_http(both: tuple[Both, 
     assert here == there and f"{change}: document 3 (Policy frontend-egress): spec.mode: expected one of" in here
 
 
-def test_sync_status_drift_and_sync_over_http(both: tuple[Both, KubeApiStub, KubeApiStub], cli: Cli) -> None:
+def test_sync_status_drift_and_sync_over_http(both: tuple[Both, KubeApiStub, KubeApiStub], cli: Cli,
+                                              tmp_path: Path) -> None:
     run, kube_local, kube_remote = both
     here, there = run("sync", "--cluster", "demo-east", "--dry-run")
     assert here == there and "status: drifted" in here and ": missing" in here
@@ -118,6 +119,12 @@ def test_sync_status_drift_and_sync_over_http(both: tuple[Both, KubeApiStub, Kub
     assert here == there and "updated CiliumClusterwideNetworkPolicy deny-cloud-metadata" in here
     here, there = run("sync", "--cluster", "demo-east", "--dry-run")
     assert here == there and "status: in-sync" in here
+    # diff asks the live cluster what the next sync would change.
+    change = tmp_path / "change.yaml"
+    change.write_text(SHOP_POLICY)
+    here, there = run("diff", "-f", str(change))
+    assert here == there and "cluster demo-east: what sync would change on the live cluster" in here
+    assert "shop-allow-web: missing" in here
     # Sync is infrastructure: a workspace admin reads the status but may not sync.
     with remote.http("workspace-admin") as wendy:
         assert wendy.get("/api/v1/clusters/demo-east/sync").status_code == 200
