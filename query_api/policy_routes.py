@@ -115,11 +115,15 @@ def _documents_of(body: bytes, content_type: str) -> list[Any]:
             data = json.loads(body)
         except ValueError as exc:
             raise ValueError(f"invalid JSON: {exc}") from None
+        except RecursionError:  # found by tests/fuzz: a 500 before
+            raise ValueError("invalid JSON: nested too deeply") from None
         if isinstance(data, dict) and "documents" in data:
             data = data["documents"]
         return data if isinstance(data, list) else [data]
     try:
         return list(yaml.safe_load_all(body.decode("utf-8")))
+    except RecursionError:  # found by tests/fuzz: a 500 before
+        raise ValueError("invalid YAML: nested too deeply") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -238,6 +238,8 @@ def _body_documents(body: bytes) -> list[Any]:
     """YAML (multi-document) or JSON: one document or a list of them."""
     try:
         return [d for d in yaml.safe_load_all(body.decode("utf-8")) if d is not None]
+    except RecursionError:  # found by tests/fuzz: a 503 "flow store unavailable" before
+        raise TrafficParamError("body", None, "not YAML or JSON: nested too deeply") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise TrafficParamError("body", None, f"not YAML or JSON: {str(exc).splitlines()[0]}") from None
 

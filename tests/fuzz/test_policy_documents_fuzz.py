@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +135,29 @@ def test_mutated_yaml_loads_or_fails_naming_the_file(text: bytes) -> None:
             load_documents(path)
         except GitOpsErrors as exc:
             assert exc.errors and all(str(e).startswith(str(path)) or str(e).startswith(FILE) for e in exc.errors), str(exc)
+
+
+def test_documents_too_deep_or_too_large_are_refused_before_anything_walks_them() -> None:
+    """Found by fuzzing the API's bodies: a document nested ~900 deep overflowed the stack (500), and YAML
+    aliases nested 7 deep (10^7 values from 8 lines) cost half a minute of validation."""
+    deep: Any = "x"
+    for _ in range(900):
+        deep = [deep]
+    anchors = ['l0: &l0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]'] + [
+        f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 10) + "]" for i in range(1, 7)
+    ]
+    laughs = yaml.safe_load(
+        "apiVersion: netwarden.io/v1\nkind: Policy\nmetadata: {name: p}\nspec:\n  scope: namespace\n  x:\n"
+        + "".join(f"    {line}\n" for line in anchors)
+        + "  rules: [{name: r, cilium: {endpointSelector: {}, description: *l6}}]\n"
+    )
+    for doc, problem in (
+        ({"apiVersion": "netwarden.io/v1", "kind": "Policy", "metadata": {"name": "p"}, "spec": {"rules": deep}},
+         "nested deeper than 64 levels"),
+        (laughs, "more than 100000 values"),
+    ):
+        started = time.monotonic()
+        with pytest.raises(GitOpsErrors) as refused:
+            parse_documents([doc], FILE)
+        assert problem in str(refused.value) and str(refused.value).startswith(f"{FILE}: document 1 (Policy p): ")
+        assert time.monotonic() - started < 1.0

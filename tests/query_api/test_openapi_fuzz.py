@@ -7,6 +7,7 @@ stream tickets, and the live stream's parameters (over real HTTP: the stream nev
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -195,3 +196,33 @@ def test_live_stream_parameters_are_validated_before_it_opens(full_app: tuple[Fa
         server.should_exit = True
         thread.join(10)
     assert 200 in statuses and 422 in statuses
+
+
+def test_hostile_document_bodies_are_refused_with_4xx(full_app: tuple[FastAPI, str]) -> None:
+    """Found by fuzzing: bodies nested deeper than Python's stack were a 500 (apply, diff, stage, PUT) or a 503
+    (what-if, reported as the flow store being unavailable)."""
+    full, token = full_app
+    deep: object = "x"
+    for _ in range(900):
+        deep = [deep]
+    policy = {"apiVersion": "netwarden.io/v1", "kind": "Policy", "metadata": {"name": "p"},
+              "spec": {"scope": "namespace", "rules": [{"name": "r", "cilium": {"ingress": deep}}]}}
+    bodies = [
+        (b"[" * 5000, "application/yaml"),
+        (b"- " * 3000 + b"x", "application/yaml"),
+        (json.dumps(policy).encode(), "application/json"),
+        (b"[" * 5000, "application/json"),
+    ]
+    client = TestClient(full, raise_server_exceptions=False)
+    for method, path in (
+        ("POST", "/api/v1/apply"),
+        ("POST", "/api/v1/diff"),
+        ("POST", "/api/v1/policies/stage"),
+        ("POST", "/api/v1/policies/what-if"),
+        ("PUT", "/api/v1/policies/p"),
+    ):
+        for body, content_type in bodies:
+            r = client.request(
+                method, path, content=body, headers={"Authorization": f"Bearer {token}", "Content-Type": content_type}
+            )
+            assert 400 <= r.status_code < 500, (path, body[:20], r.status_code, r.text[:200])
