@@ -112,9 +112,11 @@ class ApiClient:
         return _REQUEST_DOCUMENT.sub(source, text)
 
 
-def wire_documents(docs: Sequence[Any]) -> tuple[list[dict[str, Any]], list[str]]:
-    """Parsed gitops Documents as an API request's body, and where each came from ("file: document N").
-    Serialized from the parsed models, so `fromFile` rules travel inline (the server reads no files)."""
+def wire_documents(docs: Sequence[Any]) -> tuple[dict[str, Any], list[str]]:
+    """Parsed gitops Documents as an API request's JSON body (`{"documents", "sources"}`: the server records
+    each document's `file#index@commit` as a local apply does), and where each came from ("file: document N")
+    for naming them in refusals. Serialized from the parsed models, so `fromFile` rules travel inline (the
+    server reads no files)."""
     from policy_engine.model import PolicySpec
 
     out: list[dict[str, Any]] = []
@@ -126,7 +128,8 @@ def wire_documents(docs: Sequence[Any]) -> tuple[list[dict[str, Any]], list[str]
                 spec["mode"] = doc.mode
         out.append({"apiVersion": "netwarden.io/v1", "kind": doc.kind, "metadata": {"name": doc.name},
                     "spec": _without_empty(spec)})
-    return out, [f"{d.ref.file}: document {d.ref.index}" if d.ref.index else d.ref.file for d in docs]
+    body = {"documents": out, "sources": [d.source for d in docs]}
+    return body, [f"{d.ref.file}: document {d.ref.index}" if d.ref.index else d.ref.file for d in docs]
 
 
 def _without_empty(spec: dict[str, Any]) -> dict[str, Any]:

@@ -10,8 +10,10 @@ thread, reading `netwarden.io/v1` documents from a body, and turning the engine'
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import HTTPException, Request
@@ -164,15 +166,32 @@ class ControlPlaneCalls:
 
 async def body_documents(request: Request) -> list[Document]:
     """The `netwarden.io/v1` documents of a YAML or JSON body (parsed, not yet applied). Raises GitOpsErrors or
-    BadInput; `fromFile` rules are refused (the CLI sends them inline)."""
+    BadInput; `fromFile` rules are refused (the CLI sends them inline). A JSON body `{"documents": [...],
+    "sources": [...]}` names where each document came from (recorded with the versions it writes, as a local
+    apply records `file#index@commit`)."""
     body = await request.body()
     if len(body) > MAX_BODY:
         raise HTTPException(413, f"the body is larger than {MAX_BODY} bytes")
+    content_type = request.headers.get("content-type", "")
     try:
-        raw = _documents_of(body, request.headers.get("content-type", ""))
+        raw = _documents_of(body, content_type)
     except ValueError as exc:
         raise BadInput(str(exc), "body") from None
-    return parse_documents(raw, "request")
+    docs = parse_documents(raw, "request")
+    sources = _sources(body, content_type, len(raw))
+    return [replace(d, source=sources[d.ref.index - 1]) for d in docs] if sources else docs
+
+
+def _sources(body: bytes, content_type: str, count: int) -> list[str] | None:
+    if "json" not in content_type:
+        return None
+    data = json.loads(body)  # parsed once already: it is valid
+    sources = data.get("sources") if isinstance(data, dict) else None
+    if sources is None:
+        return None
+    if not isinstance(sources, list) or len(sources) != count or not all(isinstance(s, str) for s in sources):
+        raise BadInput(f"expected one string per document ({count}), found {str(sources)[:80]}", "body", "sources")
+    return [s[:500] for s in sources]
 
 
 def one_document(docs: list[Document], kind: str, name: str) -> Document:

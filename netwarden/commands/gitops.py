@@ -310,7 +310,7 @@ def _documents(path: str) -> list[Any]:
         raise CommandError("\nnetwarden: ".join(str(e) for e in exc.errors)) from None
 
 
-def _client_with(docs: Sequence[Any], args: argparse.Namespace) -> tuple[ApiClient, list[dict[str, Any]]] | None:
+def _client_with(docs: Sequence[Any], args: argparse.Namespace) -> tuple[ApiClient, dict[str, Any]] | None:
     """With a server: its client (naming each document by its file in refusals) and the wire documents."""
     client = ApiClient.from_args(args)
     if client is None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.policy_api.conftest import CLUSTER_POLICY, DATA_POLICY, SHOP_POLICY, Cli, Served
@@ -156,3 +157,32 @@ def test_errors_name_the_field_the_version_or_the_object(api: Served) -> None:
         # Still used by an assignment: a conflict with the store's state.
         r = olivia.delete("/api/v1/policies/payments-egress")
         assert r.status_code == 409 and "still used by" in r.json()["detail"]
+
+
+def test_an_oidc_user_writes_as_its_mapped_role(tmp_path: Path) -> None:
+    """The principal may come from an OIDC JWT (groups mapped to roles): the same engine rules apply."""
+    from prometheus_client import CollectorRegistry
+
+    from policy_engine.tenancy import Tenancy
+    from query_api.app import create_app
+    from query_api.auth import Authenticator, OIDCConfig
+    from tests.policy_api.conftest import seed
+    from tests.reports.loopback_api import serve
+    from tests.tenancy.test_auth import AUDIENCE, ISSUER, Issuer
+
+    seed(tmp_path / "data")
+    issuer, tenancy = Issuer(), Tenancy.open(tmp_path / "data")
+    config = OIDCConfig.from_mapping({"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": issuer.jwks_url, "roles": {
+        "claim": "groups", "map": {"shop-devs": {"role": "workspace-admin", "scope": "shop-team"}}}})
+    app = create_app(None, CollectorRegistry(), authenticator=Authenticator(tenancy, config),  # type: ignore[arg-type]
+                     ownership=tenancy.ownership)
+    try:
+        with serve(app) as url, httpx.Client(base_url=url, timeout=30,
+                                             headers={"Authorization": f"Bearer {issuer.token()}"}) as dev:
+            r = dev.post("/api/v1/apply", content=DATA_POLICY, headers=YAML)
+            assert r.status_code == 403 and "principal 'user-123' has workspace-admin of workspace shop-team" in r.text
+            assert dev.post("/api/v1/apply", content=SHOP_POLICY, headers=YAML).status_code == 200
+            assert dev.get("/api/v1/policies/shop-allow-web").json()["status"]["updatedBy"] == "user-123"
+    finally:
+        issuer.close()
+        tenancy.close()
