@@ -247,13 +247,27 @@ async def first_payments_flow(world: World, ws: Any) -> tuple[str, str]:
     raise AssertionError("unreachable")
 
 
-async def test_follow_client_sends_the_header_and_stops_with_the_reason_when_revoked(world: World) -> None:
-    proc = await run_follow(server=world.http, token=world.tokens["olga"][1], output="jsonpb")
+async def test_follow_client_goes_on_when_narrowed_and_stops_with_the_reason_when_revoked(world: World) -> None:
+    proc = await run_follow(server=world.http, token=world.tokens["walt"][1], output="jsonpb")
+    assert proc.stdout is not None and proc.stderr is not None
     await until_subscribed(world.hub, proc)
-    world.hub.publish_rows(rows(("shop", "db"), start=40))
-    assert proc.stdout is not None
+    world.hub.publish_rows(rows(("payments", "db"), start=40))
+    assert namespaces(json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))) == ("payments", "db")
+
+    # Narrowed: the client says so and streams on within what is left.
+    first = list(world.hub._subs)
+    world.tenancy.remove_binding("walt", "workspace-read-only", "pay-team")
+    note = await asyncio.wait_for(proc.stderr.readline(), ENDS_WITHIN_S)
+    assert b"access narrowed" in note and b"reconnecting with the current scope" in note
+    for _ in range(500):  # its new subscription, not the old one on its way out
+        if world.hub._subs and world.hub._subs != first:
+            break
+        await asyncio.sleep(0.01)
+    world.hub.publish_rows(rows(("payments", "db"), ("shop", "db"), start=50))
     assert namespaces(json.loads(await asyncio.wait_for(proc.stdout.readline(), 10))) == ("shop", "db")
-    world.tenancy.revoke_token(world.tokens["olga"][0])
+
+    # Revoked: the client stops, naming the reason, without retrying.
+    world.tenancy.revoke_token(world.tokens["walt"][0])
     out, err = await asyncio.wait_for(proc.communicate(), 10)
     assert proc.returncode == 2 and out == b""
     assert "the server ended the stream: access revoked: invalid token: API token revoked" in err.decode()
