@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from netwarden.api_client import API_TIMEOUT_S, SERVER_ENV, TOKEN_ENV, ApiClient, server_of, wire_documents
+from netwarden.api_client import SERVER_ENV, TOKEN_ENV, ApiClient, server_of, wire_documents
 from netwarden.cli import CommandError
 from netwarden.commands.admin import publish_inventory
 from policy_engine import cluster_sync
@@ -31,8 +31,6 @@ from policy_engine.model import AssignmentTarget, Cluster
 from policy_engine.render import RenderError
 from policy_engine.roles import Authorizer, PermissionDenied, Principal, Role, RoleBinding, ScopeKind
 from policy_engine.store import ControlPlaneStore, StoreError, resolve_data_dir
-
-__all__ = ["API_TIMEOUT_S", "SERVER_ENV", "TOKEN_ENV"]
 
 
 def register(sub: Any, groups: dict[str, Any]) -> None:
@@ -235,7 +233,8 @@ def source_parser() -> argparse.ArgumentParser:
                         help="netwarden data directory (env NETWARDEN_DATA_DIR, default ./netwarden-data)")
     common.add_argument("--server", metavar="URL", help=f"ask a netwarden API instead (env {SERVER_ENV})")
     common.add_argument("--token", metavar="T", help=f"API token for --server (env {TOKEN_ENV})")
-    common.add_argument("--as-role", help="local mode: act with this role (env NETWARDEN_ROLE, default org-admin)")
+    common.add_argument("--as-role", help="local mode (the operator, org-admin): narrow to this role to rehearse it "
+                                          "(env NETWARDEN_ROLE)")
     common.add_argument("--scope", help="local mode: project or workspace of --as-role (env NETWARDEN_SCOPE)")
     return common
 
