@@ -935,7 +935,7 @@ def live_router(
     recheck_s: float | None = None,
 ) -> APIRouter:
     """The stream routes; the app owner includes this router next to /api/v1/flows. `recheck_s`: how often
-    an open stream re-checks its caller's credential and scope (query_api.stream_access; default 5 s, or
+    an open stream re-checks its caller's credential and scope (query_api.stream_access; default 4.5 s, or
     NETWARDEN_STREAM_RECHECK_S)."""
     router = APIRouter()
     period = recheck_period(recheck_s)

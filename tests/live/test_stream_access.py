@@ -379,7 +379,7 @@ def test_stream_tickets_expire_and_are_bounded() -> None:
 
 
 def test_recheck_period_is_at_most_five_seconds() -> None:
-    assert recheck_period(None, {}) == 5.0
+    assert recheck_period(None, {}) == 4.5
     assert recheck_period(None, {RECHECK_ENV: "0.5"}) == 0.5
     for bad in ("6", "0", "soon"):
         with pytest.raises(ValueError, match=RECHECK_ENV):
