@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "netwarden.commands.up",
     "netwarden.commands.bench_ingest",
     "netwarden.commands.bench_live",
+    "netwarden.commands.bench_faults",
     "netwarden.commands.bench_query",
     "netwarden.commands.policy_check",
     "netwarden.commands.flows",

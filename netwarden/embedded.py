@@ -268,8 +268,7 @@ class PipelineStack:
         await asyncio.sleep(min(30.0, 0.5 * 2 ** (len(self._broker_deaths) - 1)))
         if self.app is not None:
             # Its consumer talks to a dead broker; whatever it had not committed is read again by collectors.
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.app.stop(), 10)
+            await self.app.abandon()
         try:
             self.broker.start()
             await ensure_topics(self.bootstrap, self._topics())
@@ -350,9 +349,14 @@ class PipelineStack:
                 ROTATION_BACKLOG.set(backlog)
                 if backlog > ROTATE_MAX_BACKLOG and rss < 2 * self.config.broker_memory_bytes:
                     continue
+                if self.broker is not None and self.broker.process is not None \
+                        and self.broker.process.poll() is not None:
+                    continue  # the broker is down: _watch_children restarts it (a fresh generation anyway)
                 self._in_rotation = True
                 try:
                     await self.rotate()
+                except Exception:
+                    log.exception("rotation failed; retrying at the next interval")
                 finally:
                     self._in_rotation = False
                 last = time.monotonic()

@@ -16,6 +16,7 @@ is handed it again, and the flows table (ReplacingMergeTree on Hubble's uuid) co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -275,7 +276,27 @@ class FlowWorker:
             raise
         self._task = asyncio.create_task(self._run(), name=f"flow-worker-{s.group_id}")
 
-    async def stop(self) -> None:
+    async def abandon(self) -> None:
+        """The broker is gone (nothing can be committed, and its clients may hang): stop the loop, drop the
+        held rows unstored (collectors read them again), and close the Kafka clients in the background."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._task), 5)
+            self._task = None
+        if self._in_flight is not None and not self._in_flight.done():
+            await asyncio.wait([self._in_flight], timeout=60)
+        await asyncio.get_running_loop().run_in_executor(None, self.pipeline.sink.discard_held)
+        self._held_records, self._held_ids = [], []
+        for client in (self.consumer, self.producer):
+            if client is not None:
+                fut = asyncio.ensure_future(asyncio.wait_for(client.stop(), 30))
+                _closing.add(fut)
+                fut.add_done_callback(_closing.discard)
+        self.consumer = self.producer = None
+
+    async def stop(self, flush: bool = True) -> None:
+        """flush=False: the broker is gone (nothing could be committed): held rows are dropped unstored."""
         if self._task is not None:
             self._task.cancel()
             try:
@@ -288,7 +309,7 @@ class FlowWorker:
             # The insert thread cannot be interrupted; let it finish before ClickHouse may be closed.
             await asyncio.wait([self._in_flight], timeout=60)  # type: ignore[list-item]
         try:
-            if self._held_records and not interrupted and self.failure is None:
+            if flush and self._held_records and not interrupted and self.failure is None:
                 # A clean stop: what was handled is stored and committed, not handed out again.
                 await asyncio.wait_for(self._flush_and_commit(), timeout=30)
         except Exception as exc:  # a timeout included
@@ -460,6 +481,9 @@ class FlowWorker:
         for value in enriched_values(table):
             task = asyncio.ensure_future(self.producer.send(FLOWS_ENRICHED, value))
             task.add_done_callback(_ignore_result)
+
+
+_closing: set[asyncio.Future[Any]] = set()  # Kafka clients of abandoned workers, closing in the background
 
 
 def _ignore_result(fut: asyncio.Future[Any]) -> None:

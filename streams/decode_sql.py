@@ -301,10 +301,28 @@ def held_ddl(table: str) -> str:
 
 
 def held_flush(flows_table: str, held: str, dedup_token: str = "") -> str:
-    """Every held row into flows: one insert, so the rollup views run once for all the held batches."""
+    """Every held row not stored yet into flows: one insert, so the rollup views run once for all the held
+    batches."""
     cols = ", ".join(f"`{c.name}`" for c in RECORD_COLUMNS)
     settings = _deduplicated(dedup_token) if dedup_token else INSERT_SETTINGS
-    return f"INSERT INTO {flows_table} ({cols}) SELECT {cols} FROM {held} {settings_clause(settings)}"
+    return (
+        f"INSERT INTO {flows_table} ({cols}) SELECT {cols} FROM {held} "
+        f"WHERE {not_yet_stored(flows_table, held)} {settings_clause(settings)}"
+    )
+
+
+def not_yet_stored(flows_table: str, source: str, alias: str = "") -> str:
+    """Rows of `source` (columns cluster, time, uuid) whose flow is not in the flows table yet: a flow sent
+    again (a collector that read it again after a crash, a replayed capture) is not stored, nor counted
+    again by the rollup views, whatever batch it comes in. Reads only the key range of the batch's clusters
+    and times (constants by the time the condition runs)."""
+    a = f"{alias}." if alias else ""
+    return (
+        f"({a}cluster, {a}uuid) NOT IN (SELECT cluster, uuid FROM {flows_table} "
+        f"WHERE cluster IN (SELECT DISTINCT cluster FROM {source}) "
+        f"AND time >= (SELECT min(time) FROM {source}) AND time <= (SELECT max(time) FROM {source}) "
+        f"AND uuid IN (SELECT uuid FROM {source}))"
+    )
 
 
 def _plain(ch_type: str) -> str:
@@ -397,7 +415,9 @@ def _deduplicated(token: str) -> dict[str, str | int]:
             "deduplicate_blocks_in_dependent_materialized_views": 1}
 
 
-def flows_insert(flows_table: str, stage: str, keys: str | None, dedup_token: str = "") -> str:
+def flows_insert(
+    flows_table: str, stage: str, keys: str | None, dedup_token: str = "", only_new: bool = True
+) -> str:
     """Stage rows plus their key's enrichment into the flows table, columns named (any sort key works).
 
     keys=None stores the enrichment columns' defaults without a join (no enricher). dedup_token names the
@@ -413,9 +433,11 @@ def flows_insert(flows_table: str, stage: str, keys: str | None, dedup_token: st
     else:
         enrich_cols = ", ".join(f"k.`{c.name}`" for c in ENRICHMENT_COLUMNS)
         source = f"{stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey"
+    # only_new: flows already stored are left out (a held table takes the batch as it is: its flush checks).
+    fresh = f"AND {not_yet_stored(flows_table, stage, 's')} " if only_new else ""
     return (
         f"INSERT INTO {flows_table} ({target}) SELECT {flow_cols}, {enrich_cols} FROM {source} "
-        f"WHERE s.kind = {KIND_FLOW} "
+        f"WHERE s.kind = {KIND_FLOW} {fresh}"
         f"{settings_clause(_deduplicated(dedup_token) if dedup_token else INSERT_SETTINGS)}"
     )
 

@@ -442,7 +442,7 @@ class ClickHouseSink:
         started = time.perf_counter()
         result.held = hold and (bool(self._held_runs) or result.stored < self.hold_flows)
         if result.held:
-            self._run(decode_sql.flows_insert(self.held_table, self.stage, keys_table))
+            self._run(decode_sql.flows_insert(self.held_table, self.stage, keys_table, only_new=False))
         else:
             self._run(decode_sql.flows_insert(self.flows_table, self.stage, keys_table, dedup_token(runs)))
         if want_rows:
