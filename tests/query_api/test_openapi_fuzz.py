@@ -208,10 +208,10 @@ def test_hostile_document_bodies_are_refused_with_4xx(full_app: tuple[FastAPI, s
     policy = {"apiVersion": "netwarden.io/v1", "kind": "Policy", "metadata": {"name": "p"},
               "spec": {"scope": "namespace", "rules": [{"name": "r", "cilium": {"ingress": deep}}]}}
     bodies = [
-        (b"[" * 5000, "application/yaml"),
-        (b"- " * 3000 + b"x", "application/yaml"),
+        (b"[" * 700, "application/yaml"),
+        (b"- " * 700 + b"x", "application/yaml"),
         (json.dumps(policy).encode(), "application/json"),
-        (b"[" * 5000, "application/json"),
+        (b"[" * 1100, "application/json"),
     ]
     client = TestClient(full, raise_server_exceptions=False)
     for method, path in (
