@@ -81,7 +81,8 @@ async def run(args: argparse.Namespace) -> None:
     if args.data_dir:
         Path(args.data_dir).mkdir(parents=True, exist_ok=True)
         checkpoint = Checkpoint(Path(args.data_dir) / f"checkpoint-{args.cluster}.json")
-    collector = HubbleCollector(args.cluster, args.hubble, ship, checkpoint=checkpoint, tls=tls, acks=acks)
+    collector = HubbleCollector(args.cluster, args.hubble, ship, checkpoint=checkpoint, tls=tls, acks=acks,
+                                ship_lost=shipper.ship_lost_ranges)
 
     def reply(doc: dict[str, object]) -> None:
         sys.stdout.write(json.dumps(doc) + "\n")

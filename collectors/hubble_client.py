@@ -231,6 +231,10 @@ ShipBatch = Callable[[str, list[bytes]], Awaitable[int | None]]
 STOP_ACK_WAIT_S = 3.0
 
 
+# Sends (node, after_ns, before_ns) lost ranges on to the worker; returns once Kafka acknowledged them.
+ShipLost = Callable[[list[tuple[str, int, int]]], Awaitable[int | None]]
+
+
 class UnstoredError(Exception):
     """Shipped batches were not stored in time: resume from the stored checkpoint."""
 
@@ -273,6 +277,7 @@ class HubbleCollector:
         backoff_max_s: float = 10.0,
         acks: StoredAcks | None = None,
         ack_timeout_s: float = 10.0,
+        ship_lost: ShipLost | None = None,
     ):
         self.cluster = cluster
         self.target = target
@@ -287,6 +292,8 @@ class HubbleCollector:
         # and never stored within ack_timeout_s (no notice at all meanwhile) are read from Hubble again.
         self.acks = acks
         self.ack_timeout_s = ack_timeout_s
+        self.ship_lost = ship_lost  # lost ranges to the worker (the validation report's health section)
+        self._lost_to_ship: list[LostRange] = []
         self._shipped_at: dict[BatchName, float] = {}  # pending batch -> when shipped (monotonic)
         self.stats = CollectorStats()
 
@@ -444,6 +451,7 @@ class HubbleCollector:
         tell, so the range is reported as possibly lost."""
         gap = LostRange(node, after_ns, before_ns)
         self.stats.gaps.append(gap)
+        self._lost_to_ship.append(gap)
         GAPS.labels(self.cluster, node).inc()
         GAP_SECONDS.labels(self.cluster, node).inc((before_ns - after_ns) / 1e9)
         log.warning(
@@ -455,6 +463,10 @@ class HubbleCollector:
         step = self.batch_max
         while True:
             batch = await buffer.take(self.linger_s)
+            if self._lost_to_ship and self.ship_lost is not None:
+                # Best effort (not checkpointed): the range is in the metrics and the log as well.
+                ranges, self._lost_to_ship = self._lost_to_ship, []
+                await self.ship_lost([(r.node, r.after_ns, r.before_ns) for r in ranges])
             if batch is None:
                 return
             # One Kafka message per node (the key) and at most batch_max flows.

@@ -49,5 +49,14 @@ class FlowBatchProducer:
         await self.producer.send_and_wait(FLOWS_RAW, batch.SerializeToString(), key=batch_key(self.cluster, node))
         return batch.sequence
 
+    async def ship_lost_ranges(self, ranges: list[tuple[str, int, int]]) -> int:
+        """(node, after_ns, before_ns) ranges Hubble no longer held: a FlowBatch without flows."""
+        batch = FlowBatch(cluster=self.cluster, collector=self.collector_id, sequence=next(self._seq))
+        for node, after_ns, before_ns in ranges:
+            batch.lost_ranges.add(node=node, after_ns=after_ns, before_ns=before_ns)
+        node = ranges[0][0] if ranges else ""
+        await self.producer.send_and_wait(FLOWS_RAW, batch.SerializeToString(), key=batch_key(self.cluster, node))
+        return batch.sequence
+
     async def dead_letter(self, letter: DeadLetter) -> None:
         await self.producer.send_and_wait(FLOWS_DLQ, letter.to_json(), key=self.cluster.encode())

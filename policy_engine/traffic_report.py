@@ -24,7 +24,7 @@ Sections per cluster:
   last time it did (empty Cilium rules, which only switch default deny on, count the default-deny decisions
   of their policy and direction); unused_rules are those that decided none;
 - staged: per staged policy, the conversations it would newly deny and newly allow;
-- health: placeholder for lost ranges (filled by the faults work).
+- health: lost ranges (collector gaps: node, since, until) overlapping the window.
 """
 
 from __future__ import annotations
@@ -324,8 +324,8 @@ def _cluster_report(facts: ClusterFacts, view: ReportView, decider: Decider) -> 
     doc["staged"] = _staged(facts, judged)
     doc["health"] = {
         "lost_ranges": [dict(r) for r in facts.lost_ranges],
-        "note": "ranges of time where flows were lost (collector gaps, Hubble lost events); filled by the "
-        "faults work",
+        "note": "ranges of a node's flows Hubble no longer held when its collector resumed (a restarted server, "
+        "an overwritten ring); an idle node looks the same",
     }
     return doc
 

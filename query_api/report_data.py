@@ -42,6 +42,7 @@ from query_api.flow_query import FlowFilter
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
 from query_api.summary import parse_window, rfc3339, summarize
+from schemas.clickhouse import LOST_RANGES_TABLE
 from schemas.conversation import Conversation
 from schemas.inventory import ClusterInventory
 
@@ -198,6 +199,7 @@ def validation_report(
                 kube[cluster.name] = found
     t_kube = time.perf_counter() - clock
 
+    lost = lost_ranges_by_cluster(flows, sorted(names), since_ns, until_ns)
     facts = []
     for name in sorted(names):
         inventory = inventories.get(name)
@@ -213,6 +215,7 @@ def validation_report(
                 namespace_workspaces={ns: e.workspace for (c, ns), e in owners.items() if c == name},
                 known_namespaces=sorted(known),
                 kube=kube[name],
+                lost_ranges=tuple(lost.get(name, ())),
             )
         )
     clock = time.perf_counter()
@@ -223,6 +226,28 @@ def validation_report(
         timings.update(conversations_s=t_conv, rollups_s=t_roll, kube_s=t_kube, assemble_s=t_assemble,
                        conversations=len(conversations))
     return report
+
+
+def lost_ranges_by_cluster(flows: FlowStore, clusters: list[str], since_ns: int, until_ns: int) -> dict[str, list[dict[str, Any]]]:
+    """Per cluster, the lost ranges (collector gaps) overlapping the window, oldest first."""
+    if not clusters:
+        return {}
+    rows = flows.client.query(
+        f"SELECT cluster, node, after, before FROM {LOST_RANGES_TABLE} FINAL WHERE cluster IN {{c:Array(String)}} "
+        "AND before >= fromUnixTimestamp64Nano({s:Int64}, 'UTC') AND after <= fromUnixTimestamp64Nano({u:Int64}, 'UTC') "
+        "ORDER BY cluster, after",
+        parameters={"c": clusters, "s": since_ns, "u": until_ns},
+    ).result_rows
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cluster, node, after, before in rows:
+        out.setdefault(str(cluster), []).append({
+            "node": node,
+            "since": after.isoformat(),
+            "until": before.isoformat(),
+            "seconds": round((before - after).total_seconds(), 3),
+            "what": f"node {node}: flows Hubble no longer held when the collector resumed (possibly lost)",
+        })
+    return out
 
 
 def _rollups(

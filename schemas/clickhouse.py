@@ -424,6 +424,25 @@ def _create_conversations(retention: Retention) -> list[Step]:
     return [conversations_ddl(retention.rollup_days), backfill, conversations_view_ddl()]
 
 
+# ---- lost ranges --------------------------------------------------------------------------------------
+# Ranges of a node's flows that Hubble no longer held when a collector resumed (collectors.hubble_client): the
+# validation report's health section. A range sent again (a collector that re-read it) collapses by key.
+
+LOST_RANGES_TABLE = "flow_lost_ranges"
+
+
+def lost_ranges_ddl(retention_days: int) -> str:
+    return f"""CREATE TABLE IF NOT EXISTS {LOST_RANGES_TABLE} (
+  `cluster` {_LC},
+  `node` String,
+  `after` DateTime64(9, 'UTC'),
+  `before` DateTime64(9, 'UTC'),
+  `recorded_at` DateTime DEFAULT now()
+) ENGINE = ReplacingMergeTree
+ORDER BY (cluster, node, after, before)
+TTL recorded_at + INTERVAL {int(retention_days)} DAY DELETE"""
+
+
 # ---- migrations -------------------------------------------------------------------------------------
 
 Step = str | Callable[[Any], None]  # a statement, or a function of the clickhouse-connect client
@@ -542,6 +561,7 @@ def migrations(
             for table in (*ROLLUP_TABLES, CATALOG_TABLE)
         ]),
         (6, _create_conversations(retention)),
+        (7, [lost_ranges_ddl(retention.rollup_days)]),
     ]
 
 
@@ -553,6 +573,7 @@ def ttl_statements(client: Any, retention: Retention, flows: bool = True, rollup
         wanted[FLOWS_TABLE] = (retention.flows_days, "ingested_at")
     if rollups:
         wanted.update({table: (retention.rollup_days, "ingested_at") for table in (*ROLLUP_TABLES, CONVERSATIONS_1H)})
+        wanted[LOST_RANGES_TABLE] = (retention.rollup_days, "recorded_at")
     if flows and rollups:  # the catalog must outlive both; with one unknown, leave it
         wanted[CATALOG_TABLE] = (retention.catalog_days, "ingested_at")
     rows = client.query(

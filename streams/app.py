@@ -140,6 +140,7 @@ class FlowPipeline:
         parts: list[Part] = []
         letters: list[DeadLetter] = []
         batch_ids: list[tuple[str, int]] = []
+        lost_ranges: list[tuple[str, str, int, int]] = []
         for origin, value in messages:
             try:
                 batch = FlowBatch.FromString(value)
@@ -149,6 +150,7 @@ class FlowPipeline:
             batch_id = f"{batch.collector}#{batch.sequence}" if batch.collector else ""
             if batch.collector:
                 batch_ids.append((batch.collector, batch.sequence))
+            lost_ranges += [(batch.cluster, r.node, r.after_ns, r.before_ns) for r in batch.lost_ranges]
             if batch.framed:  # framed by the producer: no entry is touched in Python
                 parts.append(
                     Part(batch.cluster, origin, origins=batch.origins, framed=batch.framed, batch_id=batch_id)
@@ -157,6 +159,8 @@ class FlowPipeline:
                 parts.append(Part(batch.cluster, origin, batch.responses, batch.origins, batch_id=batch_id))
         want_rows = self.want_rows or any(_wants_rows(listener) for listener in self.stored_listeners)
         result = self.sink.store(parts, want_rows=want_rows, hold=hold)
+        if lost_ranges:
+            self.sink.store_lost_ranges(lost_ranges)
         letters += self._letters(result)
         for cluster, lost in result.lost_events.items():
             LOST.labels(cluster).inc(lost)

@@ -14,6 +14,7 @@ table is a ReplacingMergeTree keyed on Hubble's uuid, so twins collapse at merge
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import logging
 import os
@@ -30,7 +31,7 @@ import pyarrow as pa
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from prometheus_client import Counter, Gauge, Histogram
 
-from schemas.clickhouse import FLOWS_TABLE
+from schemas.clickhouse import FLOWS_TABLE, LOST_RANGES_TABLE
 from schemas.flow_record import ENRICHMENT_RESULT_SCHEMA, RECORD_ARROW_SCHEMA
 from schemas.framing import frame, unframe
 from streams import decode_sql
@@ -56,12 +57,12 @@ BISECTS = Counter(
 )
 
 # ClickHouse error codes that say nothing about the data: the server is busy or going away, or our own
-# tables/SQL are not (yet) what we expect. Retried with back-off, never dead-lettered.
+# tables/SQL are not (yet) what we expect. Retried with back-off, never dead-lettered. Not 36 (BAD_ARGUMENTS):
+# ClickHouse also answers it for data (a protobuf oneof set twice), which must be dead-lettered, not retried.
 RETRIABLE_CODES = frozenset(
     {
         3,
         16,
-        36,
         46,
         47,
         60,
@@ -284,6 +285,14 @@ class ClickHouseSink:
         self._lock = threading.Lock()  # one batch at a time through the scratch tables
         self.parallel_files = max(1, os.cpu_count() or 1)
         self._ready = False
+
+    def store_lost_ranges(self, ranges: Sequence[tuple[str, str, int, int]]) -> None:
+        """(cluster, node, after_ns, before_ns) ranges a collector found Hubble no longer held."""
+        rows = [(c, n, _utc(a), _utc(b)) for c, n, a, b in ranges]
+        try:
+            self.client.insert(LOST_RANGES_TABLE, rows, column_names=["cluster", "node", "after", "before"])
+        except Exception as exc:
+            raise classify(exc) from exc
 
     def insert(self, table: pa.Table) -> int:
         """Rows already decoded (e.g. streams.decode's Arrow tables in tests and tools) straight into flows."""
@@ -570,6 +579,12 @@ class ClickHouseSink:
             return self.client.query_arrow(sql)
         except Exception as exc:
             raise classify(exc) from exc
+
+
+def _utc(ns: int) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ns // 1_000_000_000, tz=datetime.UTC) + datetime.timedelta(
+        microseconds=ns % 1_000_000_000 // 1000
+    )
 
 
 def to_record_schema(table: pa.Table) -> pa.Table:

@@ -213,7 +213,8 @@ async def collect(data_dir: Path, cluster: str, target: str, kafka: str, tls: Cl
         acks = StoredAcks(kafka, shipper.collector_id)
         try:
             checkpoint = Checkpoint(data_dir / f"checkpoint-{cluster}.json")
-            collector = HubbleCollector(cluster, target, shipper.ship, checkpoint=checkpoint, tls=tls, acks=acks)
+            collector = HubbleCollector(cluster, target, shipper.ship, checkpoint=checkpoint, tls=tls, acks=acks,
+                                ship_lost=shipper.ship_lost_ranges)
             print(f"collecting cluster {cluster} from {target} into {kafka}", flush=True)
             await collector.run(stop)
         finally:

@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cschemas/messages/batch.proto\x12\x0cnetwarden.v1\"u\n\tFlowBatch\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tcollector\x18\x02 \x01(\t\x12\x11\n\tresponses\x18\x03 \x03(\x0c\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x0f\n\x07origins\x18\x05 \x03(\t\x12\x0e\n\x06\x66ramed\x18\x06 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cschemas/messages/batch.proto\x12\x0cnetwarden.v1\"\xa3\x01\n\tFlowBatch\x12\x0f\n\x07\x63luster\x18\x01 \x01(\t\x12\x11\n\tcollector\x18\x02 \x01(\t\x12\x11\n\tresponses\x18\x03 \x03(\x0c\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x0f\n\x07origins\x18\x05 \x03(\t\x12\x0e\n\x06\x66ramed\x18\x06 \x01(\x0c\x12,\n\x0blost_ranges\x18\x07 \x03(\x0b\x32\x17.netwarden.v1.LostRange\">\n\tLostRange\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x10\n\x08\x61\x66ter_ns\x18\x02 \x01(\x03\x12\x11\n\tbefore_ns\x18\x03 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'schemas.messages.batch_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FLOWBATCH']._serialized_start=46
-  _globals['_FLOWBATCH']._serialized_end=163
+  _globals['_FLOWBATCH']._serialized_start=47
+  _globals['_FLOWBATCH']._serialized_end=210
+  _globals['_LOSTRANGE']._serialized_start=212
+  _globals['_LOSTRANGE']._serialized_end=274
 # @@protoc_insertion_point(module_scope)

@@ -20,6 +20,8 @@ from collectors.stored_acks import StoredAcks
 from collectors.traffic import DemoTraffic
 from netwarden.broker import ensure_topics, recreate_topics
 from netwarden.embedded import PipelineStack, StackConfig
+from query_api.report_data import lost_ranges_by_cluster
+from query_api.store import FlowStore
 from schemas.topics import FLOWS_RAW, pipeline_topics
 
 
@@ -52,7 +54,7 @@ class Collecting:
         self.acks = StoredAcks(self.bootstrap, shipper.collector_id)
         self.collector = HubbleCollector(
             self.cluster, f"127.0.0.1:{self.port}", shipper.ship, checkpoint=Checkpoint(self.checkpoint_path),
-            acks=self.acks, ack_timeout_s=self.ack_timeout_s, linger_s=0.05,
+            acks=self.acks, ack_timeout_s=self.ack_timeout_s, linger_s=0.05, ship_lost=shipper.ship_lost_ranges,
         )
         self.task = asyncio.create_task(self.collector.run(self.stop))
         return self.collector
@@ -145,6 +147,13 @@ def test_a_restarted_hubble_with_an_empty_ring_is_reported_as_a_lost_range(
             assert REGISTRY.get_sample_value(
                 "netwarden_collector_gaps_total", {"cluster": cluster, "node": node}
             ) >= 1
+            # The ranges reach the store, and the validation report's health section reads them there.
+            store = FlowStore(stack.clickhouse)
+            await until(lambda: len(lost_ranges_by_cluster(store, [cluster], 0, time.time_ns())[cluster]) == len(gaps)
+                        if lost_ranges_by_cluster(store, [cluster], 0, time.time_ns()) else False, what="ranges stored")
+            reported = {r["node"]: r for r in lost_ranges_by_cluster(store, [cluster], 0, time.time_ns())[cluster]}
+            for node, gap in gaps.items():
+                assert reported[node]["seconds"] == round((gap.before_ns - gap.after_ns) / 1e9, 3)
         finally:
             await stack.stop()
             await server.stop()

@@ -150,7 +150,7 @@ def test_v1_data_dir_is_migrated_with_its_rows(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     got = json.loads(proc.stdout.splitlines()[-1])
-    assert got["applied"] == [2, 3, 4, 5, 6]
+    assert got["applied"] == [2, 3, 4, 5, 6, 7]
     assert len(got["before"]) == 2000 and got["after"] == got["before"]  # every row, field for field
     assert got["sorting_key"] == got["expected_key"]
     assert "predicted_verdict" not in got["columns"] and "desired_verdict" in got["columns"]
