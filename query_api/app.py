@@ -345,7 +345,7 @@ def create_app(
         pod: str | None = Query(None, description="[namespace/]pod-name prefix, either side"),
         workload: str | None = Query(None, description="[kind/]workload name, either side"),
         label: list[str] = Query(
-            [], description="k=v or source:k=v, repeatable (all on the same endpoint), either side"
+            [], description="k=v or source:k=v, repeatable (any of them, as hubble), either side"
         ),
         verdict: str | None = Query(None, description="FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, ..."),
         drop_reason: str | None = Query(None, description="DropReason name (POLICY_DENIED, ...) or number"),
@@ -532,4 +532,7 @@ def create_app(
 
     for control_plane_api in (policy_api, blueprint_api, admin_api):
         app.include_router(control_plane_api.app_router(current_principal, authenticator))
+    from query_api.console_routes import app_router as console_router
+
+    app.include_router(console_router(current_principal, tenancy))  # the web console at / and GET /api/v1/me
     return app
