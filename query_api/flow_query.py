@@ -13,8 +13,8 @@ Filters mean what they mean to `hubble observe`:
 - `since` / `until`: RFC 3339 (nanoseconds kept) or relative to now (`30s`, `5m`, `2h`, `1d`, `1w`, `1h30m`),
   both inclusive like Hubble's.
 - `cluster` (netwarden's own: which collector's cluster stored the flow) matches exactly.
-- Also either-side, combined per side with namespace/pod/port: `labels` (every label on the same endpoint;
-  `k=v` matches a stored `source:k=v` of any source, a full `reserved:world` matches exactly), `workload`
+- Also either-side, combined per side with namespace/pod/port: `labels` (any of them: hubble ORs repeated
+  `--label`; `k=v` matches a stored `source:k=v` of any source, a full `reserved:world` matches exactly), `workload`
   (`[kind/]name`, kind case-insensitive) and `ip` (an address or a CIDR).
 - `drop_reason` (DropReason name or number, matched against drop_reason_desc), `direction` (INGRESS,
   EGRESS), `l7_type` (REQUEST, RESPONSE, SAMPLE), all case-insensitive.
@@ -353,11 +353,18 @@ def _side_condition(side: str, f: _SideFilter, col: Callable[[str], str] = _colu
         parts.append(
             f"{side}_port = {{port:UInt16}} AND l4_protocol IN ({', '.join(map(str, PORT_PROTOCOLS))})"
         )
-    for i, _ in enumerate(f.labels):
-        # The label itself, or the label without its `source:` prefix (k8s:app=x matches app=x).
+    if f.labels:
+        # Any of the labels (repeated --label ORs, as in hubble): the label itself, or the label without
+        # its `source:` prefix (k8s:app=x matches app=x).
+        labels = col(side + "_labels")
+        bare = f"arrayMap(l -> substring(l, position(l, ':') + 1), {labels})"
         parts.append(
-            f"(has({col(side + '_labels')}, {{label_{i}:String}}) OR "
-            f"has(arrayMap(l -> substring(l, position(l, ':') + 1), {col(side + '_labels')}), {{label_{i}:String}}))"
+            "("
+            + " OR ".join(
+                f"has({labels}, {{label_{i}:String}}) OR has({bare}, {{label_{i}:String}})"
+                for i in range(len(f.labels))
+            )
+            + ")"
         )
     if f.workload is not None:
         if f.workload[0]:

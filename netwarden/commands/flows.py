@@ -5,12 +5,14 @@ applies the token's role scope; `--data-dir DIR` (or NETWARDEN_CLICKHOUSE) reads
 (operator access: everything). `--follow` streams live flows from the API
 (netwarden.commands.flows_follow).
 
-Output: `-o jsonpb` prints one compact GetFlowsResponse per line in hubble's own jsonpb form; `-o json` the
-same lines plus netwarden's enrichment under `netwarden` (each side's project/workspace, the desired and
-staged policy sets' verdicts with attribution when evaluated, `verdict_mismatch`; schemas.flow_render),
-pipe into `jq` for pretty output; `-o table` (default) prints
-hubble's TIMESTAMP SOURCE DESTINATION TYPE VERDICT SUMMARY columns. Like hubble, the newest N matching flows
-are selected and printed oldest first.
+Output: `-o compact` (default, as in `hubble observe`) prints hubble's compact line per flow
+(schemas.flow_compact; `--print-node-name`, `--print-policy-names` as in hubble); `-o jsonpb` prints one
+compact GetFlowsResponse per line in hubble's own jsonpb form; `-o json` the same lines plus netwarden's
+enrichment under `netwarden` (each side's project/workspace, the desired and staged policy sets' verdicts
+with attribution when evaluated, `verdict_mismatch`; schemas.flow_render), pipe into `jq` for pretty output;
+`-o table` prints hubble's TIMESTAMP SOURCE DESTINATION TYPE VERDICT SUMMARY columns. Like hubble, the
+newest N matching flows are selected and printed oldest first. History (data dir or `--server`) and
+`--follow` print each flow through the same renderers.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from netwarden.cli import CommandError
 from netwarden.commands.flows_follow import FILTER_PARAMS
 from query_api.flow_query import DEFAULT_LAST, FilterValueError, FlowFilter, parse_last
 from query_api.store import DataDirLockedError, FlowStore, clickhouse_path, open_clickhouse
+from schemas.flow_compact import compact_line
 from schemas.flow_record import L4_PROTOCOLS, TCP_FLAG_NAMES
 from schemas.flow_render import (
     ip_text,
@@ -89,7 +92,7 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
         action="append",
         default=[],
         help="endpoint label, either side (k=v matches any label source, e.g. k8s:k=v); repeatable: "
-        "all on the same endpoint",
+        "flows with any of them (OR, like hubble)",
     )
     p.add_argument("--workload", metavar="[KIND/]NAME", help="flows from or to this workload")
     p.add_argument("--ip", metavar="ADDR", help="flows from or to this IP address or CIDR")
@@ -110,10 +113,19 @@ def register(sub: argparse._SubParsersAction, groups: dict[str, argparse._SubPar
     p.add_argument(
         "-o",
         "--output",
-        choices=("jsonpb", "json", "table"),
-        default="table",
-        help="jsonpb: one GetFlowsResponse per line (hubble's form); json: the same plus netwarden's "
-        "enrichment (ownership, desired/staged verdicts) under `netwarden`; table: human-readable columns (default)",
+        choices=("compact", "jsonpb", "json", "table"),
+        default="compact",
+        help="compact: one line per flow, as `hubble observe` prints (default); jsonpb: one GetFlowsResponse "
+        "per line (hubble's form); json: the same plus netwarden's enrichment (ownership, desired/staged "
+        "verdicts) under `netwarden`; table: hubble's columns",
+    )
+    p.add_argument(
+        "--print-node-name", action="store_true", help="compact: the node's name after the time, as [node]"
+    )
+    p.add_argument(
+        "--print-policy-names",
+        action="store_true",
+        help="compact: the policies that allowed or denied a policy verdict (BY name (Kind), ...)",
     )
     p.set_defaults(handler=run_flows)
 
@@ -276,14 +288,27 @@ def run_flows(args: argparse.Namespace) -> int:
     return 0
 
 
+def compact_options(args: argparse.Namespace) -> dict[str, bool]:
+    """compact_line()'s options from the flags (history and --follow)."""
+    return {
+        "node_name": bool(getattr(args, "print_node_name", False)),
+        "policy_names": bool(getattr(args, "print_policy_names", False)),
+    }
+
+
 def _print(
     args: argparse.Namespace,
     rows: list[dict[str, Any]] | None = None,
     jsonpb: list[dict[str, Any]] | None = None,
 ) -> None:
     try:
-        if args.output == "table":
-            write_table(rows if rows is not None else jsonpb_to_rows(jsonpb or []), sys.stdout)
+        if args.output in ("table", "compact"):
+            rows = rows if rows is not None else jsonpb_to_rows(jsonpb or [])
+            if args.output == "table":
+                write_table(rows, sys.stdout)
+            else:
+                options = compact_options(args)
+                sys.stdout.writelines(compact_line(row, **options) + "\n" for row in rows)
         else:
             if jsonpb is not None:  # from the API, enrichment included (format=json)
                 lines = jsonpb if args.output == "json" else [strip_enrichment(f) for f in jsonpb]

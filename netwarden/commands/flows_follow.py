@@ -91,10 +91,15 @@ class FlowPrinter:
         self.output = output
         self.out = out
         self._header_done = False
+        self.compact_options: dict[str, bool] = {}  # netwarden.commands.flows.compact_options
 
     def flow(self, message: dict[str, Any]) -> None:
         if self.output == "table":
             self._table_line(message)
+        elif self.output == "compact":
+            from schemas.flow_compact import compact_line
+
+            self.out.write(compact_line(jsonpb_to_row(message), **self.compact_options) + "\n")
         else:
             self.out.write(json.dumps(message, separators=(",", ":"), ensure_ascii=False) + "\n")
         self.out.flush()
@@ -185,7 +190,10 @@ def follow(args: argparse.Namespace) -> int:
         )
     try:
         url = stream_url(server, args)
-        printer = FlowPrinter(getattr(args, "output", "table") or "table", sys.stdout)
+        printer = FlowPrinter(getattr(args, "output", "compact") or "compact", sys.stdout)
+        from netwarden.commands.flows import compact_options
+
+        printer.compact_options = compact_options(args)
         asyncio.run(follow_stream(url, token, printer, sys.stderr))
     except FollowError as exc:
         raise CommandError(str(exc)) from None

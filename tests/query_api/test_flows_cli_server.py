@@ -67,7 +67,7 @@ def test_scoped_history_over_the_api(server: str, capsys: pytest.CaptureFixture[
     assert code == 0, err
     # Only flows touching qa-c1/shop, oldest first; the workspace reader sees no other cluster's flows.
     assert uuids(out) == [flow_uuid(0), flow_uuid(1), flow_uuid(7)]
-    code, out, _ = run(capsys, "--server", server, "--token", "admin", "--cluster", "qa-c1", "--last", "2")
+    code, out, _ = run(capsys, "--server", server, "--token", "admin", "--cluster", "qa-c1", "--last", "2", "-o", "table")
     assert code == 0 and out.splitlines()[0].split()[0] == "TIMESTAMP" and len(out.splitlines()) == 3
 
 

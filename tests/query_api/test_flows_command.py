@@ -71,6 +71,8 @@ def test_filters_and_table(flow_store: FlowStore, data_dir: Path, capsys: pytest
         "8080",
         "--verdict",
         "forwarded",
+        "-o",
+        "table",
     )
     assert code == 0
     header, *rows = out.splitlines()
@@ -80,7 +82,7 @@ def test_filters_and_table(flow_store: FlowStore, data_dir: Path, capsys: pytest
     assert "shop/frontend-abc:43000" in rows[0] and "shop/backend-1:8080" in rows[0]
     assert "to-endpoint" in rows[0] and "FORWARDED" in rows[0] and rows[0].endswith("TCP Flags: SYN")
     assert rows[1].endswith("TCP Flags: SYN, ACK")
-    code, out, _ = run(capsys, "--data-dir", str(data_dir), "--verdict", "DROPPED", "--cluster", "qa-c1")
+    code, out, _ = run(capsys, "--data-dir", str(data_dir), "--verdict", "DROPPED", "--cluster", "qa-c1", "-o", "table")
     assert "1.1.1.1:53 (world)" in out and "Policy denied" in out and "DROPPED" in out
 
 
