@@ -5,6 +5,7 @@ ORing like hubble's in history (SQL) and the live stream (Python twin)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ipaddress
 import json
@@ -19,6 +20,8 @@ from query_api.flow_query import FlowFilter
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
 from schemas.flow_compact import RESERVED_IDENTITIES, compact_line, flow_type_text, host_text, timestamp_text
+from tests.live import test_follow
+from tests.live.test_hub import wait_drained
 from tests.query_api import test_flows_cli_server
 from tests.query_api.conftest import CAPTURES, capture_lines
 
@@ -186,6 +189,7 @@ def test_every_reference_capture_renders_one_hubble_line_per_flow() -> None:
     assert checked > 1000  # most captured flows are L3/L4
 
 
+api = test_follow.api  # the fixture: a live hub behind a real API (uvicorn on loopback)
 server = test_flows_cli_server.server  # the fixture: a real API (org-admin token "admin") over loopback
 
 
@@ -264,3 +268,19 @@ def test_repeated_labels_or_in_the_live_stream() -> None:
     ]
     matches = flow_predicate(FlowFilter(labels=("app=a", "reserved:world"), last=None))
     assert [matches(r) for r in rows] == [True, True, False]
+
+
+async def test_follow_prints_the_same_compact_lines(api: tuple[str, Any]) -> None:
+    """`flows --follow` (the default output): each streamed flow as the history path would print it."""
+    url, hub = api
+    rows = test_follow.demo_rows(30)
+    proc = await test_follow.run_follow(
+        server=url, token=test_follow.TOKEN, output="compact", print_node_name=True
+    )
+    await test_follow.until_subscribed(hub, proc)
+    hub.publish_rows(rows)
+    await wait_drained(hub)
+    hub.close()
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().splitlines() == [compact_line(row, node_name=True) for row in rows]
