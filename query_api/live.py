@@ -1,7 +1,7 @@
 """The live flow stream: `GET /api/v1/flows/stream` as WebSocket and as Server-Sent Events.
 
 This module holds the routes and re-exports the names callers use; the parts live beside it: live_filter
-(filters and scope), live_rows (rows of a stored table), live_render (jsonpb), live_hub (hub and dispatcher
+(filters and scope), live_rows (rows of a stored table), live_hub (hub and dispatcher
 thread), live_feed (flows.enriched).
 
 Feed. A `LiveHub` receives every stored batch as an Arrow table: in embedded mode the pipeline calls
@@ -18,7 +18,7 @@ with its jsonpb text rendered by ClickHouse in the read-back (streams.jsonpb_sql
 instead of ~170 us of Python per flow) and is read column by column (StoredRow); a row without that text, or
 a redacted copy, is rendered in the client's own task, so that cost follows what a client actually reads.
 
-Messages. Each flow is one hubble jsonpb `GetFlowsResponse` (schemas.flow_render): one WebSocket text
+Messages. Each flow is one hubble jsonpb `GetFlowsResponse` (schemas.flow_render.row_to_jsonpb): one WebSocket text
 message, or one SSE `data:` event. A gap is `{"missed": N}`: a WebSocket text message, or an SSE event
 named `missed` (so `EventSource.onmessage` sees only flows).
 
@@ -56,8 +56,7 @@ from query_api.flow_query import FilterValueError, FlowFilter
 from query_api.live_feed import EnrichedTopicFeed, decode_enriched
 from query_api.live_filter import Row, RowScope, flow_predicate, live_flow_filter, subscription_filter
 from query_api.live_hub import DEFAULT_QUEUE_FLOWS, SENT, LiveHub, LiveMessage, LiveSubscription, Missed
-from query_api.live_render import render_jsonpb
-from query_api.live_rows import StoredRow, _jsonpb_text, stored_rows, table_rows
+from query_api.live_rows import StoredRow, stored_rows, table_rows
 from query_api.stream_access import WS_POLICY_VIOLATION, StreamAccess, StreamEnd, recheck_period
 
 log = logging.getLogger("netwarden.query_api.live")
@@ -325,12 +324,10 @@ __all__ = [
     "Missed",
     "RowScope",
     "StoredRow",
-    "_jsonpb_text",
     "decode_enriched",
     "flow_predicate",
     "live_flow_filter",
     "live_router",
-    "render_jsonpb",
     "stored_rows",
     "subscription_filter",
     "table_rows",

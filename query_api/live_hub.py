@@ -21,7 +21,8 @@ import pyarrow as pa
 from prometheus_client import Counter, Gauge
 
 from query_api.live_filter import Row
-from query_api.live_rows import StoredRow, _jsonpb_text, stored_rows
+from query_api.live_rows import StoredRow, stored_rows
+from schemas.flow_render import row_jsonpb_line
 
 log = logging.getLogger("netwarden.query_api.live")
 
@@ -310,7 +311,7 @@ class LiveHub:
             hit = self._texts.get(key)
             if hit is not None and hit[0] is row:
                 return hit[1]
-        text = _jsonpb_text(row)
+        text = row_jsonpb_line(row)
         with self._texts_lock:
             self._texts[key] = (row, text)
             while len(self._texts) > RENDER_CACHE_ROWS:

@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from query_api.live_render import render_jsonpb
 
 Row = Mapping[str, Any]
 
@@ -98,7 +95,3 @@ def stored_rows(table: pa.Table) -> list[StoredRow]:
     else:
         texts = [""] * table.num_rows
     return [StoredRow(columns, i, text or "") for i, text in enumerate(texts)]
-
-
-def _jsonpb_text(row: Row) -> str:
-    return json.dumps(render_jsonpb(row), separators=(",", ":"), ensure_ascii=False)

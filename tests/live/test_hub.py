@@ -99,7 +99,8 @@ async def test_a_failing_filter_skips_the_row_not_the_stream() -> None:
 
 async def test_clients_seeing_the_same_row_share_one_rendering() -> None:
     from collectors.traffic import DemoTraffic
-    from query_api.live import _jsonpb_text, table_rows
+    from query_api.live import table_rows
+    from schemas.flow_render import row_jsonpb_line as _jsonpb_text
     from streams.decode import FlowDecoder
 
     flows = table_rows(

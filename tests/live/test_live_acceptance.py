@@ -24,12 +24,12 @@ from query_api.app import create_app
 from query_api.live import (
     STREAM_PATH,
     LiveHub,
-    _jsonpb_text,
     live_flow_filter,
     subscription_filter,
     table_rows,
 )
 from query_api.scope import ScopeFilter
+from schemas.flow_render import row_jsonpb_line as _jsonpb_text
 from streams.decode import FlowDecoder
 from tests.query_api import test_visibility_acceptance as acc
 from tests.query_api.conftest import bearer_principals, encode

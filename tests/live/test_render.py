@@ -1,4 +1,5 @@
-"""The live stream's protobuf-free renderer gives exactly schemas.flow_render.row_to_jsonpb's dict."""
+"""The protobuf-free renderer (schemas.flow_render.row_to_jsonpb) gives exactly protobuf's MessageToDict of the
+GetFlowsResponse message (schemas.flow_proto)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from typing import Any
 import pytest
 
 from collectors.traffic import DemoTraffic
-from query_api.live import render_jsonpb, table_rows
+from query_api.live import table_rows
+from schemas.flow_proto import response_to_jsonpb, row_to_response
 from schemas.flow_render import row_to_jsonpb
 from streams.decode import FlowDecoder
 from tests.conftest import CAPTURES
@@ -20,8 +22,8 @@ BASE_NS = 1_714_557_600_000_000_000
 
 
 def same(row: dict[str, Any]) -> None:
-    want = row_to_jsonpb(row)
-    got = render_jsonpb(row)
+    want = response_to_jsonpb(row_to_response(row))
+    got = row_to_jsonpb(row)
     # Equal as JSON text: values, types and key order (hubble prints fields in field-number order).
     assert json.dumps(got) == json.dumps(want), f"{got}\n!=\n{want}"
 

@@ -13,9 +13,10 @@ import pytest
 
 from collectors.jsonl import read_capture
 from collectors.traffic import DemoTraffic
-from query_api.live import LiveHub, StoredRow, _jsonpb_text, stored_rows, table_rows
+from query_api.live import LiveHub, StoredRow, stored_rows, table_rows
 from query_api.store import FlowStore, open_clickhouse
 from schemas.flow_record import FLOW_ARROW_SCHEMA
+from schemas.flow_render import row_jsonpb_line as _jsonpb_text
 from streams import decode_sql
 from streams import sink as sink_module
 from streams.decode import FlowDecoder

@@ -12,7 +12,8 @@ import pytest
 
 from query_api.flow_query import FlowFilter
 from query_api.store import FlowStore
-from schemas.flow_render import row_to_jsonpb, row_to_response
+from schemas.flow_proto import row_to_response
+from schemas.flow_render import row_to_jsonpb
 from tests.query_api.conftest import CAPTURES, RICH_INDEX, capture_cluster, capture_lines, filter_dataset
 
 # Flow fields the record keeps (schemas/flow_record.py); the rest (ethernet, interface, Summary, L7 payload,
