@@ -1,10 +1,9 @@
-"""Flow history reads (and schema setup) through a clickhouse-connect client: chDB embedded or a server."""
+"""Flow history reads through a clickhouse-connect client: chDB embedded or a server (opening and schema set-up:
+schemas.clickhouse_setup)."""
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -12,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
 from query_api.flow_query import (
@@ -25,87 +23,15 @@ from query_api.flow_query import (
     parse_last,
 )
 from query_api.scope import ScopeFilter
-from schemas.clickhouse import (
-    CATALOG_TABLE,
-    DEFAULT_RETENTION_DAYS,
-    DEFAULT_ROLLUP_RETENTION_DAYS,
-    MIGRATIONS_TABLE_DDL,
-    Retention,
-    migrations,
-    ttl_statements,
+from schemas.clickhouse import CATALOG_TABLE
+from schemas.clickhouse_setup import (
+    DataDirLockedError,
+    clickhouse_path,
+    ensure_schema,
+    open_clickhouse,
 )
 
-CLICKHOUSE_SUBDIR = "clickhouse"
-DEFAULT_ROW_CACHE = 10_000  # ~5 KB a row in Python  # DATA_DIR/clickhouse holds chDB's files
-
-
-class DataDirLockedError(RuntimeError):
-    """Another process (e.g. a running `netwarden up`) has the chDB data directory open."""
-
-    def __init__(self, path: str) -> None:
-        super().__init__(f"{path} is in use by another process (chDB allows one process per data directory)")
-        self.path = path
-
-
-def clickhouse_path(data_dir: str) -> str:
-    return os.path.join(os.path.abspath(data_dir), CLICKHOUSE_SUBDIR)
-
-
-def data_dir_locked(path: str) -> bool:
-    """True when another process holds ClickHouse's `status` file lock in `path`.
-
-    Checked before opening because chDB reports a held lock only as a generic initialization error (and
-    prints the real cause to stderr). The status file names the holder's PID: our own process holding it
-    (the engine already open here) is not a conflict, since chDB reuses an engine open on the same path.
-    """
-    status = os.path.join(path, "status")
-    try:
-        fd = os.open(status, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return _status_pid(status) != os.getpid()
-    except OSError:
-        return False
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def _status_pid(status_file: str) -> int | None:
-    try:
-        with open(status_file, encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("PID:"):
-                    return int(line.split(":", 1)[1])
-    except (OSError, ValueError):
-        pass
-    return None
-
-
-def open_clickhouse(data_dir: str | None, dsn: str | None = None) -> Client:
-    """A clickhouse-connect client: the server at `dsn` (scale mode, e.g. NETWARDEN_CLICKHOUSE) when given,
-    else chDB on disk under DATA_DIR/clickhouse. Raises DataDirLockedError when another process has it."""
-    if dsn:
-        return clickhouse_connect.get_client(dsn=dsn)
-    if not data_dir:
-        raise ValueError("data_dir: required when no ClickHouse DSN is given")
-    path = clickhouse_path(data_dir)
-    if data_dir_locked(path):
-        raise DataDirLockedError(path)
-    os.makedirs(path, exist_ok=True)
-    try:
-        return clickhouse_connect.get_client(dsn=f"chdb://{path}")
-    except Exception as exc:  # clickhouse-connect wraps chDB's lock failure in a generic ProgrammingError
-        if "Cannot lock file" in str(exc) or data_dir_locked(path):
-            raise DataDirLockedError(path) from exc
-        raise
-
-
+DEFAULT_ROW_CACHE = 10_000  # ~5 KB a row in Python
 INITIAL_WINDOW_NS = 15 * 60 * 1_000_000_000
 WINDOW_GROWTH = 8
 
@@ -264,40 +190,20 @@ class FlowStore:
     def ensure_schema(
         self, retention_days: int | None = None, rollup_retention_days: int | None = None
     ) -> list[int]:
-        """Apply the migrations not yet recorded in schema_migrations (returns the versions applied). New
-        tables get the given retentions (days; defaults 7 for flows, 90 for rollups); for existing ones a
-        given retention replaces the stored TTL, None leaves it as it is (a reader such as `netwarden
-        flows` must not undo what `netwarden up --retention-days` set)."""
-        retention = Retention(
-            retention_days or DEFAULT_RETENTION_DAYS, rollup_retention_days or DEFAULT_ROLLUP_RETENTION_DAYS
-        )
-        applied: list[int] = []
+        """schemas.clickhouse_setup.ensure_schema on this store's client (returns the versions applied)."""
         with self._lock:
-            self.client.command(MIGRATIONS_TABLE_DDL)
-            done = {int(r[0]) for r in self.client.query("SELECT version FROM schema_migrations").result_rows}
-            for version, steps in migrations(retention.flows_days, retention.rollup_days):
-                if version in done:
-                    continue
-                for step in steps:
-                    if isinstance(step, str):
-                        self.client.command(step)
-                    else:
-                        step(self.client)
-                self.client.command(
-                    "INSERT INTO schema_migrations (version) VALUES ({version:UInt32})",
-                    parameters={"version": version},
-                )
-                applied.append(version)
-            if retention_days is not None or rollup_retention_days is not None:
-                for statement in ttl_statements(
-                    self.client,
-                    retention,
-                    flows=retention_days is not None,
-                    rollups=rollup_retention_days is not None,
-                ):
-                    self.client.command(statement)
-        return applied
+            return ensure_schema(self.client, retention_days, rollup_retention_days)
 
     def close(self) -> None:
         with self._lock:
             self.client.close()
+
+
+# Opening the store is schemas.clickhouse_setup's; callers keep importing it from here.
+__all__ = [
+    "CatalogEntry",
+    "DataDirLockedError",
+    "FlowStore",
+    "clickhouse_path",
+    "open_clickhouse",
+]
