@@ -31,268 +31,47 @@ until the oldest failure leaves the window. Memory is bounded (`max_clients` add
 
 `netwarden_api_authentications_total{method,result}` counts attempts; the app exports it on its
 /metrics (`Authenticator.export_metrics`).
+
+Parts beside this module: query_api.oidc (OIDC configuration and keys), query_api.stream_tickets, and
+query_api.auth_error (AuthError).
 """
 
 from __future__ import annotations
 
 import collections
-import datetime
 import functools
-import hashlib
-import json
 import logging
-import math
 import os
-import secrets
 import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from fastapi import APIRouter, Depends, HTTPException, Request, WebSocketException
+from fastapi import Depends, HTTPException, WebSocketException
 from fastapi.openapi.models import HTTPBearer as HTTPBearerModel
 from fastapi.security.base import SecurityBase
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
-from policy_engine.roles import Principal, RoleBinding
-from policy_engine.tenancy import TOKEN_PREFIX, Tenancy, TenancyError, parse_binding
+from policy_engine.roles import Principal
+from policy_engine.tenancy import TOKEN_PREFIX, Tenancy
+from query_api.auth_error import AuthError as AuthError
+from query_api.oidc import OIDC_CONFIG_ENV as OIDC_CONFIG_ENV
+from query_api.oidc import SUPPORTED_ALGORITHMS as SUPPORTED_ALGORITHMS
+from query_api.oidc import ClaimRoleMapping as ClaimRoleMapping
+from query_api.oidc import JWKSCache, OIDCConfig
+from query_api.oidc import OIDCConfigError as OIDCConfigError
+from query_api.stream_tickets import STREAM_TICKETS_PATH, TICKET_PARAM, StreamTickets
+from query_api.stream_tickets import StreamTicket as StreamTicket
+from query_api.stream_tickets import stream_ticket_router as stream_ticket_router
 
 log = logging.getLogger("netwarden.query_api.auth")
 
-SUPPORTED_ALGORITHMS = ("RS256", "ES256")
-OIDC_CONFIG_ENV = "NETWARDEN_OIDC_CONFIG"
 METRICS_AUTH_ENV = "NETWARDEN_METRICS_AUTH"
-STREAM_TICKETS_PATH = "/api/v1/stream-tickets"
-TICKET_PARAM = "ticket"
-TICKET_PREFIX = "nwst_"  # not TOKEN_PREFIX + "_": a ticket is never mistaken for an API token
 URL_TOKEN_PARAMS = ("token", "access_token")
 
-
-class AuthError(Exception):
-    """The request cannot be authenticated. `status` is the HTTP status: 401 (no or bad
-    credentials), 403 (valid identity that no role is mapped to), 503 (issuer keys unreachable)."""
-
-    def __init__(self, detail: str, status: int = 401, *, retry_after_s: float | None = None) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.retry_after_s = retry_after_s
-
-    def headers(self) -> dict[str, str]:
-        if self.retry_after_s is not None:
-            return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
-        if self.status != 401:
-            return {}
-        # RFC 6750: tell the client which scheme to use and, for a presented token, that it is bad.
-        return {"WWW-Authenticate": 'Bearer realm="netwarden"'}
-
-
-class OIDCConfigError(ValueError):
-    """Bad OIDC configuration: the message names the field."""
-
-
-@dataclass(frozen=True)
-class ClaimRoleMapping:
-    """Claim values (e.g. IdP group names) -> role bindings. `claim` may be a dotted path
-    (`realm_access.roles`); its value may be a string or a list of strings."""
-
-    claim: str = "groups"
-    grants: Mapping[str, tuple[RoleBinding, ...]] = field(default_factory=dict)
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> ClaimRoleMapping:
-        claim = raw.get("claim", "groups")
-        if not isinstance(claim, str) or not claim:
-            raise OIDCConfigError(f"roles.claim: expected a claim name, got {claim!r}")
-        table = raw.get("map", {})
-        if not isinstance(table, Mapping):
-            raise OIDCConfigError(
-                f"roles.map: expected a mapping of claim value -> role, got {type(table).__name__}"
-            )
-        grants: dict[str, tuple[RoleBinding, ...]] = {}
-        for value, spec in table.items():
-            specs = spec if isinstance(spec, list) else [spec]
-            bindings = []
-            for i, item in enumerate(specs):
-                where = f"roles.map[{value!r}]" + (f"[{i}]" if isinstance(spec, list) else "")
-                if not isinstance(item, Mapping) or "role" not in item:
-                    raise OIDCConfigError(f"{where}: expected {{'role': ..., 'scope': ...}}, got {item!r}")
-                try:
-                    bindings.append(parse_binding(str(item["role"]), item.get("scope")))
-                except TenancyError as exc:
-                    raise OIDCConfigError(f"{where}: {exc}") from None
-            grants[str(value)] = tuple(bindings)
-        return cls(claim, grants)
-
-    def bindings_for(self, claims: Mapping[str, Any]) -> tuple[list[str], tuple[RoleBinding, ...]]:
-        """(claim values found, bindings they map to)."""
-        value: Any = claims
-        for part in self.claim.split("."):
-            value = value.get(part) if isinstance(value, Mapping) else None
-        if isinstance(value, str):
-            values = [value]
-        elif isinstance(value, list):
-            values = [v for v in value if isinstance(v, str)]
-        else:
-            values = []
-        bindings: list[RoleBinding] = []
-        for v in values:
-            for b in self.grants.get(v, ()):
-                if b not in bindings:
-                    bindings.append(b)
-        return values, tuple(bindings)
-
-
-@dataclass(frozen=True)
-class OIDCConfig:
-    issuer: str
-    audience: str | tuple[str, ...]
-    jwks_url: str | None = None
-    jwks: Mapping[str, Any] | None = None  # inline JWKS document ({"keys": [...]})
-    roles: ClaimRoleMapping = field(default_factory=ClaimRoleMapping)
-    # First claim present names the user. `sub` by default: stable and issuer-unique, unlike email.
-    username_claims: tuple[str, ...] = ("sub",)
-    algorithms: tuple[str, ...] = SUPPORTED_ALGORITHMS
-    leeway_seconds: float = 30.0  # clock skew between issuer and us
-    jwks_cache_seconds: float = 300.0
-    use_stored_bindings: bool = True
-
-    def __post_init__(self) -> None:
-        unsupported = set(self.algorithms) - set(SUPPORTED_ALGORITHMS)
-        if unsupported or not self.algorithms:
-            raise OIDCConfigError(
-                f"algorithms: only {', '.join(SUPPORTED_ALGORITHMS)} are accepted, got "
-                f"{', '.join(self.algorithms) or 'none'}"
-            )
-        if not self.issuer:
-            raise OIDCConfigError("issuer: required")
-        if not self.audience:
-            raise OIDCConfigError("audience: required (the client id netwarden's tokens are issued for)")
-
-    @classmethod
-    def from_mapping(cls, raw: Mapping[str, Any]) -> OIDCConfig:
-        known = {
-            "issuer",
-            "audience",
-            "jwks_url",
-            "jwks",
-            "roles",
-            "username_claim",
-            "username_claims",
-            "algorithms",
-            "leeway_seconds",
-            "jwks_cache_seconds",
-            "use_stored_bindings",
-        }
-        unknown = set(raw) - known
-        if unknown:
-            raise OIDCConfigError(f"{sorted(unknown)[0]}: unknown field (known: {', '.join(sorted(known))})")
-        audience = raw.get("audience")
-        username = raw.get("username_claims", raw.get("username_claim", "sub"))
-        return cls(
-            issuer=str(raw.get("issuer") or ""),
-            audience=tuple(audience) if isinstance(audience, list) else str(audience or ""),
-            jwks_url=raw.get("jwks_url"),
-            jwks=raw.get("jwks"),
-            roles=ClaimRoleMapping.from_mapping(raw.get("roles") or {}),
-            username_claims=(username,) if isinstance(username, str) else tuple(username),
-            algorithms=tuple(raw.get("algorithms", SUPPORTED_ALGORITHMS)),
-            leeway_seconds=float(raw.get("leeway_seconds", 30.0)),
-            jwks_cache_seconds=float(raw.get("jwks_cache_seconds", 300.0)),
-            use_stored_bindings=bool(raw.get("use_stored_bindings", True)),
-        )
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> OIDCConfig | None:
-        """NETWARDEN_OIDC_CONFIG: inline JSON, or the path of a JSON or YAML file. Unset: no OIDC."""
-        value = (environ.get(OIDC_CONFIG_ENV) or "").strip()
-        if not value:
-            return None
-        if value.startswith("{"):
-            return cls.from_mapping(json.loads(value))
-        import yaml
-
-        return cls.from_mapping(yaml.safe_load(Path(value).read_text()))
-
-
-class JWKSCache:
-    """The issuer's signing keys, fetched on first use and again after `max_age` or when a token
-    names an unknown key id (key rotation), at most once per `min_refresh` seconds so a flood of
-    forged kids cannot hammer the issuer."""
-
-    def __init__(self, config: OIDCConfig, *, min_refresh: float = 10.0, timeout: float = 5.0) -> None:
-        self._config = config
-        self._min_refresh = min_refresh
-        self._timeout = timeout
-        self._lock = threading.Lock()
-        self._keys: list[Any] = []  # jwt.PyJWK
-        self._fetched_at = float("-inf")
-        self._fetches = 0
-        self._error: str | None = None
-        if config.jwks is not None:
-            self._keys = self._parse(config.jwks)
-            self._fetched_at = float("inf")  # inline keys never expire
-
-    @property
-    def fetches(self) -> int:
-        return self._fetches
-
-    def _parse(self, document: Mapping[str, Any]) -> list[Any]:
-        import jwt
-
-        keys = []
-        for raw in document.get("keys", []) if isinstance(document, Mapping) else []:
-            try:
-                keys.append(jwt.PyJWK.from_dict(dict(raw)))
-            except (jwt.PyJWKError, jwt.InvalidKeyError, TypeError, ValueError):
-                continue  # keys of types we do not verify with (e.g. encryption keys) are skipped
-        return keys
-
-    def _jwks_url(self) -> str:
-        import httpx
-
-        if self._config.jwks_url:
-            return self._config.jwks_url
-        discovery = self._config.issuer.rstrip("/") + "/.well-known/openid-configuration"
-        response = httpx.get(discovery, timeout=self._timeout)
-        response.raise_for_status()
-        url = response.json().get("jwks_uri")
-        if not isinstance(url, str):
-            raise ValueError(f"{discovery} has no jwks_uri")
-        return url
-
-    def _fetch(self) -> None:
-        import httpx
-
-        self._fetches += 1
-        try:
-            response = httpx.get(self._jwks_url(), timeout=self._timeout)
-            response.raise_for_status()
-            keys = self._parse(response.json())
-        except (httpx.HTTPError, ValueError) as exc:
-            # Keep serving with the keys we have (if any); retried after min_refresh.
-            self._error = f"cannot fetch the OIDC issuer's signing keys: {exc}"
-            return
-        finally:
-            self._fetched_at = time.monotonic()
-        self._keys, self._error = keys, None
-
-    def keys(self, kid: str | None) -> list[Any]:
-        with self._lock:
-            now = time.monotonic()
-            stale = now - self._fetched_at > self._config.jwks_cache_seconds
-            unknown_kid = kid is not None and not any(k.key_id == kid for k in self._keys)
-            if (stale or unknown_kid) and now - self._fetched_at >= self._min_refresh:
-                self._fetch()
-            if not self._keys and self._error:
-                # Not the client's fault: 503, so it retries instead of discarding its token.
-                raise AuthError(self._error, status=503)
-            return [k for k in self._keys if kid is None or k.key_id == kid]
 
 
 class FailureThrottle:
@@ -347,66 +126,6 @@ class FailureThrottle:
             while len(self._failures) > self.max_clients:
                 self._failures.popitem(last=False)
 
-
-@dataclass(frozen=True)
-class StreamTicket:
-    principal: str
-    credential: str  # the Authorization header that asked for the ticket (never sent back)
-    expires_at: float  # on the tickets' clock
-
-
-class StreamTickets:
-    """Short-lived single-use tickets for the live stream routes (browsers cannot set headers there).
-
-    Held in this process's memory, by SHA-256: with several API replicas, a client redeems a ticket at
-    the replica that issued it (session affinity). At most `max_tickets` outstanding; the oldest is dropped
-    first (the client just asks again)."""
-
-    def __init__(
-        self,
-        ttl_s: float = 60.0,
-        *,
-        max_tickets: int = 10_000,
-        clock: Callable[[], float] = time.monotonic,
-        wall_clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.ttl_s = ttl_s
-        self.max_tickets = max_tickets
-        self._clock = clock
-        self._wall_clock = wall_clock
-        self._lock = threading.Lock()
-        self._tickets: collections.OrderedDict[str, StreamTicket] = collections.OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._tickets)
-
-    def issue(self, principal: str, credential: str) -> tuple[str, datetime.datetime]:
-        """(ticket, expiry as a UTC time)."""
-        ticket = TICKET_PREFIX + secrets.token_urlsafe(32)
-        now = self._clock()
-        with self._lock:
-            while self._tickets:  # issued in order, so expired ones are at the front
-                oldest = next(iter(self._tickets.values()))
-                if oldest.expires_at > now and len(self._tickets) < self.max_tickets:
-                    break
-                self._tickets.popitem(last=False)
-            self._tickets[_digest(ticket)] = StreamTicket(principal, credential, now + self.ttl_s)
-        expires = datetime.datetime.fromtimestamp(self._wall_clock() + self.ttl_s, datetime.UTC)
-        return ticket, expires
-
-    def redeem(self, ticket: str) -> StreamTicket:
-        """The ticket's grant, once: it is gone afterwards. AuthError when unknown, used or expired."""
-        with self._lock:
-            found = self._tickets.pop(_digest(ticket), None)
-        if found is None:
-            raise AuthError("invalid stream ticket: unknown or already used (a ticket is good for one stream)")
-        if found.expires_at <= self._clock():
-            raise AuthError(f"invalid stream ticket: expired (a ticket is valid {self.ttl_s:g} s)")
-        return found
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class Authenticator:
@@ -707,37 +426,6 @@ def fastapi_dependency(
         return principal
 
     return require_principal
-
-
-class StreamTicketResponse(BaseModel):
-    ticket: str = Field(description=f"pass as ?{TICKET_PARAM}= to GET /api/v1/flows/stream (SSE or WebSocket)")
-    expires_at: str = Field(description="RFC 3339 UTC; the ticket is good for one stream opened before then")
-
-
-def stream_ticket_router(
-    authenticator: Authenticator, principal_dependency: Callable[..., Any]
-) -> APIRouter:
-    """`POST /api/v1/stream-tickets`: the caller's bearer credential -> a single-use stream ticket."""
-    router = APIRouter()
-
-    @router.post(
-        STREAM_TICKETS_PATH,
-        status_code=201,
-        response_model=StreamTicketResponse,
-        summary="A short-lived ticket for the live stream",
-        description=(
-            "For clients that cannot set headers on an EventSource or a WebSocket (browsers): the ticket "
-            "authenticates one live stream as the caller, is valid about a minute, and works nowhere else. "
-            "Tokens in URLs are refused."
-        ),
-    )
-    async def create_stream_ticket(request: Request, principal: Principal = Depends(principal_dependency)) -> Any:
-        # Only the header authenticates here (no ticket, no URL token): it is the credential to bind.
-        credential = request.headers.get("authorization") or ""
-        ticket, expires = authenticator.tickets.issue(principal.name, credential)
-        return {"ticket": ticket, "expires_at": expires.isoformat(timespec="seconds").replace("+00:00", "Z")}
-
-    return router
 
 
 def metrics_dependency(
