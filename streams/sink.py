@@ -63,6 +63,9 @@ RETRIABLE_CODES = frozenset(
     {
         3,
         16,
+        74,  # CANNOT_READ_FROM_FILE_DESCRIPTOR  } the disk, not the data: a full or failing disk used to be
+        75,  # CANNOT_WRITE_TO_FILE_DESCRIPTOR   } bisected down to single entries and every one dead-lettered
+        243,  # NOT_ENOUGH_SPACE                 }
         46,
         47,
         60,

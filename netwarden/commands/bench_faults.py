@@ -40,6 +40,7 @@ FAULTS = (
     "hubble-empty-ring",
     "poison-batch",
     "year-old-capture",
+    "clickhouse-refuses",
 )
 
 
@@ -189,11 +190,18 @@ async def bench_faults(data_dir: Path, faults: list[str], rate: int, outage_s: f
     rest = [f for f in faults if f != "sigint"]
     if not rest:
         return results
-    stack = PipelineStack(StackConfig(data_dir=data_dir / "stack"))
+    stack_dir = data_dir / "stack"
+    stack_dir.mkdir(parents=True, exist_ok=True)
+    # ClickHouse refusing writes for real: the stack's data on a small filesystem of its own, filled up.
+    mounted = "clickhouse-refuses" in rest and _mount_small_fs(stack_dir)
+    stack = PipelineStack(StackConfig(data_dir=stack_dir))
     await stack.start()
     try:
         for fault in rest:
             _progress(fault)
+            if fault == "clickhouse-refuses" and not mounted:
+                results.append(FaultResult(fault, extra={"skipped": "mounting a small filesystem needs root"}))
+                continue
             stream = Stream(stack, f"fault-{fault}", rate)
             await stream.start()
             try:
@@ -203,7 +211,17 @@ async def bench_faults(data_dir: Path, faults: list[str], rate: int, outage_s: f
             _progress(json.dumps(results[-1].row()))
     finally:
         await stack.stop()
+        if mounted:
+            subprocess.run(["umount", "-l", str(stack_dir)], check=False)
     return results
+
+
+def _mount_small_fs(path: Path) -> bool:
+    """A 1 GiB tmpfs at `path` (root only): the clickhouse-refuses fault fills it."""
+    if os.geteuid() != 0:
+        return False
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1g", "tmpfs", str(path)], capture_output=True)
+    return done.returncode == 0
 
 
 async def _warm(stream: Stream, timeout: float) -> None:
@@ -305,6 +323,25 @@ async def _year_old_capture(stack: Any, stream: Stream, outage_s: float, timeout
     return stream.result("year-old-capture", recovery)
 
 
+async def _clickhouse_refuses(stack: Any, stream: Stream, outage_s: float, timeout: float) -> FaultResult:
+    await _warm(stream, timeout)
+    dead_before = stack.pipeline.totals.dead_lettered
+    ballast = stack.data_dir / "ballast"
+    try:
+        with open(ballast, "wb") as fh:  # the filesystem is full: every part ClickHouse writes is refused
+            with contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * (1 << 20))
+        await stream.feed(outage_s)
+    finally:
+        ballast.unlink(missing_ok=True)
+    recovery = await stream.settle(stream.sent, timeout)
+    result = stream.result("clickhouse-refuses", recovery)
+    result.extra["outage_s"] = outage_s
+    result.extra["dead_lettered"] = stack.pipeline.totals.dead_lettered - dead_before  # a full disk is no reason
+    return result
+
+
 RUNS: dict[str, Callable[[Any, Stream, float, float], Awaitable[FaultResult]]] = {
     "broker-kill": _broker_kill,
     "collector-kill": _collector_kill,
@@ -312,6 +349,7 @@ RUNS: dict[str, Callable[[Any, Stream, float, float], Awaitable[FaultResult]]] =
     "hubble-empty-ring": _hubble_empty_ring,
     "poison-batch": _poison_batch,
     "year-old-capture": _year_old_capture,
+    "clickhouse-refuses": _clickhouse_refuses,
 }
 
 
