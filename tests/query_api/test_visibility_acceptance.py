@@ -324,9 +324,9 @@ def side_matches(q: dict[str, Any], f: Flow, ep: Ep, port: int) -> bool:
             return False
     if "port" in q and (port != q["port"] or f.protocol not in PORT_PROTOCOLS):
         return False
-    for lb in q.get("label", ()):
-        if not any(x == lb or x.split(":", 1)[-1] == lb for x in ep.labels):
-            return False
+    labels = q.get("label", ())  # repeated labels OR, as in hubble
+    if labels and not any(x == lb or x.split(":", 1)[-1] == lb for x in ep.labels for lb in labels):
+        return False
     if "workload" in q:
         kind, _, name = q["workload"].rpartition("/")
         if not any(n == name and (not kind or k.lower() == kind.lower()) for n, k in ep.workloads):
