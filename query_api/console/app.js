@@ -236,7 +236,7 @@ function flowRow(obj) {
 
 // Live follow: a ticket per connection; rows arrive as jsonpb GetFlowsResponse text, newest on top.
 async function startFollow() {
-  stopFollow();
+  stopFollow(false);
   $("#flow-status").textContent = "connecting…";
   let ticket;
   try {
@@ -274,11 +274,11 @@ async function startFollow() {
   };
 }
 
-function stopFollow() {
+function stopFollow(uncheck = true) {
   const socket = state.socket;
   state.socket = null;
   if (socket) socket.close();
-  if ($("#follow")) $("#follow").checked = false;
+  if (uncheck) $("#follow").checked = false;
 }
 
 // ---- why ---------------------------------------------------------------------------------------------------
@@ -593,8 +593,13 @@ function editorChanged() {
 // The schema's errors (422 {"detail": [{"loc", "msg"}]}) beside the text, with the line of the field named.
 function showErrors(err) {
   const list = $("#policy-errors");
-  const detail = err instanceof ApiError && Array.isArray(err.body?.detail) ? err.body.detail : null;
-  if (!detail) {
+  let detail = err instanceof ApiError && err.status === 422 ? err.body?.detail : null;
+  // What-if answers a schema error as one string: "request body: document 1 (Policy p): spec.scope: ...".
+  if (typeof detail === "string") {
+    const named = detail.match(/\): ([\w.[\]-]+): /);
+    detail = [{ loc: named ? [named[1]] : [], msg: detail }];
+  }
+  if (!Array.isArray(detail)) {
     list.replaceChildren(el("li", {}, errorText(err)));
     return;
   }
