@@ -67,7 +67,8 @@ def browser() -> Iterator[Any]:
 
     with sync_playwright() as pw:
         # --no-sandbox: containers without user namespaces; the pages are our own app on loopback.
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                                                                         "--disable-extensions"])
         yield chromium
         chromium.close()
 

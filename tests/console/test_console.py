@@ -265,3 +265,14 @@ def test_console_assets_are_the_packaged_files_only(demo: Demo) -> None:
     assert httpx.get(demo.url + "/console/app.js", timeout=10).headers["content-type"].startswith("text/javascript")
     assert httpx.get(demo.url + "/console/console_routes.py", timeout=10).status_code == 404
     assert httpx.get(demo.url + "/api/v1/me", timeout=10).status_code == 401
+
+
+def test_me_says_what_each_role_may_write(demo: Demo) -> None:
+    may = {role: api(demo, role, "/api/v1/me") for role in ROLES}
+    assert {r for r, m in may.items() if m["may_write_policies"]} == WRITERS
+    assert {r for r, m in may.items() if m["may_administer"]} == {"org-admin"}
+    assert may["org-admin"]["cluster_writes"] == ["demo-east", "demo-west"]
+    assert may["infra-admin"]["cluster_writes"] == ["demo-east"] and may["infra-admin"]["namespace_writes"] == []
+    assert may["project-admin"]["namespace_writes"] == ["demo-east/data", "demo-east/shop"]
+    assert may["workspace-read-only"]["bindings"] == [
+        {"role": "workspace-read-only", "scope_kind": "workspace", "scope": "shop-team"}]
