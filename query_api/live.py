@@ -45,16 +45,24 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.requests import HTTPConnection
 
 from query_api.auth import accepts_stream_tickets, reauthenticator
+from query_api.flow_params import flow_filter
 from query_api.flow_query import FilterValueError, FlowFilter
 from query_api.live_feed import EnrichedTopicFeed, decode_enriched
-from query_api.live_filter import Row, RowScope, flow_predicate, live_flow_filter, subscription_filter
+from query_api.live_filter import (
+    Row,
+    RowScope,
+    flow_predicate,
+    given_filters,
+    live_flow_filter,
+    subscription_filter,
+)
 from query_api.live_hub import DEFAULT_QUEUE_FLOWS, SENT, LiveHub, LiveMessage, LiveSubscription, Missed
 from query_api.live_rows import StoredRow, stored_rows, table_rows
 from query_api.stream_access import WS_POLICY_VIOLATION, StreamAccess, StreamEnd, recheck_period
@@ -77,10 +85,18 @@ def _unprocessable(parameter: str, value: Any, message: str) -> JSONResponse:
 
 @dataclass(frozen=True)
 class _Opened:
+    principal: Any
+    filters: Mapping[str, Any]  # the filters given (logged)
     filter: FlowFilter
     scope: RowScope
     accept: Callable[[Row], Row | None]
     now_ns: int
+
+
+@dataclass(frozen=True)
+class _Refused:
+    response: JSONResponse
+    reason: str
 
 
 def live_router(
@@ -98,55 +114,27 @@ def live_router(
     router = APIRouter()
     period = recheck_period(recheck_s)
 
-    def live_filter(
-        cluster: str | None = Query(None, description="cluster the flow was collected from"),
-        namespace: str | None = Query(None, description="source or destination namespace"),
-        pod: str | None = Query(None, description="[namespace/]pod-name prefix, either side"),
-        workload: str | None = Query(None, description="[kind/]name of a workload, either side"),
-        label: Annotated[
-            list[str] | None, Query(description="k=v or source:k=v, either side; repeatable")
-        ] = None,
-        ip: str | None = Query(None, description="source or destination address or CIDR"),
-        verdict: str | None = Query(None, description="FORWARDED, DROPPED, ERROR, AUDIT, REDIRECTED, ..."),
-        drop_reason: str | None = Query(None, description="DropReason name or number"),
-        protocol: str | None = Query(None, description="tcp, udp, sctp, icmp, icmpv4, icmpv6"),
-        port: int | None = Query(None, ge=0, le=65535, description="source or destination port"),
-        direction: str | None = Query(None, description="INGRESS or EGRESS"),
-        l7_type: str | None = Query(None, description="REQUEST, RESPONSE, SAMPLE"),
-        since: str | None = Query(None, description="only flows at or after this time (RFC 3339 or 5m ago)"),
-        until: str | None = Query(None, description="only flows at or before this time"),
-    ) -> dict[str, Any]:
-        given = {
-            "cluster": cluster,
-            "namespace": namespace,
-            "pod": pod,
-            "workload": workload,
-            "labels": tuple(label) if label else None,
-            "ip": ip,
-            "verdict": verdict,
-            "drop_reason": drop_reason,
-            "protocol": protocol,
-            "port": port,
-            "direction": direction,
-            "l7_type": l7_type,
-            "since": since,
-            "until": until,
-        }
-        return {k: v for k, v in given.items() if v is not None}
-
-    def opening(principal: Any, filters: dict[str, Any]) -> _Opened | tuple[JSONResponse, str]:
+    async def opening(
+        flt: FlowFilter = Depends(flow_filter),
+        principal: Any = Depends(principal_dependency),
+        ticket: str | None = Query(None, description="a stream ticket (POST /api/v1/stream-tickets), single use"),
+    ) -> _Opened | _Refused:
         """The stream's filter, scope and row filter, or the refusal and its reason (422 naming the filter,
-        403 without any role binding)."""
+        403 without any role binding). `ticket` is read by the authentication dependency (declared here for
+        the OpenAPI description)."""
+        del ticket
+        filters = given_filters(flt)
         if getattr(principal, "bindings", None) == ():
             reason = f"user {principal.name!r} has no role binding"
-            return JSONResponse(status_code=403, content={"detail": reason, "needed": "any role binding"}), reason
+            refusal = JSONResponse(status_code=403, content={"detail": reason, "needed": "any role binding"})
+            return _Refused(refusal, reason)
         now_ns = time.time_ns()  # relative `since`/`until` stay anchored here when the scope is swapped
         try:
             flt = live_flow_filter(filters)
             scope = scope_for(principal)
-            return _Opened(flt, scope, subscription_filter(flt, scope, now_ns), now_ns)
+            return _Opened(principal, filters, flt, scope, subscription_filter(flt, scope, now_ns), now_ns)
         except FilterValueError as exc:
-            return _unprocessable(exc.parameter, exc.value, str(exc)), str(exc)
+            return _Refused(_unprocessable(exc.parameter, exc.value, str(exc)), str(exc))
 
     def watch(conn: HTTPConnection, principal: Any, opened: _Opened, sub: LiveSubscription) -> asyncio.Task[StreamEnd]:
         def widened(new_scope: Any) -> None:
@@ -176,16 +164,10 @@ def live_router(
         ),
     )
     @accepts_stream_tickets
-    async def stream_sse(
-        request: Request,
-        filters: dict[str, Any] = Depends(live_filter),
-        principal: Any = Depends(principal_dependency),
-        ticket: str | None = Query(None, description="a stream ticket (POST /api/v1/stream-tickets), single use"),
-    ) -> Any:
-        del ticket  # read by the authentication dependency
-        opened = opening(principal, filters)
-        if isinstance(opened, tuple):
-            return opened[0]
+    async def stream_sse(request: Request, opened: _Opened | _Refused = Depends(opening)) -> Any:
+        if isinstance(opened, _Refused):
+            return opened.response
+        principal, filters = opened.principal, opened.filters
         sub = hub.subscribe(opened.accept, queue_flows)
         _log_opened("sse", principal, filters, hub.subscriber_count)
         lost = watch(request, principal, opened, sub)
@@ -226,17 +208,11 @@ def live_router(
         )
 
     @accepts_stream_tickets
-    async def stream_ws(
-        websocket: WebSocket,
-        filters: dict[str, Any] = Depends(live_filter),
-        principal: Any = Depends(principal_dependency),
-        ticket: str | None = Query(None, description="a stream ticket (POST /api/v1/stream-tickets), single use"),
-    ) -> None:
-        del ticket  # read by the authentication dependency
-        opened = opening(principal, filters)
-        if isinstance(opened, tuple):
-            await _reject(websocket, *opened)
+    async def stream_ws(websocket: WebSocket, opened: _Opened | _Refused = Depends(opening)) -> None:
+        if isinstance(opened, _Refused):
+            await _reject(websocket, opened.response, opened.reason)
             return
+        principal, filters = opened.principal, opened.filters
         # Subscribed before the handshake completes: a client that sees the connection open misses nothing.
         sub = hub.subscribe(opened.accept, queue_flows)
         try:

@@ -177,3 +177,13 @@ def live_flow_filter(filters: Mapping[str, Any]) -> FlowFilter:
             parameter = "label" if name == "labels" else name
             raise FilterValueError(parameter, value, f"the {parameter} filter is not supported yet")
     return FlowFilter(**filters, last=None)
+
+
+def given_filters(flt: FlowFilter) -> dict[str, Any]:
+    """The filters a FlowFilter sets (not `last` or `cursor`: the stream has neither), by FlowFilter field
+    name: what live_flow_filter takes back, and what the stream's log line names."""
+    return {
+        f.name: getattr(flt, f.name)
+        for f in dataclasses.fields(FlowFilter)
+        if f.name not in ("last", "cursor") and getattr(flt, f.name) not in (None, ())
+    }
