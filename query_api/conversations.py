@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Required, TypedDict, Unpack
 
 from schemas.clickhouse import (
     CONVERSATION_DIMS,
@@ -124,19 +124,25 @@ def _ns(t: datetime) -> int:
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
-def build_conversation_query(
-    *,
-    since: datetime,
-    until: datetime,
-    clusters: Sequence[str] | None = None,
-    scope: ScopeFilter | None = None,
-    namespace: str | None = None,
-    places: Iterable[tuple[str, str]] | None = None,
-    port: int | None = None,
-    protocol: str | None = None,
-) -> tuple[str, dict[str, Any]]:
+class ConversationQuery(TypedDict, total=False):
+    """What a conversation read asks for (build_conversation_query, read_conversations): the window
+    [since, until) and the optional filters."""
+
+    since: Required[datetime]
+    until: Required[datetime]
+    clusters: Sequence[str] | None
+    scope: ScopeFilter | None
+    namespace: str | None
+    places: Iterable[tuple[str, str]] | None
+    port: int | None
+    protocol: str | None
+
+
+def build_conversation_query(**query: Unpack[ConversationQuery]) -> tuple[str, dict[str, Any]]:
     """SQL and parameters for read_conversations (pure: tested without a store)."""
-    since, until = _utc(since, "since"), _utc(until, "until")
+    since, until = _utc(query["since"], "since"), _utc(query["until"], "until")
+    clusters, scope, places = query.get("clusters"), query.get("scope"), query.get("places")
+    namespace, port, protocol = query.get("namespace"), query.get("port"), query.get("protocol")
     if until <= since:
         raise ConversationQueryError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
     params: dict[str, Any] = {"since_ns": _ns(since), "until_ns": _ns(until)}
@@ -201,17 +207,7 @@ def build_conversation_query(
 
 
 def read_conversations(
-    source: FlowStore | Any,
-    *,
-    since: datetime,
-    until: datetime,
-    clusters: Sequence[str] | None = None,
-    scope: ScopeFilter | None = None,
-    namespace: str | None = None,
-    places: Iterable[tuple[str, str]] | None = None,
-    port: int | None = None,
-    protocol: str | None = None,
-    redact: bool = True,
+    source: FlowStore | Any, *, redact: bool = True, **query: Unpack[ConversationQuery]
 ) -> list[Conversation]:
     """The conversations of [since, until) touching the scope (all with scope None), busiest first.
 
@@ -221,10 +217,8 @@ def read_conversations(
     `places`: (cluster, namespace) pairs, e.g. a workspace's namespaces: only conversations with a side
     there. `port`/`protocol` ("TCP", "UDP", "ICMP"/"ICMPv4", "ICMPv6", ...): the server side's.
     """
-    sql, params = build_conversation_query(
-        since=since, until=until, clusters=clusters, scope=scope, namespace=namespace, places=places,
-        port=port, protocol=protocol,
-    )
+    sql, params = build_conversation_query(**query)
+    scope = query.get("scope")
     if hasattr(source, "run"):
         rows = source.run(sql, params)
     else:

@@ -161,6 +161,16 @@ async def answer(
     return respond(result)
 
 
+def history_refusals(forbidden: str) -> dict[int | str, dict[str, Any]]:
+    """The refusals a history route documents (OpenAPI `responses`); `forbidden`: when it answers 403."""
+    return {
+        401: {"description": "no or bad credentials"},
+        403: {"description": forbidden},
+        422: {"description": "a bad parameter, named"},
+        503: {"description": "flow store unavailable"},
+    }
+
+
 def router(deps: Any) -> APIRouter:
     """`deps`: ReportRouteDeps, or the app's route dependencies with the same attributes."""
     api = APIRouter()
@@ -170,10 +180,7 @@ def router(deps: Any) -> APIRouter:
         response_model=ValidationReportModel,
         responses={
             200: {"content": {"text/html": {"schema": {"type": "string"}}}},
-            401: {"description": "no or bad credentials"},
-            403: {"description": "the caller's roles do not cover the namespace or workspace asked for"},
-            422: {"description": "a bad parameter, named"},
-            503: {"description": "flow store unavailable"},
+            **history_refusals("the caller's roles do not cover the namespace or workspace asked for"),
         },
     )
     async def get_validation_report(

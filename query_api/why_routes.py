@@ -36,7 +36,7 @@ from query_api.conversations import (
     history_window,
     read_conversations,
 )
-from query_api.report_routes import HistoryRouteDeps, answer, control_plane_of
+from query_api.report_routes import HistoryRouteDeps, answer, control_plane_of, history_refusals
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
 from schemas.clickhouse import FLOWS_TABLE
@@ -78,27 +78,41 @@ def resolve_peer(flows: FlowStore, cluster: str, spec: PeerSpec, window: tuple[d
     params["cluster"] = cluster
     if spec.ip:
         params["ip"] = spec.ip
-        where = "cluster = {cluster:String} AND " + cond
-        sql = " UNION ALL ".join(
-            f"(SELECT {s}_namespace AS ns, {s}_pod AS pod, "
-            f"if(notEmpty({s}_workload_names), {s}_workload_names[1], {s}_pod) AS workload FROM {FLOWS_TABLE} "
-            f"WHERE {where} AND ip_{s} = toIPv6({{ip:String}}) AND {s}_namespace != '' AND {s}_pod != '' LIMIT 1)"
-            for s in ("src", "dst")
+        rows = _first_on_either_side(
+            flows,
+            lambda s: f"{s}_namespace AS ns, {s}_pod AS pod, {_workload_sql(s)}",
+            lambda s: f"cluster = {{cluster:String}} AND {cond} AND ip_{s} = toIPv6({{ip:String}}) "
+            f"AND {s}_namespace != '' AND {s}_pod != ''",
+            params,
         )
-        rows = flows.run(sql, params)
         if not rows:
             return spec, ""
         namespace, pod, workload = rows[0]["ns"], rows[0]["pod"], rows[0]["workload"]
         return PeerSpec(spec.text, namespace=namespace, name=pod), workload
     params.update(ns=spec.namespace, pod=spec.name)
-    sql = " UNION ALL ".join(
-        f"(SELECT if(notEmpty({s}_workload_names), {s}_workload_names[1], {s}_pod) AS workload FROM {FLOWS_TABLE} "
-        f"WHERE cluster = {{cluster:String}} AND {s}_namespace = {{ns:String}} AND {s}_pod = {{pod:String}} "
-        f"AND {cond} LIMIT 1)"
-        for s in ("src", "dst")
+    rows = _first_on_either_side(
+        flows,
+        _workload_sql,
+        lambda s: f"cluster = {{cluster:String}} AND {s}_namespace = {{ns:String}} AND {s}_pod = {{pod:String}} "
+        f"AND {cond}",
+        params,
     )
-    rows = flows.run(sql, params)
     return spec, (rows[0]["workload"] if rows else "")
+
+
+def _workload_sql(side: str) -> str:
+    """The workload Hubble named for the side's pod, else the pod name."""
+    return f"if(notEmpty({side}_workload_names), {side}_workload_names[1], {side}_pod) AS workload"
+
+
+def _first_on_either_side(
+    flows: FlowStore, select: Callable[[str], str], where: Callable[[str], str], params: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The first matching flow's columns per side (src, then dst): one LIMIT 1 lookup per side."""
+    sql = " UNION ALL ".join(
+        f"(SELECT {select(s)} FROM {FLOWS_TABLE} WHERE {where(s)} LIMIT 1)" for s in ("src", "dst")
+    )
+    return flows.run(sql, params)
 
 
 def why_report(
@@ -216,12 +230,7 @@ def router(deps: WhyRouteDeps) -> APIRouter:
     @api.get(
         "/api/v1/why",
         response_model=WhyAnswer,
-        responses={
-            401: {"description": "no or bad credentials"},
-            403: {"description": "neither side of the pair is in the caller's scope"},
-            422: {"description": "a bad parameter, named"},
-            503: {"description": "flow store unavailable"},
-        },
+        responses=history_refusals("neither side of the pair is in the caller's scope"),
     )
     async def get_why(
         cluster: str = Query(..., description="the cluster the pair lives in"),
