@@ -68,6 +68,9 @@ def test_each_role_sees_its_flows_map_and_why(browser: Any, demo: Demo, role: st
         namespaces = {n["namespace"] for n in api(demo, role, "/api/v1/namespaces")["namespaces"]}
         offered = set(page.locator("#flow-filters [name=namespace] option").all_inner_texts()) - {"any"}
         assert offered == namespaces
+        # netwarden's verdict and attribution beside Hubble's (the worker's enricher stored them).
+        judged = [(v, a) for v, a in zip(cells(s, 9), cells(s, 10), strict=True) if v != "not evaluated"]
+        assert judged and all(v in {"FORWARDED", "DROPPED"} and "Policy/" in a for v, a in judged), judged[:3]
         s.shot("flows")
 
         if role in DETAILED:
@@ -83,11 +86,12 @@ def test_each_role_sees_its_flows_map_and_why(browser: Any, demo: Demo, role: st
             # Verdict colours: drops in red.
             show_flows(s, port="", protocol="", verdict="DROPPED")
             dropped = len(api(demo, role, "/api/v1/flows", verdict="DROPPED", limit=100)["flows"])
-            verdicts = page.locator("#flows-table tbody td.v-DROPPED")
+            verdicts = page.locator("#flows-table tbody td:nth-child(7).v-DROPPED")  # Hubble's verdict
             assert verdicts.count() == page.locator("#flows-table tbody tr").count() == dropped
             if role == "org-admin":  # the demo's planted faults drop outside the shop workspace
                 assert dropped > 0
                 assert verdicts.first.evaluate("e => getComputedStyle(e).color") == "rgb(198, 40, 40)"
+                assert any("denied by" in a for a in cells(s, 8))  # Hubble's attribution of policy drops
             s.shot("flows-dropped")
             show_flows(s, verdict="")
 
