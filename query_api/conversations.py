@@ -120,7 +120,8 @@ def _utc(t: datetime, name: str) -> datetime:
     return t.astimezone(UTC)
 
 
-def _ns(t: datetime) -> int:
+def unix_ns(t: datetime) -> int:
+    """A time as integer nanoseconds since the epoch (exact to its microseconds)."""
     return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
 
 
@@ -145,7 +146,7 @@ def build_conversation_query(**query: Unpack[ConversationQuery]) -> tuple[str, d
     namespace, port, protocol = query.get("namespace"), query.get("port"), query.get("protocol")
     if until <= since:
         raise ConversationQueryError(f"until ({until.isoformat()}) must be after since ({since.isoformat()})")
-    params: dict[str, Any] = {"since_ns": _ns(since), "until_ns": _ns(until)}
+    params: dict[str, Any] = {"since_ns": unix_ns(since), "until_ns": unix_ns(until)}
     first_hour = since.replace(minute=0, second=0, microsecond=0)
     if first_hour < since:
         first_hour += timedelta(hours=1)
@@ -314,6 +315,7 @@ __all__ = [
     "build_conversation_query",
     "conversation_from_row",
     "read_conversations",
+    "unix_ns",
     "redact_conversation",
     "redact_side",
 ]

@@ -37,7 +37,13 @@ from policy_engine.traffic_report import (
     UnmanagedPod,
 )
 from policy_engine.traffic_report import validation_report as assemble
-from query_api.conversations import HistoryParamError, history_window, read_conversations, redact_conversation
+from query_api.conversations import (
+    HistoryParamError,
+    history_window,
+    read_conversations,
+    redact_conversation,
+    unix_ns,
+)
 from query_api.flow_query import FlowFilter
 from query_api.scope import ScopeFilter
 from query_api.store import FlowStore
@@ -72,11 +78,7 @@ def _window(params: ReportParams, now_ns: int) -> tuple[int, int]:
     shared with what-if, recommend and why): a duration ago is widened to whole hours, so only the hourly
     conversation table is read; RFC 3339 times stay exact."""
     window = history_window(params.since, params.until, now_ns, default_since=DEFAULT_SINCE)
-    return _ns(window.since), _ns(window.until)
-
-
-def _ns(t: datetime) -> int:
-    return int(t.timestamp()) * 1_000_000_000 + t.microsecond * 1000
+    return unix_ns(window.since), unix_ns(window.until)
 
 
 def _dt(ns: int) -> datetime:

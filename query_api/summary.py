@@ -38,6 +38,7 @@ from schemas.clickhouse import (
     VERDICTS_1M,
 )
 from schemas.flow_record import L4_PROTOCOLS
+from schemas.flow_render import enum_name
 from schemas.hubble.flow import flow_pb2
 
 if TYPE_CHECKING:
@@ -133,11 +134,6 @@ def rfc3339(ns: int) -> str:
     seconds, nanos = divmod(ns, _S)
     text = dt.datetime.fromtimestamp(seconds, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
     return text + (f".{nanos:09d}Z" if nanos else "Z")
-
-
-def _enum_name(enum: Any, number: int) -> str:
-    value = enum.DESCRIPTOR.values_by_number.get(number)
-    return value.name if value is not None else str(number)
 
 
 # Every aggregate comes back from one UNION ALL query (one parse and plan instead of a dozen: on chDB the
@@ -390,7 +386,7 @@ def _endpoint(c: str, n: str, w: str) -> dict[str, str]:
 
 
 def _enum_label(enum: Any, number: int) -> str:
-    return _enum_name(enum, number) if number else ""
+    return enum_name(enum, number) if number else ""
 
 
 def _mismatch_doc(key: tuple[Any, ...], n: int) -> dict[str, Any]:
@@ -400,8 +396,8 @@ def _mismatch_doc(key: tuple[Any, ...], n: int) -> dict[str, Any]:
         "destination": _endpoint(dc, dn, dw),
         "port": port,
         "protocol": L4_PROTOCOLS.get(proto, str(proto) if proto else ""),
-        "verdict": _enum_name(flow_pb2.Verdict, verdict),
-        "desired_verdict": _enum_name(flow_pb2.Verdict, desired),
+        "verdict": enum_name(flow_pb2.Verdict, verdict),
+        "desired_verdict": enum_name(flow_pb2.Verdict, desired),
         "desired_drop_reason": _enum_label(flow_pb2.DropReason, reason),
         "egress_policy": e_pol,
         "egress_rule": e_rule,
@@ -481,7 +477,7 @@ def summarize(
     total = 0
     for (b, verdict), n in counts["buckets"].items():
         verdicts = per_bucket.setdefault(int(b) * window.bucket_ns, {})
-        name = _enum_name(flow_pb2.Verdict, int(verdict))
+        name = enum_name(flow_pb2.Verdict, int(verdict))
         verdicts[name] = verdicts.get(name, 0) + n
         total += n
     for start in per_bucket:  # verdict names in a stable order
@@ -500,7 +496,7 @@ def summarize(
                 "flows": 0,
                 "verdicts": {},
             }
-        name = _enum_name(flow_pb2.Verdict, int(verdict))
+        name = enum_name(flow_pb2.Verdict, int(verdict))
         edge["verdicts"][name] = edge["verdicts"].get(name, 0) + n
         edge["flows"] += n
     # Biggest first; the key breaks ties so the order (and the cut at max_edges) is stable.
@@ -520,7 +516,7 @@ def summarize(
             {"source": _endpoint(*k[:3]), "destination": _endpoint(*k[3:]), "flows": n} for k, n in talkers
         ],
         "drops_by_reason": [
-            {"reason": _enum_name(flow_pb2.DropReason, int(k[0])), "flows": n} for k, n in reasons
+            {"reason": enum_name(flow_pb2.DropReason, int(k[0])), "flows": n} for k, n in reasons
         ],
         "drops_by_policy": [{"kind": k[0], "namespace": k[1], "name": k[2], "flows": n} for k, n in policies],
         "edges": ordered[:max_edges],

@@ -102,6 +102,12 @@ _PORT_L4 = {1: "TCP", 2: "UDP", 5: "SCTP"}
 _ICMP_L4 = {3: "ICMPv4", 4: "ICMPv6"}
 
 
+def enum_name(enum: Any, number: int) -> str:
+    """A protobuf enum value's name, or the number as text when this descriptor does not know it."""
+    value = enum.DESCRIPTOR.values_by_number.get(number)
+    return value.name if value is not None else str(number)
+
+
 def _enum(names: dict[int, str], number: int) -> str | int:
     return names.get(number, number)  # proto3 open enums: an unknown number prints as a number
 
