@@ -301,13 +301,14 @@ def held_ddl(table: str) -> str:
 
 
 def held_flush(flows_table: str, held: str, dedup_token: str = "") -> str:
-    """Every held row not stored yet into flows: one insert, so the rollup views run once for all the held
-    batches."""
+    """Every held row not stored yet into flows, each flow once (a collector that read flows again after a
+    crash may have sent them twice into the same hold): one insert, so the rollup views run once for all the
+    held batches."""
     cols = ", ".join(f"`{c.name}`" for c in RECORD_COLUMNS)
     settings = _deduplicated(dedup_token) if dedup_token else INSERT_SETTINGS
     return (
         f"INSERT INTO {flows_table} ({cols}) SELECT {cols} FROM {held} "
-        f"WHERE {not_yet_stored(flows_table, held)} {settings_clause(settings)}"
+        f"WHERE {not_yet_stored(flows_table, held)} LIMIT 1 BY cluster, uuid {settings_clause(settings)}"
     )
 
 
@@ -433,11 +434,13 @@ def flows_insert(
     else:
         enrich_cols = ", ".join(f"k.`{c.name}`" for c in ENRICHMENT_COLUMNS)
         source = f"{stage} AS s LEFT JOIN {keys} AS k ON s.ekey = k.ekey"
-    # only_new: flows already stored are left out (a held table takes the batch as it is: its flush checks).
+    # only_new: flows already stored are left out, and a flow twice in the batch is stored once (a held
+    # table takes the batch as it is: its flush does both).
     fresh = f"AND {not_yet_stored(flows_table, stage, 's')} " if only_new else ""
+    once = "LIMIT 1 BY s.cluster, s.uuid " if only_new else ""
     return (
         f"INSERT INTO {flows_table} ({target}) SELECT {flow_cols}, {enrich_cols} FROM {source} "
-        f"WHERE s.kind = {KIND_FLOW} {fresh}"
+        f"WHERE s.kind = {KIND_FLOW} {fresh}{once}"
         f"{settings_clause(_deduplicated(dedup_token) if dedup_token else INSERT_SETTINGS)}"
     )
 

@@ -41,6 +41,7 @@ FAULTS = (
     "poison-batch",
     "year-old-capture",
     "clickhouse-refuses",
+    "worker-kill",
 )
 
 
@@ -187,7 +188,10 @@ async def bench_faults(data_dir: Path, faults: list[str], rate: int, outage_s: f
     if "sigint" in faults:
         _progress("sigint: `netwarden up`, then SIGINT to its process group")
         results.append(await _sigint(data_dir / "up", timeout))
-    rest = [f for f in faults if f != "sigint"]
+    if "worker-kill" in faults:
+        _progress("worker-kill: scale mode (`netwarden collect` and `netwarden worker` processes), worker -9")
+        results.append(await _worker_kill(data_dir / "scale", rate, timeout))
+    rest = [f for f in faults if f not in ("sigint", "worker-kill")]
     if not rest:
         return results
     stack_dir = data_dir / "stack"
@@ -390,6 +394,87 @@ async def _sigint(data_dir: Path, timeout: float) -> FaultResult:
     result.stored, result.lost = stored, unstored
     result.flows_sent = stored + unstored
     result.duplicated = max(0, rolled - stored)
+    return result
+
+
+async def _worker_kill(data_dir: Path, rate: int, timeout: float) -> FaultResult:
+    """Scale mode: a Tansu broker, `netwarden collect` and `netwarden worker` processes; the worker is killed
+    with -9 mid-stream and started again. Stored flows are counted from the worker's data dir afterwards."""
+    from collectors.hubble_client import Checkpoint
+    from collectors.hubble_server import HubbleServer
+    from collectors.traffic import DemoTraffic
+    from netwarden.broker import TansuBroker, ensure_topics
+    from schemas.topics import pipeline_topics
+
+    cluster = "fault-worker-kill"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    broker = TansuBroker(log_path=data_dir / "tansu.log")
+    broker.start()
+    server = HubbleServer(ring_capacity=200_000)
+    port = await server.start("127.0.0.1", 0)
+    traffic = DemoTraffic(cluster, seed=31)
+    checkpoint = data_dir / "collector" / f"checkpoint-{cluster}.json"
+    sent, newest = 0, 0
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def spawn(name: str, *argv: str) -> None:
+        log = open(data_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child writes it while it runs
+        procs[name] = subprocess.Popen([sys.executable, "-m", "netwarden", name, *argv], stdout=log, stderr=log,
+                                       start_new_session=True)
+
+    async def feed(seconds: float) -> None:
+        nonlocal sent, newest
+        for _ in range(int(seconds * 10)):
+            entries = traffic.serialized(max(1, rate // 10))
+            server.add_serialized(entries)
+            sent += len(entries)
+            newest = max(newest, *(t for t, _, _ in entries))
+            await asyncio.sleep(0.1)
+
+    def caught_up() -> bool:
+        cp = Checkpoint(checkpoint)
+        return not cp.pending and max(cp.nodes.values(), default=0) >= newest
+
+    async def wait_for(condition: Callable[[], bool]) -> float | None:
+        began = time.monotonic()
+        while time.monotonic() - began < timeout:
+            if condition():
+                return time.monotonic() - began
+            await asyncio.sleep(0.2)
+        return None
+
+    worker = ("worker", "--kafka", broker.bootstrap, "--data-dir", str(data_dir / "worker"))
+    result = FaultResult("worker-kill")
+    try:
+        await ensure_topics(broker.bootstrap, pipeline_topics(2))
+        spawn(*worker)
+        spawn("collect", "--cluster", cluster, "--hubble", f"127.0.0.1:{port}", "--kafka", broker.bootstrap,
+              "--data-dir", str(data_dir / "collector"))
+        await feed(2.0)
+        if await wait_for(lambda: bool(Checkpoint(checkpoint).nodes)) is None:
+            raise RuntimeError("worker-kill: nothing was stored before the fault")
+        procs["worker"].kill()  # -9: whatever it held or had not committed is handed to the next one
+        procs["worker"].wait()
+        await feed(2.0)
+        spawn(*worker)
+        recovery = await wait_for(caught_up)
+        result.recovery_s = None if recovery is None else round(recovery, 2)
+        result.hung = recovery is None
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs.values():
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        await server.stop()
+        broker.stop()
+    stored, rolled = _stored_in(data_dir / "worker")
+    result.flows_sent, result.stored = sent, stored
+    result.lost, result.duplicated = sent - stored, max(0, rolled - stored)
     return result
 
 

@@ -235,3 +235,14 @@ def test_a_redelivered_batch_is_stored_and_counted_once_rollups_included(client:
     finally:
         sink.close()
     assert counted() == (once[0] + 200, once[1] + 200)
+    # A flow twice in one batch (a collector re-sent it into the same hold) is stored and counted once.
+    twice = [raw for _, _, raw in DemoTraffic(cluster, seed=7).serialized(50)]
+    for hold in (False, True):
+        sink = ClickHouseSink(client)
+        try:
+            batch = twice if not hold else [raw for _, _, raw in DemoTraffic(cluster, seed=8).serialized(50)]
+            sink.store([Part(cluster, "flows.raw[0]@11", batch + batch, batch_id=f"collector-d#{hold}")], hold=hold)
+            sink.flush_held()
+        finally:
+            sink.close()
+    assert counted() == (once[0] + 300, once[1] + 300)
