@@ -500,5 +500,5 @@ def create_app(
         app.include_router(control_plane_api.app_router(current_principal, authenticator))
     from query_api.console_routes import app_router as console_router
 
-    app.include_router(console_router(current_principal, tenancy))  # the web console at / and GET /api/v1/me
+    app.include_router(console_router(current_principal, tenancy, authenticator))  # the web console at / and GET /api/v1/me
     return app

@@ -13,7 +13,9 @@ from fastapi import APIRouter, Depends, HTTPException
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from policy_engine.control_plane import ControlPlane
 from policy_engine.roles import Authorizer, Ownership, PermissionDenied, Principal
+from query_api.control_plane_http import ControlPlaneCalls
 
 ASSETS = Path(__file__).with_name("console")
 _MEDIA = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
@@ -71,8 +73,38 @@ def permissions(principal: Principal, ownership: Ownership) -> dict[str, Any]:
     }
 
 
-def app_router(current_principal: Callable[..., Any], tenancy: Callable[[], Ownership]) -> APIRouter:
+class PolicyWrites(BaseModel):
+    policies: dict[str, bool] = Field(description="policy name -> whether the caller may write (edit, stage, "
+                                      "promote, roll back) it where it is enforced now")
+
+
+def policy_writes(cp: ControlPlane) -> dict[str, Any]:
+    """Per policy, the engine's own write check (ControlPlane._require_policy_write: the places the policy is
+    enforced through assignments and blueprints), asked without writing anything."""
+    out = {}
+    for version in cp.store.list_policies():
+        try:
+            # The engine keeps this rule private; reused here, not restated.
+            cp._require_policy_write(version.spec.name, version.spec.scope, "")
+        except PermissionDenied:
+            out[version.spec.name] = False
+        else:
+            out[version.spec.name] = not version.builtin
+    return {"policies": out}
+
+
+def app_router(
+    current_principal: Callable[..., Any], tenancy: Callable[[], Ownership], authenticator: Any = None
+) -> APIRouter:
     router = APIRouter()
+    control_plane = getattr(authenticator, "tenancy", None)
+    if control_plane is not None:
+        run = ControlPlaneCalls(control_plane)
+
+        @router.get("/api/v1/me/policies", response_model=PolicyWrites,
+                    responses={401: {"description": "no or bad credentials"}})
+        async def my_policy_writes(principal: Principal = Depends(current_principal)) -> Any:
+            return await run(principal, policy_writes)
 
     @router.get("/", include_in_schema=False)
     async def console_index() -> FileResponse:

@@ -507,7 +507,9 @@ function policyYaml(doc) {
 async function showPolicies(params) {
   const body = $("#policies-table tbody");
   try {
-    const { policies } = await api("/api/v1/policies");
+    const [{ policies }, writes] = await Promise.all([api("/api/v1/policies"),
+      state.me.may_write_policies ? api("/api/v1/me/policies") : { policies: {} }]);
+    state.policyWrites = writes.policies;
     body.replaceChildren(...policies.map((p) => el("tr", { "data-policy": p.name, onclick: () => openPolicy(p) },
       el("td", {}, p.name), el("td", {}, p.scope), el("td", {}, p.mode),
       el("td", {}, p.enforced ? `v${p.enforced.version}` : ""), el("td", {}, p.staged ? `v${p.staged.version}` : ""))));
@@ -523,7 +525,10 @@ async function openPolicy(p) {
   closeEditor();
   $("#policy-detail").hidden = false;
   $("#policy-name").textContent = `${p.name} (${p.scope}, ${p.mode})`;
-  $("#policy-promote").hidden = !(state.me.may_write_policies && p.staged);
+  // Edit and promote only where the engine's rules let this caller write the policy (GET /api/v1/me/policies).
+  const writable = state.me.may_write_policies && (state.policyWrites?.[p.name] ?? true);
+  $("#policy-edit").hidden = !writable;
+  $("#policy-promote").hidden = !(writable && p.staged);
   const { versions } = await api(`/api/v1/policies/${encodeURIComponent(p.name)}/versions`);
   state.versions = versions;
   const options = versions.slice().reverse().map((v) => el("option", { value: v.version }, `v${v.version} ${v.mode} · ${v.createdAt} · ${v.createdBy}`));

@@ -125,7 +125,9 @@ def test_each_role_sees_its_flows_map_and_why(browser: Any, demo: Demo, role: st
         page.click("#nav a[data-view=policies]")
         page.locator("#policies-table tbody tr[data-policy=cart-egress]").click()
         page.wait_for_selector("#policy-yaml:has-text('cart-egress')")
-        assert page.locator("#policy-edit").is_visible() == (role in WRITERS)
+        # cart-egress is enforced in shop on both demo clusters: only org-admin may write it (project and workspace
+        # admins hold demo-east only; infra-admin writes cluster-wide policies).
+        assert page.locator("#policy-edit").is_visible() == (role == "org-admin")
         assert page.locator("#policy-new").is_visible() == (role in WRITERS)
         s.shot("policies")
         if role not in WRITERS:
@@ -273,6 +275,10 @@ def test_console_assets_are_the_packaged_files_only(demo: Demo) -> None:
 
 def test_me_says_what_each_role_may_write(demo: Demo) -> None:
     may = {role: api(demo, role, "/api/v1/me") for role in ROLES}
+    writes = {role: api(demo, role, "/api/v1/me/policies")["policies"] for role in ROLES}
+    assert writes["org-admin"]["cart-egress"] and not writes["workspace-admin"]["cart-egress"]
+    assert not any(writes["org-read-only"].values()) and not any(writes["workspace-read-only"].values())
+    assert {name for name, ok in writes["infra-admin"].items() if ok} == set()  # the blueprint spans demo-west too
     assert {r for r, m in may.items() if m["may_write_policies"]} == WRITERS
     assert {r for r, m in may.items() if m["may_administer"]} == {"org-admin"}
     assert may["org-admin"]["cluster_writes"] == ["demo-east", "demo-west"]
