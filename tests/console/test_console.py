@@ -197,10 +197,24 @@ def test_admin_edits_a_policy_with_schema_errors_inline_what_if_then_save(browse
         # Versions and their diff.
         page.select_option("#policy-version", "2")
         page.select_option("#policy-diff-base", "1")
-        assert page.locator("#policy-diff .del").all_inner_texts() == ['-           - port: "6379"\n'.rstrip("\n")] or \
-            any("6379" in t for t in page.locator("#policy-diff .del").all_inner_texts())
+        removed = page.locator("#policy-diff .del").all_inner_texts()
+        assert len(removed) == 1 and re.fullmatch(r'-\s+- port: "6379"\s*', removed[0]), removed
         assert any("6380" in t for t in page.locator("#policy-diff .add").all_inner_texts())
         s.shot("policy-diff")
+
+        # Stage a further change (evaluated on flows, never rendered), then promote it.
+        page.click("#policy-edit")
+        page.fill("#policy-text", original)
+        page.click("#policy-whatif")
+        page.wait_for_selector("#whatif-summary")
+        page.click("#policy-stage")
+        page.wait_for_selector("#policies-table tbody tr[data-policy=cart-egress]:has-text('enforced+staged')")
+        page.wait_for_selector("#policy-promote:visible")
+        page.click("#policy-promote")
+        page.wait_for_selector("#policies-table tbody tr[data-policy=cart-egress] td:nth-child(3):text-is('enforced')")
+        versions = api(demo, "org-admin", "/api/v1/policies/cart-egress/versions")["versions"]
+        assert versions[-1]["mode"] == "enforced" and "6379" in str(versions[-1]["spec"])
+        s.shot("policy-promoted")
 
 
 SHOP_POLICY = """\
