@@ -228,7 +228,7 @@ class Checkpoint:
 ShipBatch = Callable[[str, list[bytes]], Awaitable[int | None]]
 
 
-STOP_ACK_WAIT_S = 3.0
+STOP_ACK_WAIT_S = 2.5
 
 
 # Sends (node, after_ns, before_ns) lost ranges on to the worker; returns once Kafka acknowledged them.

@@ -372,7 +372,8 @@ class PipelineStack:
         # Children first, together (collectors ship what they read and save checkpoints; a server that
         # goes first only ends their streams), then this process's tasks, worker and broker. Bounded:
         # Ctrl-C on `up` must return within 10 s.
-        await asyncio.gather(*(c.stop(timeout=3.0) for c in self.children().values()))
+        # 5 s: a collector waits up to 2.5 s for the worker to confirm what it shipped (collectors.hubble_client).
+        await asyncio.gather(*(c.stop(timeout=5.0) for c in self.children().values()))
         step("children")
         if self._rotating is not None and self._in_rotation:
             # A rotation waits for the worker to drain; the embedded broker's memory goes away anyway.

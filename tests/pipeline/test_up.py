@@ -4,6 +4,7 @@ cleanly (and quickly) on Ctrl-C to its process group."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -117,6 +118,36 @@ def test_up_serves_both_demo_clusters_within_60s(tmp_path: Path) -> None:
     assert "api        http://" in out
     assert stopped_in is not None and stopped_in < 10, stopped_in
     assert not [pid for pid in children if Path(f"/proc/{pid}").exists()], "children outlived `up`"
+    # Every flow a collector shipped and Kafka acknowledged is stored: what the journals still call
+    # unconfirmed (the worker's word did not arrive before the stop) is in the flows table all the same.
+    unconfirmed = _unconfirmed_uuids(tmp_path)
+    assert _stored_count(tmp_path, unconfirmed) == len(unconfirmed)
+
+
+def _unconfirmed_uuids(data_dir: Path) -> list[str]:
+    from collectors.hubble_client import Checkpoint
+
+    return sorted({u for path in data_dir.glob("checkpoint-*.json")
+                   for _, uuids in Checkpoint(path).pending.values() for u in uuids})
+
+
+_COUNT = """
+import json, sys
+from query_api.store import open_clickhouse
+uuids = json.loads(sys.stdin.read())
+rows = open_clickhouse(sys.argv[1]).query(
+    "SELECT uniqExact(uuid) FROM flows WHERE toString(uuid) IN {u:Array(String)}", parameters={"u": uuids})
+print(rows.result_rows[0][0])
+"""
+
+
+def _stored_count(data_dir: Path, uuids: list[str]) -> int:
+    """Read by a child process: chDB holds one data directory per process."""
+    if not uuids:
+        return 0
+    out = subprocess.run([sys.executable, "-c", _COUNT, str(data_dir)], input=json.dumps(uuids),
+                         capture_output=True, text=True, check=True, cwd=REPO_ROOT)
+    return int(out.stdout.strip().splitlines()[-1])
 
 
 def _wait_for_planted_drift(data_dir: Path, cluster: str, timeout_s: float = 60) -> None:
