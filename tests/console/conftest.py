@@ -108,7 +108,7 @@ class Session:
     shots: Path
 
     def shot(self, name: str) -> None:
-        self.page.screenshot(path=str(self.shots / f"{name}.png"))
+        self.page.screenshot(path=str(self.shots / f"{name}.jpeg"), quality=80)  # JPEG: quicker to encode
 
 
 @contextlib.contextmanager
