@@ -418,9 +418,9 @@ async def _worker_kill(data_dir: Path, rate: int, timeout: float) -> FaultResult
     procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def spawn(name: str, *argv: str) -> None:
-        log = open(data_dir / f"{name}.log", "ab")  # noqa: SIM115 - the child writes it while it runs
-        procs[name] = subprocess.Popen([sys.executable, "-m", "netwarden", name, *argv], stdout=log, stderr=log,
-                                       start_new_session=True)
+        with open(data_dir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
+            procs[name] = subprocess.Popen([sys.executable, "-m", "netwarden", name, *argv], stdout=log,
+                                           stderr=log, start_new_session=True)
 
     async def feed(seconds: float) -> None:
         nonlocal sent, newest
