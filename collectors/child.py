@@ -19,13 +19,13 @@ import asyncio
 import contextlib
 import json
 import logging
-import signal
 import sys
 from pathlib import Path
 
 from collectors.hubble_client import Checkpoint, ClientTLS, HubbleCollector
 from collectors.kafka_out import FlowBatchProducer, new_producer
 from collectors.stored_acks import StoredAcks
+from netwarden.supervise import stop_on_signals
 
 
 class _Gate:
@@ -43,8 +43,7 @@ class _Gate:
 async def run(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     tls = None
     if args.tls or args.tls_ca_cert or args.tls_client_cert or args.tls_server_name:
         tls = ClientTLS.from_files(args.tls_ca_cert, args.tls_client_cert, args.tls_client_key, args.tls_server_name)

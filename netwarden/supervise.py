@@ -201,3 +201,17 @@ class Child:
         if self._watch is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._watch, 2.0)
+
+
+def stop_on_signals(stop: asyncio.Event) -> None:
+    """SIGINT and SIGTERM: the first sets `stop` (stop taking input, flush what is in flight, commit, exit 0);
+    a second exits at once with status 130, as a second Ctrl-C should. Children die with us (die_with_parent)."""
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            os._exit(130)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)

@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from netwarden.cli import CommandError
+from netwarden.supervise import stop_on_signals
 
 if TYPE_CHECKING:
     from policy_engine.control_plane import ControlPlane
@@ -714,7 +715,6 @@ def cmd_inventory_show(args: argparse.Namespace) -> int:
 def cmd_inventory_publish(args: argparse.Namespace) -> int:
     import asyncio
     import os
-    import signal
 
     from netwarden.broker import ensure_topics
     from policy_engine.inventory import all_messages, mark_published, record_inventory
@@ -747,9 +747,7 @@ def cmd_inventory_publish(args: argparse.Namespace) -> int:
 
     async def follow() -> None:
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop_on_signals(stop)
         publisher = InventoryPublisher(lambda: ControlPlaneStore.open(data_dir), bootstrap, ensure_topic=ensure_topic)
         print(f"publishing the inventory of {data_dir} to {bootstrap} (Ctrl-C to stop)", file=sys.stderr)
         await publisher.run(stop)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from netwarden.cli import CommandError
+from netwarden.supervise import stop_on_signals
 
 if TYPE_CHECKING:
     from collectors.hubble_server import ServerTLS
@@ -127,9 +127,7 @@ async def serve(args: argparse.Namespace, tls: ServerTLS | None) -> None:
 
     port = await server.start(args.host, args.port, tls)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     feeders = [] if args.preload else [asyncio.create_task(g.run(server, args.rate, stop)) for g in generators]
     if judge is not None:
         feeders.append(asyncio.create_task(_follow_kube(judge, args.kube_poll_seconds, stop)))

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Coroutine
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from netwarden.cli import CommandError
+from netwarden.supervise import stop_on_signals
 
 T = TypeVar("T")
 
@@ -97,12 +97,6 @@ def run_stack(main: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(main)
     except DataDirLockedError as exc:
         raise CommandError(f"{exc}: stop the other netwarden process or choose another --data-dir") from None
-
-
-def _stop_on_signals(stop: asyncio.Event) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
 
 
 # --- ingest -------------------------------------------------------------------------------------------
@@ -204,7 +198,7 @@ async def collect(data_dir: Path, cluster: str, target: str, kafka: str, tls: Cl
 
     data_dir.mkdir(parents=True, exist_ok=True)
     stop = asyncio.Event()
-    _stop_on_signals(stop)
+    stop_on_signals(stop)
     producer = new_producer(kafka)
     await producer.start()
     try:
@@ -230,7 +224,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         stop = asyncio.Event()
-        _stop_on_signals(stop)
+        stop_on_signals(stop)
         stack = PipelineStack(StackConfig(Path(args.data_dir), kafka=args.kafka, clickhouse_dsn=args.clickhouse))
         await stack.start()
         print(f"worker consuming {args.kafka}", flush=True)

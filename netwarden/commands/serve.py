@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from urllib.parse import unquote, urlsplit
 
 from netwarden.cli import CommandError
 from netwarden.commands.pipeline import add_data_dir, run_stack
+from netwarden.supervise import stop_on_signals
 
 log = logging.getLogger("netwarden.serve")
 
@@ -110,8 +110,7 @@ async def serve(host: str, port: int, kafka: str, clickhouse_dsn: str | None, co
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
     store = FlowStore(open_clickhouse(data_dir, clickhouse_dsn))
     if not clickhouse_dsn:
         # A chDB directory is this process's alone: nobody else would create the tables. On a server the

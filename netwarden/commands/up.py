@@ -17,11 +17,11 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 from pathlib import Path
 from typing import Any
 
 from netwarden.commands.pipeline import add_data_dir, run_stack
+from netwarden.supervise import stop_on_signals
 
 DEMO_CLUSTERS = ("demo-east", "demo-west")
 log = logging.getLogger("netwarden.up")
@@ -87,9 +87,7 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
     from query_api.auth import Authenticator, OIDCConfig
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop_on_signals(stop)
 
     stack = PipelineStack(StackConfig(data_dir=data_dir, rotate_seconds=rotate_seconds,
                                       broker_memory_bytes=broker_memory_bytes,

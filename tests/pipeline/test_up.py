@@ -202,3 +202,36 @@ async def test_supervised_child_is_restarted_then_given_up_and_stopped_for_good(
     assert pid is not None and Path(f"/proc/{pid}").exists()
     await asyncio.wait_for(steady.stop(timeout=5), 10)
     assert steady.process is not None and steady.process.returncode is not None and steady.restarts == 0
+
+
+_SLOW_STOP = """
+import asyncio, sys
+from netwarden.supervise import stop_on_signals
+
+async def main():
+    stop = asyncio.Event()
+    stop_on_signals(stop)
+    print("ready", flush=True)
+    await stop.wait()
+    print("stopping", flush=True)
+    await asyncio.sleep(60)  # a clean stop that takes long (flushing, committing)
+
+asyncio.run(main())
+"""
+
+
+def test_a_second_signal_exits_at_once() -> None:
+    """The first SIGINT starts a clean stop; a second one (an impatient Ctrl-C) exits at once with 130."""
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_STOP], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout.readline().strip() == "stopping"
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 130
+        assert time.monotonic() - t0 < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
