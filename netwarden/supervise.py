@@ -17,8 +17,9 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import Counter
 
@@ -207,11 +208,26 @@ def stop_on_signals(stop: asyncio.Event) -> None:
     """SIGINT and SIGTERM: the first sets `stop` (stop taking input, flush what is in flight, commit, exit 0);
     a second exits at once with status 130, as a second Ctrl-C should. Children die with us (die_with_parent)."""
     loop = asyncio.get_running_loop()
+    received = [0]  # signals this handler saw (uvicorn captures one while it serves and raises it again after)
 
     def on_signal() -> None:
-        if stop.is_set():
+        received[0] += 1
+        if received[0] > 1:
             os._exit(130)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+
+
+def api_server(config: Any) -> Any:
+    """uvicorn's Server for `config`, leaving SIGINT and SIGTERM to stop_on_signals: uvicorn would take them
+    over while it serves and raise them again when it stops, so one Ctrl-C would count as two."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return Server(config)

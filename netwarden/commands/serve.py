@@ -20,14 +20,13 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from netwarden.cli import CommandError
 from netwarden.commands.pipeline import add_data_dir, run_stack
-from netwarden.supervise import stop_on_signals
+from netwarden.supervise import api_server, stop_on_signals
 
 log = logging.getLogger("netwarden.serve")
 
@@ -108,7 +107,6 @@ async def serve(host: str, port: int, kafka: str, clickhouse_dsn: str | None, co
     from query_api.store import FlowStore, open_clickhouse
     from schemas.topics import FLOWS_ENRICHED, pipeline_topics
 
-    loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     stop_on_signals(stop)
     store = FlowStore(open_clickhouse(data_dir, clickhouse_dsn))
@@ -131,7 +129,7 @@ async def serve(host: str, port: int, kafka: str, clickhouse_dsn: str | None, co
         ownership=tenancy.ownership,
         live_hub=hub,
     )
-    api = _uvicorn_server(app, host, port, on_exit=lambda: loop.call_soon_threadsafe(stop.set))
+    api = _uvicorn_server(app, host, port)
     feeding = asyncio.create_task(feed.run(stop))
     stopping = asyncio.create_task(stop.wait())
     api_task: asyncio.Task[None] | None = None
@@ -180,16 +178,12 @@ def _feed_failed(feeding: asyncio.Task[None]) -> bool:
     return False
 
 
-def _uvicorn_server(app: Any, host: str, port: int, on_exit: Callable[[], None]) -> Any:
-    """uvicorn's server, telling `on_exit` about the signals it captures: uvicorn replaces the loop's signal
-    handlers while it serves, and the feed and live streams must stop at once, not after uvicorn."""
+def _uvicorn_server(app: Any, host: str, port: int) -> Any:
+    """The API server; signals are stop_on_signals' (the feed and live streams stop with `stop`)."""
     import uvicorn
-
-    class Server(uvicorn.Server):
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            on_exit()
-            super().handle_exit(sig, frame)
 
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
-    return Server(config)
+    return api_server(config)
+
+

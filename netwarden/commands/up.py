@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from netwarden.commands.pipeline import add_data_dir, run_stack
-from netwarden.supervise import stop_on_signals
+from netwarden.supervise import api_server, stop_on_signals
 
 DEMO_CLUSTERS = ("demo-east", "demo-west")
 log = logging.getLogger("netwarden.up")
@@ -131,7 +131,7 @@ async def up(data_dir: Path, host: str, port: int, rate: float, rotate_seconds: 
             ownership=tenancy.ownership,
             live_hub=stack.live_hub,  # GET /api/v1/flows/stream, fed in-process by the pipeline (query_api.live)
         )
-        api = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
+        api = api_server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
         api_task = asyncio.create_task(api.serve())
         lines += [
             f"  clickhouse chDB under {(data_dir / 'clickhouse').resolve()}",
