@@ -30,7 +30,7 @@ from netwarden.cli import CommandError
 from netwarden.commands.flows_follow import FILTER_PARAMS
 from query_api.flow_query import DEFAULT_LAST, FilterValueError, FlowFilter, parse_last
 from query_api.store import DataDirLockedError, FlowStore, clickhouse_path, open_clickhouse
-from schemas.flow_compact import compact_line
+from schemas.flow_compact import TRACE_POINTS, compact_line
 from schemas.flow_record import L4_PROTOCOLS, TCP_FLAG_NAMES
 from schemas.flow_render import (
     ip_text,
@@ -324,23 +324,6 @@ def _print(
 
 # ---- table output ----------------------------------------------------------------------------------
 
-# monitor trace observation points by event sub_type (cilium pkg/monitor/api TraceObservationPoints)
-_TRACE_POINTS = (
-    "to-endpoint",
-    "to-proxy",
-    "to-host",
-    "to-stack",
-    "to-overlay",
-    "from-endpoint",
-    "from-proxy",
-    "from-host",
-    "from-stack",
-    "from-overlay",
-    "from-network",
-    "to-network",
-    "from-crypto",
-    "to-crypto",
-)
 _HUBBLE_FLAG_ORDER = ("SYN", "FIN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "NS")
 _ICMP_TYPES = {
     3: {0: "EchoReply", 3: "DestinationUnreachable", 5: "Redirect", 8: "EchoRequest", 11: "TimeExceeded"},
@@ -396,7 +379,7 @@ def _flow_type_text(row: Mapping[str, Any]) -> str:
         reason = int(row.get("drop_reason_desc") or 0) or sub
         return _enum_name(flow_pb2.DropReason, reason).replace("_", " ").capitalize()
     if etype == _EVENT_TRACE:
-        return _TRACE_POINTS[sub] if 0 <= sub < len(_TRACE_POINTS) else f"trace:{sub}"
+        return TRACE_POINTS[sub] if 0 <= sub < len(TRACE_POINTS) else f"trace:{sub}"
     if etype == _EVENT_POLICY_VERDICT:
         direction = int(row.get("traffic_direction") or 0)
         return "policy-verdict" + (
