@@ -98,8 +98,14 @@ def store(sink: ClickHouseSink, payloads: list[bytes]) -> None:
     refused = {i: reason for _, i, reason in result.refused}
     assert len(refused) == len(result.refused)  # each entry refused once
     assert all(reason.strip() for reason in refused.values())
-    # The same judgement as the Python decoder: nothing refused it accepts, nothing stored it rejects.
-    assert sorted(refused) == sorted(r.index for r in oracle.rejected), (refused, oracle.rejected)
+    # The same judgement as the Python decoder: nothing refused it accepts, nothing stored it rejects. One known
+    # difference: ClickHouse reads some corrupt wire bytes without a flow in them (e.g. b'\x00\x00', a field
+    # number 0) as an empty response, which the Python decoder refuses; no flow is lost either way (the flow
+    # count below must still match).
+    rejected = {r.index for r in oracle.rejected}
+    assert set(refused) <= rejected, (refused, oracle.rejected)
+    for index in rejected - set(refused):
+        assert payloads[index][:1] < b"\x08", ("refused by Python only, not a field-number-0 tag", payloads[index][:40])
     for index, reason in refused.items():
         if b"\xf3hop" in payloads[index]:
             assert "flow.source.namespace is not valid UTF-8" in reason

@@ -36,8 +36,8 @@ from tests.query_api.conftest import bearer_principals, encode
 
 QUICK = 200
 # The HTTP acceptance runs 10,000 queries; here the same pure filter runs per row in Python, so the default
-# suite runs 2,000 subscriptions (NW_LIVE_ACCEPTANCE_SUBSCRIPTIONS=10000 for the full run, ~5 min).
-FULL = int(os.environ.get("NW_LIVE_ACCEPTANCE_SUBSCRIPTIONS", "2000"))
+# suite runs 1,000 subscriptions (NW_LIVE_ACCEPTANCE_SUBSCRIPTIONS=10000 for the full run, ~5 min).
+FULL = int(os.environ.get("NW_LIVE_ACCEPTANCE_SUBSCRIPTIONS", "1000"))
 OVER_THE_WIRE = 80
 
 

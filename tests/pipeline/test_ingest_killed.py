@@ -19,7 +19,7 @@ from google.protobuf.json_format import MessageToJson
 from collectors.traffic import DemoTraffic
 from tests.conftest import REPO_ROOT
 
-LINES = 20_000
+LINES = 12_000
 
 _COUNT = """
 import json, sys

@@ -36,10 +36,10 @@ NAMESPACES = ("shop", "payments", "db", "web", "ops", "kube-system")
 BASE = 1_717_236_000_000_000_000  # 2024-06-01T10:00:00Z
 SPAN = 180 * 1_000_000_000  # flows spread over 3 minutes
 N_FLOWS = 3000
-# Each query is a real API call on the real engine (~90 ms here): the suite runs 2,000; the acceptance's full
+# Each query is a real API call on the real engine (~90 ms here): the suite runs 1,000; the acceptance's full
 # 10,000 run is NW_ACCEPTANCE_QUERIES=10000 (about 15 minutes on two cores).
-N_FLOW_QUERIES = int(os.environ.get("NW_ACCEPTANCE_QUERIES", "2000"))
-N_SUMMARY_QUERIES = 300
+N_FLOW_QUERIES = int(os.environ.get("NW_ACCEPTANCE_QUERIES", "1000"))
+N_SUMMARY_QUERIES = 150
 QUICK_FLOW_QUERIES = 600  # the quick run; the N_FLOW_QUERIES run is marked slow
 QUICK_SUMMARY_QUERIES = 40
 SEED = 20240601
