@@ -28,7 +28,6 @@ from itertools import count
 from typing import Any
 
 import pyarrow as pa
-from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
 from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.clickhouse import FLOWS_TABLE, LOST_RANGES_TABLE
@@ -37,6 +36,7 @@ from schemas.framing import frame, unframe
 from streams import decode_sql
 from streams.enrichment import KeyEnricher
 from streams.jsonpb_sql import JSONPB_COLUMN
+from streams.sink_errors import RefusedError, RetriableError, _one_line, classify
 
 log = logging.getLogger("netwarden.streams.sink")
 
@@ -55,67 +55,6 @@ HELD_FLOWS = Gauge("netwarden_sink_held_flows", "Decoded flows waiting in the he
 BISECTS = Counter(
     "netwarden_sink_bisect_inserts_total", "Inserts of batch halves while isolating refused entries"
 )
-
-# ClickHouse error codes that say nothing about the data: the server is busy or going away, or our own
-# tables/SQL are not (yet) what we expect. Retried with back-off, never dead-lettered. Not 36 (BAD_ARGUMENTS):
-# ClickHouse also answers it for data (a protobuf oneof set twice), which must be dead-lettered, not retried.
-RETRIABLE_CODES = frozenset(
-    {
-        3,
-        16,
-        74,  # CANNOT_READ_FROM_FILE_DESCRIPTOR  } the disk, not the data: a full or failing disk used to be
-        75,  # CANNOT_WRITE_TO_FILE_DESCRIPTOR   } bisected down to single entries and every one dead-lettered
-        243,  # NOT_ENOUGH_SPACE                 }
-        46,
-        47,
-        60,
-        62,
-        81,
-        115,
-        159,
-        160,
-        164,
-        202,
-        203,
-        209,
-        210,
-        236,
-        241,
-        242,
-        252,
-        285,
-        319,
-        394,
-        425,
-        439,
-        497,
-        516,
-        999,
-    }
-)
-
-
-class RetriableError(Exception):
-    """The batch could not be written for reasons outside the data; try again later."""
-
-
-class RefusedError(Exception):
-    """ClickHouse refuses the data (ClickHouse's message in args[0])."""
-
-
-def classify(exc: Exception) -> Exception:
-    """RetriableError or RefusedError for a client exception."""
-    if isinstance(exc, DatabaseError) and not isinstance(exc, OperationalError):
-        code = getattr(exc, "code", None)
-        if code is not None and code not in RETRIABLE_CODES:
-            return RefusedError(_one_line(str(exc)))
-    return RetriableError(_one_line(str(exc)) or type(exc).__name__)
-
-
-def _one_line(message: str) -> str:
-    text = " ".join(message.split())
-    return text[:2000]
-
 
 @dataclass
 class Part:
